@@ -1,0 +1,1 @@
+"""dataplatform: curated, deduplicated, audited image-text training sets, orchestrated by Dagster."""

@@ -1,0 +1,10 @@
+"""One module per pipeline stage; each is thin: read input, call core, write output, report."""
+
+from dataplatform.assets.exact_deduped import exact_deduped
+from dataplatform.assets.phash_deduped import phash_deduped
+from dataplatform.assets.raw_pairs import raw_pairs
+
+STAGE_ASSETS = [raw_pairs, exact_deduped, phash_deduped]
+STAGE_ORDER = ["raw_pairs", "exact_deduped", "phash_deduped"]
+
+__all__ = ["STAGE_ASSETS", "STAGE_ORDER", "exact_deduped", "phash_deduped", "raw_pairs"]

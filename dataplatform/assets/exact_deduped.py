@@ -1,0 +1,108 @@
+"""exact_deduped: byte-identical images removed by SHA-256, globally across partitions."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from dataplatform.assets.partitions import PREVIOUS_DAY, START_DATE, daily_partitions
+from dataplatform.assets.raw_pairs import KEY as RAW_KEY
+from dataplatform.assets.reporting import (
+    CHECK_PAIR_ID_UNIQUE,
+    CHECK_ROWS_CONSERVED,
+    OWNERS,
+    conservation_check,
+    require_earlier_partitions,
+    stage_metadata,
+    table_column,
+    unique_check,
+)
+from dataplatform.core.exact_dedup import exact_deduplicate
+from dataplatform.core.funnel import stage_funnel
+from dataplatform.core.schema import ledger_row, ledger_table
+from dataplatform.core.warehouse import (
+    read_history,
+    read_partition,
+    refresh_catalog,
+    write_ledger,
+    write_partition,
+)
+from dataplatform.resources.warehouse import WarehouseResource
+
+STAGE = "exact_deduped"
+KEY = dg.AssetKey(STAGE)
+CHECK_SHA_UNIQUE = "image_sha256_unique"
+
+
+@dg.asset(
+    key=KEY,
+    partitions_def=daily_partitions,
+    deps=[RAW_KEY, dg.AssetDep(KEY, partition_mapping=PREVIOUS_DAY)],
+    description="Raw pairs without byte copies: the earliest pair with an image's SHA-256 wins.",
+    kinds={"duckdb", "parquet"},
+    owners=OWNERS,
+    code_version="1",
+    group_name="curation",
+    check_specs=[
+        dg.AssetCheckSpec(CHECK_ROWS_CONSERVED, asset=KEY),
+        dg.AssetCheckSpec(CHECK_PAIR_ID_UNIQUE, asset=KEY),
+        dg.AssetCheckSpec(CHECK_SHA_UNIQUE, asset=KEY),
+    ],
+)
+def exact_deduped(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """Drop pairs whose image bytes equal a pair kept earlier (earlier day, then smaller pair_id)."""
+    home = warehouse.resolve()
+    date = context.partition_key
+    require_earlier_partitions(
+        warehouse.missing_earlier_partitions(STAGE, date, START_DATE), STAGE, date
+    )
+    current = read_partition(home, RAW_KEY.path[-1], date)
+    kept_history = read_history(home, STAGE, date, ["pair_id", "image_sha256", "date"])
+    ids_history = read_history(home, RAW_KEY.path[-1], date, ["pair_id", "date"])
+    result = exact_deduplicate(current, kept_history, ids_history)
+
+    by_id = {row["pair_id"]: row for row in current.to_pylist()}
+    ledger_rows = []
+    for reused in result.reused_ids.to_pylist():
+        ledger_rows.append(
+            ledger_row(
+                by_id[reused["pair_id"]],
+                STAGE,
+                "duplicate_pair_id",
+                f"pair_id already ingested on {reused['first_date']}",
+            )
+        )
+    for dup in result.duplicates.to_pylist():
+        where = "an earlier day" if dup["duplicate_of_date"] < date else "this day"
+        ledger_rows.append(
+            ledger_row(
+                by_id[dup["pair_id"]],
+                STAGE,
+                "exact_duplicate",
+                f"same SHA-256 as {dup['duplicate_of']} ({where}, {dup['duplicate_of_date']})",
+                duplicate_of=dup["duplicate_of"],
+                distance=0.0,
+            )
+        )
+    ledger = ledger_table(sorted(ledger_rows, key=lambda r: r["pair_id"]))
+    output = write_partition(home, STAGE, date, result.kept)
+    write_ledger(home, STAGE, date, ledger)
+    refresh_catalog(home)
+
+    funnel = stage_funnel(STAGE, date, current.num_rows, result.kept.num_rows, ledger)
+    kept_ids = table_column(kept_history, "pair_id") + table_column(result.kept, "pair_id")
+    kept_sha = table_column(kept_history, "image_sha256") + table_column(
+        result.kept, "image_sha256"
+    )
+    return dg.MaterializeResult(
+        metadata=stage_metadata(funnel, output, {"history_pairs": kept_history.num_rows}),
+        check_results=[
+            conservation_check(funnel),
+            unique_check(CHECK_PAIR_ID_UNIQUE, "pair_id", kept_ids, "all kept pairs up to this day"),
+            unique_check(
+                CHECK_SHA_UNIQUE, "image_sha256", kept_sha, "all kept pairs up to this day"
+            ),
+        ],
+    )
+

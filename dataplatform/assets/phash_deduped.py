@@ -1,0 +1,112 @@
+"""phash_deduped: perceptual copies (re-encodes, resizes, tints) removed by pHash distance."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from dataplatform.assets.exact_deduped import KEY as EXACT_KEY
+from dataplatform.assets.partitions import PREVIOUS_DAY, START_DATE, daily_partitions
+from dataplatform.assets.reporting import (
+    CHECK_PAIR_ID_UNIQUE,
+    CHECK_ROWS_CONSERVED,
+    OWNERS,
+    conservation_check,
+    require_earlier_partitions,
+    stage_metadata,
+    table_column,
+    unique_check,
+)
+from dataplatform.core.funnel import stage_funnel
+from dataplatform.core.phash_dedup import kept_pairs_within, phash_deduplicate
+from dataplatform.core.phash_index import DEFAULT_PHASH_THRESHOLD
+from dataplatform.core.schema import ledger_row, ledger_table
+from dataplatform.core.warehouse import (
+    read_history,
+    read_partition,
+    refresh_catalog,
+    write_ledger,
+    write_partition,
+)
+from dataplatform.resources.warehouse import WarehouseResource
+
+STAGE = "phash_deduped"
+KEY = dg.AssetKey(STAGE)
+CHECK_NO_NEAR_DUPLICATES = "no_kept_pair_within_threshold"
+
+
+class PhashDedupConfig(dg.Config):
+    threshold: int = DEFAULT_PHASH_THRESHOLD
+    """Pairs whose 64-bit pHashes differ in at most this many bits are duplicates."""
+
+
+@dg.asset(
+    key=KEY,
+    partitions_def=daily_partitions,
+    deps=[EXACT_KEY, dg.AssetDep(KEY, partition_mapping=PREVIOUS_DAY)],
+    description="Exact-deduped pairs without perceptual copies (pHash Hamming distance).",
+    kinds={"numpy", "parquet"},
+    owners=OWNERS,
+    code_version="1",
+    group_name="curation",
+    check_specs=[
+        dg.AssetCheckSpec(CHECK_ROWS_CONSERVED, asset=KEY),
+        dg.AssetCheckSpec(CHECK_PAIR_ID_UNIQUE, asset=KEY),
+        dg.AssetCheckSpec(CHECK_NO_NEAR_DUPLICATES, asset=KEY),
+    ],
+)
+def phash_deduped(
+    context: dg.AssetExecutionContext, config: PhashDedupConfig, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """Drop pairs within the pHash threshold of a pair kept earlier; the ledger names the match."""
+    home = warehouse.resolve()
+    date = context.partition_key
+    require_earlier_partitions(
+        warehouse.missing_earlier_partitions(STAGE, date, START_DATE), STAGE, date
+    )
+    current = read_partition(home, EXACT_KEY.path[-1], date)
+    history = read_history(home, STAGE, date, ["pair_id", "phash", "date"])
+    result = phash_deduplicate(current, history, config.threshold)
+
+    by_id = {row["pair_id"]: row for row in current.to_pylist()}
+    ledger = ledger_table(
+        [
+            ledger_row(
+                by_id[dup["pair_id"]],
+                STAGE,
+                "phash_duplicate",
+                f"pHash {dup['distance']} bits from {dup['duplicate_of']} "
+                f"({dup['duplicate_of_date']}); threshold {config.threshold}",
+                duplicate_of=dup["duplicate_of"],
+                distance=float(dup["distance"]),
+                threshold=float(config.threshold),
+            )
+            for dup in result.duplicates
+        ]
+    )
+    output = write_partition(home, STAGE, date, result.kept)
+    write_ledger(home, STAGE, date, ledger)
+    refresh_catalog(home)
+
+    funnel = stage_funnel(STAGE, date, current.num_rows, result.kept.num_rows, ledger)
+    near = kept_pairs_within(result.kept, history, config.threshold)
+    kept_ids = table_column(history, "pair_id") + table_column(result.kept, "pair_id")
+    return dg.MaterializeResult(
+        metadata=stage_metadata(
+            funnel,
+            output,
+            {"threshold_bits": config.threshold, "history_pairs": history.num_rows},
+        ),
+        check_results=[
+            conservation_check(funnel),
+            unique_check(CHECK_PAIR_ID_UNIQUE, "pair_id", kept_ids, "all kept pairs up to this day"),
+            dg.AssetCheckResult(
+                check_name=CHECK_NO_NEAR_DUPLICATES,
+                passed=not near,
+                metadata={
+                    "pairs_within_threshold": len(near),
+                    "examples": "; ".join(f"{a}~{b} ({d})" for a, b, d in near[:10]) or "-",
+                },
+                description=f"no two kept pairs lie within {config.threshold} bits",
+            ),
+        ],
+    )

@@ -1,0 +1,170 @@
+"""`dataplatform ...`: what is not a Dagster materialization (sample data, demo, funnel, SQL)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from dataplatform.core.home import HOME_ENV, Home, resolve_home
+
+DEMO_DATES = ["2025-01-01", "2025-01-02", "2025-01-03"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dataplatform", description=__doc__)
+    parser.add_argument("--home", help=f"platform home (default: ${HOME_ENV} or ./.dataplatform)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sample-data", help="write the built-in sample landing folders")
+    p.add_argument("--dates", default=",".join(DEMO_DATES), help="three comma-separated dates")
+
+    p = sub.add_parser("demo", help="sample data, every stage for every sample date, the funnel")
+    p.add_argument("--dates", default=",".join(DEMO_DATES), help="three comma-separated dates")
+
+    p = sub.add_parser("materialize", help="run every stage for dates, oldest first")
+    p.add_argument("dates", nargs="+", help="partition dates, YYYY-MM-DD")
+
+    p = sub.add_parser("funnel", help="rows in, kept and removed per stage, from the warehouse")
+    p.add_argument("--date", help="one partition date (default: all)")
+
+    p = sub.add_parser("sql", help="run a DuckDB query over the warehouse views")
+    p.add_argument("query")
+
+    p = sub.add_parser("synthetic", help="write a synthetic landing folder of camera-sized JPEGs")
+    p.add_argument("--date", required=True)
+    p.add_argument("--distinct", type=int, default=3000)
+    p.add_argument("--byte-copies", type=int, default=400)
+    p.add_argument("--perceptual-copies", type=int, default=600)
+    p.add_argument("--seed", type=int, default=0)
+
+    args = parser.parse_args(argv)
+    home = resolve_home(args.home)
+    os.environ[HOME_ENV] = str(home.root)
+    handler = {
+        "sample-data": _sample_data,
+        "demo": _demo,
+        "materialize": _materialize_cmd,
+        "funnel": _funnel,
+        "sql": _sql,
+        "synthetic": _synthetic,
+    }[args.command]
+    return handler(home, args)
+
+
+def _sample_data(home: Home, args: argparse.Namespace) -> int:
+    from dataplatform.core.sample_data import build_sample_landing
+
+    dates = args.dates.split(",")
+    truth = build_sample_landing(home.landing, dates)
+    print(f"wrote {len(truth)} sample rows for {', '.join(dates)} under {home.landing}")
+    return 0
+
+
+def _materialize(home: Home, dates: Sequence[str]) -> None:
+    """Every stage for each date through Dagster, oldest first, recorded in the Dagster instance."""
+    import dagster as dg
+
+    from dataplatform.automation import JOB_NAME
+    from dataplatform.definitions import defs
+
+    dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str(home.root / "dagster")))
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    job = defs.resolve_job_def(JOB_NAME)
+    with dg.DagsterInstance.get() as instance:
+        for date in sorted(dates):
+            started = time.perf_counter()
+            result = job.execute_in_process(partition_key=date, instance=instance)
+            failed_checks = [
+                e.asset_check_evaluation_data.check_name
+                for e in result.all_events
+                if e.is_asset_check_evaluation and not e.asset_check_evaluation_data.passed
+            ]
+            status = "ok" if result.success and not failed_checks else "FAILED"
+            print(
+                f"  {date}: run {result.run_id[:8]} {status} in {time.perf_counter() - started:.1f}s"
+                + (f"; failed checks: {', '.join(failed_checks)}" if failed_checks else "")
+            )
+            if not result.success:
+                raise SystemExit(f"materialization of {date} failed")
+
+
+def _materialize_cmd(home: Home, args: argparse.Namespace) -> int:
+    _materialize(home, args.dates)
+    return 0
+
+
+def _demo(home: Home, args: argparse.Namespace) -> int:
+    from dataplatform.assets import STAGE_ORDER
+    from dataplatform.core.funnel import format_funnel, warehouse_funnel
+
+    dates = args.dates.split(",")
+    print(f"== dataplatform demo, home {home.root}")
+    _sample_data(home, args)
+    print(f"== materializing {', '.join(STAGE_ORDER)} for each date")
+    _materialize(home, dates)
+    for date in dates:
+        print(f"\n== funnel {date}")
+        print(format_funnel(warehouse_funnel(home, STAGE_ORDER, date)))
+    print("\n== funnel, all dates")
+    print(format_funnel(warehouse_funnel(home, STAGE_ORDER), top_reasons=6))
+    print("\n== a few decisions from the rejection ledger")
+    _print_query(
+        home,
+        "SELECT date, stage, pair_id, reason, duplicate_of, distance FROM rejections "
+        "WHERE duplicate_of IS NOT NULL ORDER BY date, stage, pair_id LIMIT 8",
+    )
+    print(
+        f"\nWarehouse: {home.warehouse} (DuckDB catalog: {home.catalog_path})\n"
+        "Next:\n"
+        "  make ui                                   # Dagster UI at http://127.0.0.1:3000\n"
+        "  .venv/bin/dataplatform funnel --date 2025-01-02\n"
+        "  .venv/bin/dataplatform sql \"SELECT reason, count(*) FROM rejections GROUP BY 1\""
+    )
+    return 0
+
+
+def _funnel(home: Home, args: argparse.Namespace) -> int:
+    from dataplatform.assets import STAGE_ORDER
+    from dataplatform.core.funnel import format_funnel, warehouse_funnel
+
+    print(format_funnel(warehouse_funnel(home, STAGE_ORDER, args.date), top_reasons=6))
+    return 0
+
+
+def _sql(home: Home, args: argparse.Namespace) -> int:
+    _print_query(home, args.query)
+    return 0
+
+
+def _print_query(home: Home, query: str) -> None:
+    from dataplatform.core.warehouse import connect
+
+    con = connect(home)
+    try:
+        relation = con.sql(query)
+        if relation is not None:
+            relation.show(max_width=160)
+    finally:
+        con.close()
+
+
+def _synthetic(home: Home, args: argparse.Namespace) -> int:
+    from dataplatform.core.synthetic_images import write_synthetic_landing
+
+    truth = write_synthetic_landing(
+        home.landing_date(args.date),
+        n_distinct=args.distinct,
+        byte_copies=args.byte_copies,
+        perceptual_copies=args.perceptual_copies,
+        seed=args.seed,
+    )
+    print(f"wrote {len(truth)} rows under {home.landing_date(args.date)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pure logic of the platform: no Dagster import, tested directly."""

@@ -1,0 +1,30 @@
+"""Caption normalisation: the same caption always becomes the same string."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+DEFAULT_MAX_TEXT_CHARS = 2000
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+def normalize_text(text: str | None, max_chars: int = DEFAULT_MAX_TEXT_CHARS) -> tuple[str, bool]:
+    """NFC, control characters dropped, whitespace runs collapsed, capped at ``max_chars``.
+
+    Returns the text and whether it was truncated. NFC first, so that a caption typed with
+    combining accents and one typed precomposed compare equal downstream (text dedup, CLIP).
+    """
+    if text is None:
+        return "", False
+    text = unicodedata.normalize("NFC", str(text))
+    text = "".join(
+        " " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch
+        for ch in text
+        if unicodedata.category(ch) not in ("Cf", "Co", "Cs") or ch == "\u200d"
+    )
+    text = _WHITESPACE.sub(" ", text).strip()
+    if len(text) > max_chars:
+        return text[:max_chars].rstrip(), True
+    return text, False

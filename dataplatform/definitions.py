@@ -1,0 +1,15 @@
+"""The code location: assets, checks, resources, job, schedule and sensor, assembled."""
+
+import dagster as dg
+
+from dataplatform.assets import STAGE_ASSETS
+from dataplatform.automation import curate_daily, curate_daily_schedule, landing_sensor
+from dataplatform.resources import WarehouseResource
+
+defs = dg.Definitions(
+    assets=STAGE_ASSETS,
+    resources={"warehouse": WarehouseResource()},
+    jobs=[curate_daily],
+    schedules=[curate_daily_schedule],
+    sensors=[landing_sensor],
+)

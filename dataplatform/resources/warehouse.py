@@ -1,0 +1,27 @@
+"""The warehouse as a Dagster resource: where the home is, and the partition guard."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from dataplatform.core.home import Home, resolve_home
+from dataplatform.core.warehouse import partition_dates
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """Parquet warehouse under ``DATAPLATFORM_HOME`` (or ``home`` when set), queried with DuckDB."""
+
+    home: str = ""
+
+    def resolve(self) -> Home:
+        return resolve_home(self.home or None)
+
+    def missing_earlier_partitions(self, table: str, date: str, first_date: str) -> list[str]:
+        """Landing dates before ``date`` whose ``table`` partition has not been written.
+
+        Global dedup compares a partition with everything kept before it; running it while an
+        earlier landing date is unprocessed would make the result depend on run order.
+        """
+        home = self.resolve()
+        done = set(partition_dates(home, table))
+        return [d for d in home.landing_dates() if first_date <= d < date and d not in done]
