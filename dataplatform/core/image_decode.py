@@ -12,6 +12,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dataplatform.core.phash import phash_of_image, to_hex
@@ -70,7 +71,9 @@ def inspect_image_bytes(
         except Image.DecompressionBombError as exc:
             raise ImageRejected("decompression_bomb", str(exc)) from exc
         except UnidentifiedImageError as exc:
-            raise ImageRejected("not_an_image", f"not a recognised image format: {exc}") from exc
+            raise ImageRejected(
+                "not_an_image", f"no image format recognises these bytes (starting {data[:8]!r})"
+            ) from exc
         except Exception as exc:  # noqa: BLE001 - any parser failure is a property of the input
             raise ImageRejected("decode_error", f"{type(exc).__name__}: {exc}") from exc
         width, height = image.size
@@ -90,7 +93,7 @@ def inspect_image_bytes(
                 image.draft("RGB", (draft_size, draft_size))
             image.load()
             upright = ImageOps.exif_transpose(image) if orientation not in (0, 1) else image
-            phash = to_hex(phash_of_image(upright))
+            phash = to_hex(phash_of_image(eight_bit(upright)))
         except Image.DecompressionBombError as exc:
             raise ImageRejected("decompression_bomb", str(exc)) from exc
         except OSError as exc:
@@ -111,6 +114,20 @@ def inspect_image_bytes(
         phash=phash,
         n_bytes=len(data),
     )
+
+
+def eight_bit(image: Image.Image) -> Image.Image:
+    """16- and 32-bit samples scaled to 8 bits; other modes unchanged.
+
+    Pillow's own I;16 -> L conversion clips every sample above 255 to white, so all 16-bit
+    images would hash alike and be taken for duplicates of each other.
+    """
+    if image.mode.startswith("I;16") or image.mode == "I":
+        samples = np.clip(np.asarray(image, dtype=np.int64) >> 8, 0, 255)
+        return Image.fromarray(samples.astype(np.uint8))
+    if image.mode == "F":
+        return Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
+    return image
 
 
 def _orientation(image: Image.Image) -> int:

@@ -79,8 +79,13 @@ def phash_batch_from_gray32(gray: np.ndarray) -> np.ndarray:
             f"gray must have shape (n, {SIDE}, {SIDE}), got {gray.shape}; "
             "stack gray32_of_image(...) results"
         )
-    folded = _FOLD @ gray @ _FOLD.T
-    low = (_COSINES @ folded @ _COSINES.T).reshape(len(gray), _LOW * _LOW)
+    n = len(gray)
+    # Each product is one 2-D GEMM over the whole batch: right-multiplying the stacked rows by
+    # M.T and transposing each image in between applies M along both axes.
+    half = (gray.reshape(n * SIDE, SIDE) @ _FOLD.T).reshape(n, SIDE, SIDE).transpose(0, 2, 1)
+    folded_t = half.reshape(n * SIDE, SIDE) @ _FOLD.T  # (FOLD @ g @ FOLD.T).T, exact
+    cos_half = (folded_t @ _COSINES.T).reshape(n, SIDE, _LOW).transpose(0, 2, 1)
+    low = (cos_half.reshape(n * _LOW, SIDE) @ _COSINES.T).reshape(n, _LOW * _LOW)
     median = np.median(low, axis=1, keepdims=True)
     packed = np.packbits(low > median, axis=1)  # first coefficient -> most significant bit
     return packed.view(">u8").ravel().astype(np.uint64)

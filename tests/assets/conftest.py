@@ -1,0 +1,93 @@
+"""A small three-day landing with known copies, and a way to run the stages through Dagster."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from PIL import ImageEnhance
+
+from dataplatform.assets import STAGE_ASSETS
+from dataplatform.core.home import Home
+from dataplatform.resources import WarehouseResource
+from tests.conftest import encode, photo
+
+DAYS = ["2025-01-01", "2025-01-02", "2025-01-03"]
+
+
+def _write(day: Path, rows: list[dict], files: dict[str, bytes]) -> None:
+    (day / "img").mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (day / "img" / name).write_bytes(data)
+    (day / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def build_three_days(landing: Path) -> None:
+    astronaut = encode(photo("astronaut"), quality=92)
+    coffee = photo("coffee")
+    rocket = encode(photo("rocket"), quality=92)
+    chelsea = photo("chelsea")
+    _write(
+        landing / DAYS[0],
+        [
+            {"id": "a1", "image": "img/astronaut.jpg", "text": "an astronaut", "license": "CC0-1.0"},
+            {"id": "a2", "image": "img/astronaut_copy.jpg", "text": "astronaut again"},
+            {"id": "b1", "image": "img/coffee.jpg", "text": "coffee"},
+            {"id": "b2", "image": "img/coffee_small.jpg", "text": "small coffee"},
+            {"id": "c1", "image": "img/rocket.jpg", "text": "a rocket"},
+        ],
+        {
+            "astronaut.jpg": astronaut,
+            "astronaut_copy.jpg": astronaut,
+            "coffee.jpg": encode(coffee, quality=92),
+            "coffee_small.jpg": encode(coffee.resize((300, 200)), quality=85),
+            "rocket.jpg": rocket,
+        },
+    )
+    _write(
+        landing / DAYS[1],
+        [
+            {"id": "a3", "image": "img/astronaut.jpg", "text": "the astronaut, reposted"},
+            {"id": "c2", "image": "img/rocket_q50.jpg", "text": "rocket, recompressed"},
+            {"id": "d1", "image": "img/chelsea.jpg", "text": "a cat"},
+            {"id": "x1", "image": "img/broken.jpg", "text": "broken"},
+        ],
+        {
+            "astronaut.jpg": astronaut,
+            "rocket_q50.jpg": encode(photo("rocket"), quality=50),
+            "chelsea.jpg": encode(chelsea, quality=92),
+            "broken.jpg": b"not an image at all",
+        },
+    )
+    _write(
+        landing / DAYS[2],
+        [
+            {"id": "d2", "image": "img/chelsea_bright.jpg", "text": "a brighter cat"},
+            {"id": "e1", "image": "img/china.jpg", "text": "a temple"},
+            {"id": "a1", "image": "img/china.jpg", "text": "reused id"},
+        ],
+        {
+            "chelsea_bright.jpg": encode(ImageEnhance.Brightness(chelsea).enhance(1.1), quality=90),
+            "china.jpg": encode(photo("china"), quality=90),
+        },
+    )
+
+
+@pytest.fixture
+def three_days(tmp_path: Path) -> Home:
+    home = Home(tmp_path / "home")
+    build_three_days(home.landing)
+    return home
+
+
+def materialize_day(home: Home, date: str, instance: dg.DagsterInstance | None = None, selection=None):
+    return dg.materialize(
+        STAGE_ASSETS,
+        partition_key=date,
+        resources={"warehouse": WarehouseResource(home=str(home.root))},
+        instance=instance or dg.DagsterInstance.ephemeral(),
+        selection=selection,
+        raise_on_error=False,
+    )
