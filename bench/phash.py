@@ -76,16 +76,26 @@ def bench_ingest(n_images: int) -> None:
         f"({np.mean(megapixels):.1f} MP mean of the first 200), {available_cores()} cores"
     )
     baseline_s, reference = plain_loop(paths)
-    print(f"  plain loop (open + sha256 + imagehash.phash): {baseline_s:7.1f}s  "
-          f"{len(paths) / baseline_s:6.1f} images/s")
+    print(
+        f"  plain loop (open + sha256 + imagehash.phash): {baseline_s:7.1f}s  "
+        f"{len(paths) / baseline_s:6.1f} images/s"
+    )
     started = time.perf_counter()
     result = ingest_folder(day, "2025-01-01", IngestOptions())
     ours_s = time.perf_counter() - started
-    print(f"  dataplatform ingest_folder:                   {ours_s:7.1f}s  "
-          f"{len(paths) / ours_s:6.1f} images/s")
+    print(
+        f"  dataplatform ingest_folder:                   {ours_s:7.1f}s  "
+        f"{len(paths) / ours_s:6.1f} images/s"
+    )
     print(f"  ratio: {baseline_s / ours_s:.2f}x faster (goal >= 3x)")
-    by_name = {Path(u).name: h for u, h in zip(result.kept.column("image_uri").to_pylist(),
-                                               result.kept.column("phash").to_pylist(), strict=True)}
+    by_name = {
+        Path(u).name: h
+        for u, h in zip(
+            result.kept.column("image_uri").to_pylist(),
+            result.kept.column("phash").to_pylist(),
+            strict=True,
+        )
+    }
     dist = np.array(
         [bin(from_hex(by_name[n]) ^ from_hex(reference[n])).count("1") for n in reference]
     )
@@ -96,11 +106,19 @@ def bench_ingest(n_images: int) -> None:
     start = time.perf_counter()
     full = ingest_folder(day, "2025-01-01", IngestOptions(draft_size=None))
     full_s = time.perf_counter() - start
-    full_by_name = {Path(u).name: h for u, h in zip(full.kept.column("image_uri").to_pylist(),
-                                                    full.kept.column("phash").to_pylist(), strict=True)}
+    full_by_name = {
+        Path(u).name: h
+        for u, h in zip(
+            full.kept.column("image_uri").to_pylist(),
+            full.kept.column("phash").to_pylist(),
+            strict=True,
+        )
+    }
     exact = np.mean([full_by_name[n] == reference[n] for n in reference])
-    print(f"  with draft decoding off: {full_s:.1f}s ({baseline_s / full_s:.2f}x), "
-          f"{exact:.1%} identical to imagehash")
+    print(
+        f"  with draft decoding off: {full_s:.1f}s ({baseline_s / full_s:.2f}x), "
+        f"{exact:.1%} identical to imagehash"
+    )
 
 
 def main() -> None:

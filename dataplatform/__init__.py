@@ -1,1 +1,1 @@
-"""dataplatform: curated, deduplicated, audited image-text training sets, orchestrated by Dagster."""
+"""dataplatform: curated, deduplicated, audited image-text training sets, run by Dagster."""

@@ -1,7 +1,5 @@
 """The job, schedule and sensor that keep the newest partitions curated."""
 
-from __future__ import annotations
-
 import json
 
 import dagster as dg
@@ -17,7 +15,6 @@ TRIGGER_TAG = "dataplatform/trigger"
 curate_daily = dg.define_asset_job(
     JOB_NAME,
     selection=dg.AssetSelection.assets(*STAGE_ASSETS),
-    partitions_def=daily_partitions,
     description="Every curation stage for one ingest date.",
 )
 
@@ -37,7 +34,7 @@ _IN_PROGRESS = [
 @dg.sensor(
     job=curate_daily,
     minimum_interval_seconds=30,
-    description="Starts a run for each new landing/<date>/ folder, one date at a time, oldest first.",
+    description="Starts a run for each new landing/<date>/ folder, oldest date first.",
     default_status=dg.DefaultSensorStatus.STOPPED,
 )
 def landing_sensor(
@@ -59,7 +56,9 @@ def landing_sensor(
     date = pending[0]
     return dg.SensorResult(
         run_requests=[
-            dg.RunRequest(run_key=f"landing-{date}", partition_key=date, tags={TRIGGER_TAG: "sensor"})
+            dg.RunRequest(
+                run_key=f"landing-{date}", partition_key=date, tags={TRIGGER_TAG: "sensor"}
+            )
         ],
         cursor=json.dumps(sorted(requested | {date})),
     )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -59,6 +61,13 @@ def _sample_data(home: Home, args: argparse.Namespace) -> int:
     from dataplatform.core.sample_data import build_sample_landing
 
     dates = args.dates.split(",")
+    truth_path = home.root / "sample_truth.json"
+    if truth_path.is_file():
+        # Rebuild what an earlier run of this command wrote; anything else is left alone and the
+        # builder refuses to write over it.
+        previous = {item["date"] for item in json.loads(truth_path.read_text())}
+        for date in previous & set(dates):
+            shutil.rmtree(home.landing_date(date), ignore_errors=True)
     truth = build_sample_landing(home.landing, dates)
     print(f"wrote {len(truth)} sample rows for {', '.join(dates)} under {home.landing}")
     return 0
@@ -73,19 +82,28 @@ def _materialize(home: Home, dates: Sequence[str]) -> None:
 
     dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str(home.root / "dagster")))
     dagster_home.mkdir(parents=True, exist_ok=True)
+    instance_yaml = dagster_home / "dagster.yaml"
+    if not instance_yaml.exists():
+        # A local instance (SQLite under DAGSTER_HOME) that `make ui` opens too; no telemetry.
+        instance_yaml.write_text("telemetry:\n  enabled: false\n")
     job = defs.resolve_job_def(JOB_NAME)
     with dg.DagsterInstance.get() as instance:
         for date in sorted(dates):
             started = time.perf_counter()
-            result = job.execute_in_process(partition_key=date, instance=instance)
+            result = job.execute_in_process(
+                partition_key=date,
+                instance=instance,
+                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            )
             failed_checks = [
-                e.asset_check_evaluation_data.check_name
-                for e in result.all_events
-                if e.is_asset_check_evaluation and not e.asset_check_evaluation_data.passed
+                f"{c.asset_key.path[-1]}.{c.check_name}"
+                for c in result.get_asset_check_evaluations()
+                if not c.passed
             ]
             status = "ok" if result.success and not failed_checks else "FAILED"
             print(
-                f"  {date}: run {result.run_id[:8]} {status} in {time.perf_counter() - started:.1f}s"
+                f"  {date}: run {result.run_id[:8]} {status} "
+                f"in {time.perf_counter() - started:.1f}s"
                 + (f"; failed checks: {', '.join(failed_checks)}" if failed_checks else "")
             )
             if not result.success:
@@ -111,18 +129,28 @@ def _demo(home: Home, args: argparse.Namespace) -> int:
         print(format_funnel(warehouse_funnel(home, STAGE_ORDER, date)))
     print("\n== funnel, all dates")
     print(format_funnel(warehouse_funnel(home, STAGE_ORDER), top_reasons=6))
-    print("\n== a few decisions from the rejection ledger")
+    from dataplatform.core.sample_audit import compare_with_truth
+
+    matched, problems = compare_with_truth(home, home.root / "sample_truth.json")
+    print(f"\n== sample truth: {matched} of {matched + len(problems)} rows ended as designed")
+    for line in problems:
+        print(f"  {line}")
+    print("\n== one ledger row per stage and reason: why each pair was dropped")
     _print_query(
         home,
-        "SELECT date, stage, pair_id, reason, duplicate_of, distance FROM rejections "
-        "WHERE duplicate_of IS NOT NULL ORDER BY date, stage, pair_id LIMIT 8",
+        "SELECT stage, reason, pair_id, duplicate_of, left(detail, 60) AS detail FROM rejections "
+        "QUALIFY row_number() OVER (PARTITION BY stage, reason ORDER BY date, pair_id) = 1 "
+        "ORDER BY CASE stage WHEN 'raw_pairs' THEN 0 WHEN 'exact_deduped' THEN 1 ELSE 2 END, "
+        "reason",
     )
+    if problems:
+        return 1
     print(
         f"\nWarehouse: {home.warehouse} (DuckDB catalog: {home.catalog_path})\n"
         "Next:\n"
         "  make ui                                   # Dagster UI at http://127.0.0.1:3000\n"
         "  .venv/bin/dataplatform funnel --date 2025-01-02\n"
-        "  .venv/bin/dataplatform sql \"SELECT reason, count(*) FROM rejections GROUP BY 1\""
+        '  .venv/bin/dataplatform sql "SELECT reason, count(*) FROM rejections GROUP BY 1"'
     )
     return 0
 

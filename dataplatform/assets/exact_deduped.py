@@ -1,7 +1,5 @@
 """exact_deduped: byte-identical images removed by SHA-256, globally across partitions."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from dataplatform.assets.partitions import PREVIOUS_DAY, START_DATE, daily_partitions
@@ -51,7 +49,7 @@ CHECK_SHA_UNIQUE = "image_sha256_unique"
 def exact_deduped(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
-    """Drop pairs whose image bytes equal a pair kept earlier (earlier day, then smaller pair_id)."""
+    """Drop pairs whose bytes equal a pair kept earlier (earlier day, then smaller pair_id)."""
     home = warehouse.resolve()
     date = context.partition_key
     require_earlier_partitions(
@@ -99,10 +97,11 @@ def exact_deduped(
         metadata=stage_metadata(funnel, output, {"history_pairs": kept_history.num_rows}),
         check_results=[
             conservation_check(funnel),
-            unique_check(CHECK_PAIR_ID_UNIQUE, "pair_id", kept_ids, "all kept pairs up to this day"),
+            unique_check(
+                CHECK_PAIR_ID_UNIQUE, "pair_id", kept_ids, "all kept pairs up to this day"
+            ),
             unique_check(
                 CHECK_SHA_UNIQUE, "image_sha256", kept_sha, "all kept pairs up to this day"
             ),
         ],
     )
-

@@ -1,7 +1,5 @@
 """phash_deduped: perceptual copies (re-encodes, resizes, tints) removed by pHash distance."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from dataplatform.assets.exact_deduped import KEY as EXACT_KEY
@@ -98,7 +96,9 @@ def phash_deduped(
         ),
         check_results=[
             conservation_check(funnel),
-            unique_check(CHECK_PAIR_ID_UNIQUE, "pair_id", kept_ids, "all kept pairs up to this day"),
+            unique_check(
+                CHECK_PAIR_ID_UNIQUE, "pair_id", kept_ids, "all kept pairs up to this day"
+            ),
             dg.AssetCheckResult(
                 check_name=CHECK_NO_NEAR_DUPLICATES,
                 passed=not near,

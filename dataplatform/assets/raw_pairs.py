@@ -1,7 +1,5 @@
 """raw_pairs: every image-text pair that arrived in a landing folder, decoded and described."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from dataplatform.assets.partitions import daily_partitions
@@ -51,7 +49,7 @@ class RawPairsConfig(dg.Config):
 def raw_pairs(
     context: dg.AssetExecutionContext, config: RawPairsConfig, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
-    """Ingest ``landing/<date>/``: manifests, shards and captioned images; bad rows to the ledger."""
+    """Ingest ``landing/<date>/``: manifests, shards, captioned images; bad rows to the ledger."""
     home = warehouse.resolve()
     date = context.partition_key
     options = IngestOptions(

@@ -65,7 +65,9 @@ def stage_metadata(funnel: StageFunnel, output: Path, extra: dict | None = None)
 
 def require_earlier_partitions(missing: list[str], asset: str, date: str) -> None:
     if missing:
-        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        shown = ", ".join(missing[:10]) + (
+            f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        )
         raise dg.Failure(
             description=(
                 f"{asset} for {date} deduplicates against every earlier day, but these landing "

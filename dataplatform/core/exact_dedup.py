@@ -76,4 +76,6 @@ def exact_deduplicate(
         """
     ).to_arrow_table()
     con.close()
-    return ExactDedupResult(kept=kept.cast(current.schema), duplicates=duplicates, reused_ids=reused)
+    return ExactDedupResult(
+        kept=kept.cast(current.schema), duplicates=duplicates, reused_ids=reused
+    )

@@ -46,7 +46,9 @@ class Home:
 
 def _looks_like_date(name: str) -> bool:
     parts = name.split("-")
-    return len(parts) == 3 and [len(p) for p in parts] == [4, 2, 2] and name.replace("-", "").isdigit()
+    return (
+        len(parts) == 3 and [len(p) for p in parts] == [4, 2, 2] and name.replace("-", "").isdigit()
+    )
 
 
 def resolve_home(root: str | os.PathLike[str] | None = None) -> Home:

@@ -60,16 +60,10 @@ def inspect_image_bytes(
     if not data:
         raise ImageRejected("empty_file", "0 bytes")
     sha256 = hashlib.sha256(data).hexdigest()
-    if max_pixels > (Image.MAX_IMAGE_PIXELS or 0):
-        # Pillow refuses images above twice its own limit before we can apply ours; a deployment
-        # that configures a higher limit means it, so the process-wide limit follows.
-        Image.MAX_IMAGE_PIXELS = max_pixels
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            image = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as exc:
-            raise ImageRejected("decompression_bomb", str(exc)) from exc
+            image = _open_header(data)
         except UnidentifiedImageError as exc:
             raise ImageRejected(
                 "not_an_image", f"no image format recognises these bytes (starting {data[:8]!r})"
@@ -128,6 +122,16 @@ def eight_bit(image: Image.Image) -> Image.Image:
     if image.mode == "F":
         return Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
     return image
+
+
+def _open_header(data: bytes) -> Image.Image:
+    """Open without Pillow's own pixel limit: ours is checked next, with a clearer message."""
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        return Image.open(io.BytesIO(data))
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
 
 
 def _orientation(image: Image.Image) -> int:

@@ -132,7 +132,9 @@ def ingest_folder(date_dir: Path, date: str, options: IngestOptions | None = Non
         text, truncated = normalize_text(record.text, options.max_text_chars)
         if not text:
             rejected.append(
-                _ledger_row(record, pair_id, date, "missing_text", "caption is empty after normalisation")
+                _ledger_row(
+                    record, pair_id, date, "missing_text", "caption is empty after normalisation"
+                )
             )
             continue
         if pair_id in seen_ids:
@@ -143,7 +145,7 @@ def ingest_folder(date_dir: Path, date: str, options: IngestOptions | None = Non
                     pair_id,
                     date,
                     "duplicate_pair_id",
-                    f"id already used by {first.source} row {first.row}",
+                    f"id already used by {first.where}",
                 )
             )
             continue
@@ -178,7 +180,7 @@ def _raw_row(
         "width": fact.width,
         "height": fact.height,
         "source": record.source,
-        "source_row": record.row,
+        "source_locator": record.locator,
         "image_format": fact.format,
         "image_mode": fact.mode,
         "image_frames": fact.frames,
@@ -186,13 +188,13 @@ def _raw_row(
         "exif_transposed": fact.exif_transposed,
         "text_truncated": truncated,
         "phash": fact.phash,
-        "extra": json.dumps(record.extra, sort_keys=True, ensure_ascii=False) if record.extra else None,
+        "extra": json.dumps(record.extra, sort_keys=True, ensure_ascii=False)
+        if record.extra
+        else None,
     }
 
 
-def _ledger_row(
-    record: LandingRecord, pair_id: str, date: str, reason: str, detail: str
-) -> dict:
+def _ledger_row(record: LandingRecord, pair_id: str, date: str, reason: str, detail: str) -> dict:
     text = record.text if isinstance(record.text, str) else None
     return {
         "pair_id": pair_id,
@@ -200,10 +202,9 @@ def _ledger_row(
         "stage": STAGE,
         "reason": reason,
         "detail": detail,
-        "source": f"{record.source}#{record.row}",
+        "source": record.where,
         "image_uri": record.image_uri,
         "url": record.url,
         "license": record.license,
         "text": text,
     }
-

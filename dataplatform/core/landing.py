@@ -53,6 +53,12 @@ class LandingRecord:
     license: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     error: tuple[str, str] | None = None  # (reason, detail) when the row itself is unusable
+    locator: str = ""  # where in the source, for people: "line 21", "key 000000008", "row 3"
+
+    @property
+    def where(self) -> str:
+        """The source and the place in it, as an auditor would look it up."""
+        return f"{self.source} {self.locator}".strip()
 
 
 def derived_pair_id(date: str, source: str, row_key: str) -> str:
@@ -120,7 +126,12 @@ def discover(date_dir: Path) -> list[LandingRecord]:
             error = ("unsupported_input", f"not a manifest, shard or captioned image: {rel}")
         records.append(
             LandingRecord(
-                source=rel, row=0, manifest_id=None, image_uri=rel, image=None, text=None,
+                source=rel,
+                row=0,
+                manifest_id=None,
+                image_uri=rel,
+                image=None,
+                text=None,
                 error=error,
             )
         )
@@ -147,7 +158,10 @@ def _resolve_local(root: Path, date_dir: Path, ref: str) -> ImageRef | tuple[str
         return ("unsupported_uri", f"scheme {parsed.scheme!r} is not readable here: {ref}")
     else:
         if os.path.isabs(ref):
-            return ("path_outside_landing", f"absolute path {ref!r} is not inside the landing folder")
+            return (
+                "path_outside_landing",
+                f"absolute path {ref!r} is not inside the landing folder",
+            )
         candidate = date_dir / ref
     real = Path(os.path.realpath(candidate))
     if real != root and root not in real.parents:
@@ -158,7 +172,7 @@ def _resolve_local(root: Path, date_dir: Path, ref: str) -> ImageRef | tuple[str
 
 
 def _record_from_mapping(
-    date_dir: Path, root: Path, rel: str, row: int, obj: dict[str, Any]
+    date_dir: Path, root: Path, rel: str, row: int, obj: dict[str, Any], locator: str
 ) -> LandingRecord:
     image = obj.get("image")
     manifest_id = obj.get("id")
@@ -174,6 +188,7 @@ def _record_from_mapping(
         url=_opt_str(obj.get("url")),
         license=_opt_str(obj.get("license")),
         extra=extra,
+        locator=locator,
     )
     if record.image_uri is None:
         record.error = ("missing_image", "the row has no `image` field")
@@ -201,10 +216,16 @@ def _jsonable(value: Any) -> Any:
         return str(value)
 
 
-def _malformed(rel: str, row: int, detail: str) -> LandingRecord:
+def _malformed(rel: str, row: int, detail: str, locator: str = "") -> LandingRecord:
     return LandingRecord(
-        source=rel, row=row, manifest_id=None, image_uri=None, image=None, text=None,
-        error=("malformed_manifest_line", detail),
+        source=rel,
+        row=row,
+        manifest_id=None,
+        image_uri=None,
+        image=None,
+        text=None,
+        error=("malformed_manifest_line", f"{locator}: {detail}" if locator else detail),
+        locator=locator,
     )
 
 
@@ -218,12 +239,12 @@ def _read_jsonl(date_dir: Path, root: Path, path: Path, rel: str) -> list[Landin
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                records.append(_malformed(rel, row, f"line {row + 1}: invalid JSON ({exc.msg})"))
+                records.append(_malformed(rel, row, f"invalid JSON ({exc.msg})", f"line {row + 1}"))
                 continue
             if not isinstance(obj, dict):
-                records.append(_malformed(rel, row, f"line {row + 1}: not a JSON object"))
+                records.append(_malformed(rel, row, "not a JSON object", f"line {row + 1}"))
                 continue
-            records.append(_record_from_mapping(date_dir, root, rel, row, obj))
+            records.append(_record_from_mapping(date_dir, root, rel, row, obj, f"line {row + 1}"))
     return records
 
 
@@ -257,20 +278,31 @@ def _read_csv(date_dir: Path, root: Path, path: Path, rel: str) -> list[LandingR
                 if len(values) != len(header):
                     problem = f"{len(values)} fields, header has {len(header)}"
         if problem is not None:
-            records.append(_malformed(rel, start, f"line {start + 1}: {problem}"))
+            records.append(_malformed(rel, start, problem, f"line {start + 1}"))
             # A broken quote must not take the following lines down with it.
             i = start + 1
             continue
-        records.append(_record_from_mapping(date_dir, root, rel, start, dict(zip(header, values))))
+        records.append(
+            _record_from_mapping(
+                date_dir,
+                root,
+                rel,
+                start,
+                dict(zip(header, values, strict=True)),
+                f"line {start + 1}",
+            )
+        )
     return records
 
 
 def _read_parquet(date_dir: Path, root: Path, path: Path, rel: str) -> list[LandingRecord]:
     try:
-        rows = pq.read_table(path).to_pylist()
+        rows = pq.read_table(path, partitioning=None).to_pylist()
     except Exception as exc:  # noqa: BLE001 - an unreadable manifest is one ledger row
         return [_malformed(rel, 0, f"unreadable Parquet manifest: {type(exc).__name__}: {exc}")]
-    return [_record_from_mapping(date_dir, root, rel, i, row) for i, row in enumerate(rows)]
+    return [
+        _record_from_mapping(date_dir, root, rel, i, row, f"row {i}") for i, row in enumerate(rows)
+    ]
 
 
 def _read_tar(path: Path, rel: str) -> list[LandingRecord]:
@@ -293,12 +325,16 @@ def _read_tar(path: Path, rel: str) -> list[LandingRecord]:
                     try:
                         meta = json.loads(_member_bytes(tar, parts["json"]).decode("utf-8"))
                     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                        records.append(_malformed(rel, row, f"{key}.json: {exc}"))
+                        records.append(_malformed(rel, row, f"{key}.json: {exc}", f"key {key}"))
                         continue
                 image_member = next(
                     (parts[e] for e in sorted(parts) if f".{e}" in IMAGE_SUFFIXES), None
                 )
-                text = _member_bytes(tar, parts["txt"]).decode("utf-8", "replace") if "txt" in parts else meta.get("caption")
+                text = (
+                    _member_bytes(tar, parts["txt"]).decode("utf-8", "replace")
+                    if "txt" in parts
+                    else meta.get("caption")
+                )
                 extra = {
                     k: _jsonable(v)
                     for k, v in meta.items()
@@ -322,6 +358,7 @@ def _read_tar(path: Path, rel: str) -> list[LandingRecord]:
                     url=_opt_str(meta.get("url")),
                     license=_opt_str(meta.get("license")),
                     extra=extra,
+                    locator=f"key {key}",
                 )
                 if image_member is None:
                     record.error = ("missing_image", f"shard key {key} has no image member")

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-
 from dataplatform.core.phash import from_hex
 from dataplatform.core.phash_index import deduplicate, find_near_pairs, find_near_pairs_between
 
@@ -55,7 +54,9 @@ def phash_deduplicate(current: pa.Table, history: pa.Table, threshold: int) -> P
     return PhashDedupResult(kept=kept, duplicates=duplicates)
 
 
-def kept_pairs_within(kept: pa.Table, history: pa.Table, threshold: int) -> list[tuple[str, str, int]]:
+def kept_pairs_within(
+    kept: pa.Table, history: pa.Table, threshold: int
+) -> list[tuple[str, str, int]]:
     """Pairs of kept rows (this partition, and this partition against history) within threshold.
 
     Empty when the dedup is right; the asset check reports whatever this finds.
@@ -70,5 +71,3 @@ def kept_pairs_within(kept: pa.Table, history: pa.Table, threshold: int) -> list
         qi, ri, d = find_near_pairs_between(hashes, hashes_of(history), threshold)
         found += [(ids[a], hist_ids[b], int(c)) for a, b, c in zip(qi, ri, d, strict=True)]
     return found
-
-

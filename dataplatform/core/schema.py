@@ -24,7 +24,7 @@ RAW_PAIR_SCHEMA = pa.schema(
     PAIR_COLUMNS
     + [
         pa.field("source", pa.string()),
-        pa.field("source_row", pa.int64()),
+        pa.field("source_locator", pa.string()),
         pa.field("image_format", pa.string()),
         pa.field("image_mode", pa.string()),
         pa.field("image_frames", pa.int32()),
@@ -96,7 +96,7 @@ def ledger_row(pair: dict, stage: str, reason: str, detail: str, **fields: objec
         "stage": stage,
         "reason": reason,
         "detail": detail,
-        "source": pair.get("source"),
+        "source": " ".join(p for p in (pair.get("source"), pair.get("source_locator")) if p),
         "image_uri": pair.get("image_uri"),
         "image_sha256": pair.get("image_sha256"),
         "url": pair.get("url"),

@@ -69,14 +69,14 @@ def read_partition(home: Home, table_name: str, date: str) -> pa.Table:
             f"{table_name} has no partition {date} under {path.parent}: materialize "
             f"{table_name} for {date} first"
         )
-    return pq.read_table(path)
+    return _read(path)
 
 
 def read_ledger(home: Home, stage: str, date: str) -> pa.Table:
     path = ledger_dir(home, stage, date) / PART_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no ledger for stage {stage} on {date} at {path}")
-    return pq.read_table(path)
+    return _read(path)
 
 
 def partition_dates(home: Home, table_name: str) -> list[str]:
@@ -110,13 +110,13 @@ def read_history(home: Home, table_name: str, before: str, columns: list[str]) -
     ]
     if not files:
         return pa.table({c: pa.array([], pa.string()) for c in columns})
-    return pq.read_table(files, columns=columns) if len(files) == 1 else _concat(files, columns)
+    return pa.concat_tables([_read(f, columns) for f in files], promote_options="permissive")
 
 
-def _concat(files: list[str], columns: list[str]) -> pa.Table:
-    return pa.concat_tables(
-        [pq.read_table(f, columns=columns) for f in files], promote_options="permissive"
-    )
+def _read(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    # partitioning=None: the files carry their own `date` column, and pyarrow would otherwise
+    # add a second, dictionary-typed one from the `date=` folder name.
+    return pq.read_table(path, columns=columns, partitioning=None)
 
 
 def connect(home: Home) -> duckdb.DuckDBPyConnection:

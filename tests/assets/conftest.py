@@ -32,7 +32,12 @@ def build_three_days(landing: Path) -> None:
     _write(
         landing / DAYS[0],
         [
-            {"id": "a1", "image": "img/astronaut.jpg", "text": "an astronaut", "license": "CC0-1.0"},
+            {
+                "id": "a1",
+                "image": "img/astronaut.jpg",
+                "text": "an astronaut",
+                "license": "CC0-1.0",
+            },
             {"id": "a2", "image": "img/astronaut_copy.jpg", "text": "astronaut again"},
             {"id": "b1", "image": "img/coffee.jpg", "text": "coffee"},
             {"id": "b2", "image": "img/coffee_small.jpg", "text": "small coffee"},
@@ -82,7 +87,9 @@ def three_days(tmp_path: Path) -> Home:
     return home
 
 
-def materialize_day(home: Home, date: str, instance: dg.DagsterInstance | None = None, selection=None):
+def materialize_day(
+    home: Home, date: str, instance: dg.DagsterInstance | None = None, selection=None
+):
     return dg.materialize(
         STAGE_ASSETS,
         partition_key=date,

@@ -3,15 +3,18 @@ import json
 
 import dagster as dg
 
-from dataplatform.automation import curate_daily_schedule, landing_sensor
+from dataplatform.automation import landing_sensor
 from dataplatform.core.home import Home
+from dataplatform.definitions import defs
 from dataplatform.resources import WarehouseResource
 from tests.assets.conftest import DAYS, materialize_day
 
 
 def _tick(home: Home, instance: dg.DagsterInstance, cursor: str | None):
     context = dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"warehouse": WarehouseResource(home=str(home.root))}
+        instance=instance,
+        cursor=cursor,
+        resources={"warehouse": WarehouseResource(home=str(home.root))},
     )
     return landing_sensor(context)
 
@@ -38,7 +41,8 @@ def test_sensor_skips_dates_already_curated(three_days: Home):
 
 def test_schedule_targets_the_day_that_just_closed():
     context = dg.build_schedule_context(
-        scheduled_execution_time=dt.datetime(2025, 1, 4, 1, 0, tzinfo=dt.timezone.utc)
+        scheduled_execution_time=dt.datetime(2025, 1, 4, 1, 0, tzinfo=dt.UTC)
     )
-    requests = list(curate_daily_schedule.evaluate_tick(context).run_requests)
+    schedule = defs.resolve_schedule_def("curate_daily_schedule")
+    requests = list(schedule.evaluate_tick(context).run_requests)
     assert [r.partition_key for r in requests] == ["2025-01-03"]

@@ -27,9 +27,8 @@ def _ledger(home: Home) -> list[tuple]:
 
 def _checks(result) -> dict[str, bool]:
     return {
-        f"{e.asset_check_evaluation_data.asset_key.path[-1]}.{e.asset_check_evaluation_data.check_name}": e.asset_check_evaluation_data.passed
-        for e in result.all_events
-        if e.is_asset_check_evaluation
+        f"{c.asset_key.path[-1]}.{c.check_name}": c.passed
+        for c in result.get_asset_check_evaluations()
     }
 
 
@@ -71,13 +70,16 @@ def test_three_days_exact_counts_and_ledger(three_days: Home):
 def test_metadata_reports_the_funnel(three_days: Home):
     result = materialize_day(three_days, DAYS[0])
     mats = {
-        m.asset_key.path[-1]: m.metadata for m in result.asset_materializations_for_node("phash_deduped")
+        m.asset_key.path[-1]: m.metadata
+        for m in result.asset_materializations_for_node("phash_deduped")
     }
     meta = mats["phash_deduped"]
     assert meta["rows_in"].value == 4
     assert meta["dagster/row_count"].value == 3
     assert meta["rows_removed"].value == 1
-    assert [r.data for r in meta["reasons"].value.records] == [{"reason": "phash_duplicate", "rows": 1}]
+    assert [r.data for r in meta["reasons"].value.records] == [
+        {"reason": "phash_duplicate", "rows": 1}
+    ]
 
 
 def test_out_of_order_day_is_refused_with_a_clear_error(three_days: Home):
@@ -96,7 +98,11 @@ def test_kept_sets_do_not_depend_on_run_order(tmp_path: Path):
     build_three_days(baseline.landing)
     for day in DAYS:
         assert materialize_day(baseline, day).success
-    expected = (_kept(baseline, "exact_deduped"), _kept(baseline, "phash_deduped"), _ledger(baseline))
+    expected = (
+        _kept(baseline, "exact_deduped"),
+        _kept(baseline, "phash_deduped"),
+        _ledger(baseline),
+    )
 
     for n, order in enumerate(itertools.permutations(DAYS)):
         home = Home(tmp_path / f"order{n}")

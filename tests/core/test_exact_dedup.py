@@ -14,8 +14,10 @@ def _current(rows):
 
 
 def _hist(rows, cols):
-    return pa.table({c: [r[i] for r in rows] for i, c in enumerate(cols)}, schema=pa.schema(
-        [(c, pa.string()) for c in cols]))
+    return pa.table(
+        {c: [r[i] for r in rows] for i, c in enumerate(cols)},
+        schema=pa.schema([(c, pa.string()) for c in cols]),
+    )
 
 
 def test_smallest_pair_id_wins_within_partition_regardless_of_row_order():

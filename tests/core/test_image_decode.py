@@ -80,7 +80,7 @@ def test_valid_oddities_are_ingested():
     cmyk = inspect_image_bytes(encode(base.convert("CMYK")))
     assert (cmyk.mode, cmyk.width, cmyk.height) == ("CMYK", 120, 80)
 
-    deep = Image.fromarray((np.arange(120 * 80, dtype=np.uint16).reshape(80, 120) * 7))
+    deep = Image.fromarray(np.arange(120 * 80, dtype=np.uint16).reshape(80, 120) * 7)
     assert deep.mode == "I;16"
     assert inspect_image_bytes(encode(deep, "PNG")).mode == "I;16"
 

@@ -43,6 +43,7 @@ def test_every_row_is_kept_or_in_the_ledger(tmp_path: Path):
         zip(
             result.rejected.column("pair_id").to_pylist(),
             result.rejected.column("reason").to_pylist(),
+            strict=True,
         )
     )
     assert {k: v for k, v in reasons.items() if not k.startswith("p")} == {
@@ -57,7 +58,7 @@ def test_every_row_is_kept_or_in_the_ledger(tmp_path: Path):
     assert coffee["text"] == "a cup of coffee"
     assert coffee["license"] == "CC0-1.0" and coffee["url"] == "https://e.org/c"
     assert json.loads(coffee["extra"]) == {"photographer": "anon"}
-    assert coffee["source"] == "pairs.jsonl" and coffee["source_row"] == 0
+    assert coffee["source"] == "pairs.jsonl" and coffee["source_locator"] == "line 1"
     assert len(coffee["phash"]) == 16 and (coffee["width"], coffee["height"]) == (600, 400)
     assert set(result.rejected.column("stage").to_pylist()) == {"raw_pairs"}
 

@@ -26,8 +26,15 @@ def test_jsonl_rows_paths_and_malformed_lines(tmp_path: Path):
     outside = _img(tmp_path / "secret.jpg")
     os.symlink(outside, day / "images" / "link.jpg")
     lines = [
-        json.dumps({"id": "a", "image": "images/a.jpg", "text": "cup", "license": "CC0-1.0",
-                    "source_site": "example.org"}),
+        json.dumps(
+            {
+                "id": "a",
+                "image": "images/a.jpg",
+                "text": "cup",
+                "license": "CC0-1.0",
+                "source_site": "example.org",
+            }
+        ),
         "{not json",
         json.dumps(["a", "list"]),
         json.dumps({"id": "b", "image": "../secret.jpg", "text": "x"}),
@@ -81,12 +88,16 @@ def test_csv_broken_quote_does_not_swallow_following_rows(tmp_path: Path):
 def test_parquet_manifest(tmp_path: Path):
     day = tmp_path / "d"
     _img(day / "img" / "x.png")
-    table = pa.table({"image": ["img/x.png"], "text": ["a cup"], "url": ["https://e.org/x"],
-                      "score": [0.5]})
+    table = pa.table(
+        {"image": ["img/x.png"], "text": ["a cup"], "url": ["https://e.org/x"], "score": [0.5]}
+    )
     pq.write_table(table, day / "m.parquet")
     (record,) = discover(day)
-    assert (record.manifest_id, record.url, record.extra) == (None, "https://e.org/x",
-                                                             {"score": 0.5})
+    assert (record.manifest_id, record.url, record.extra) == (
+        None,
+        "https://e.org/x",
+        {"score": 0.5},
+    )
     assert record.error is None
 
 
@@ -96,8 +107,9 @@ def test_webdataset_shard(tmp_path: Path):
     members = {
         "000000001.jpg": encode(photo("rocket").resize((32, 32))),
         "000000001.txt": b"a rocket on the pad",
-        "000000001.json": json.dumps({"key": "000000001", "url": "https://e.org/r.jpg",
-                                      "license": "CC-BY-4.0", "width": 32}).encode(),
+        "000000001.json": json.dumps(
+            {"key": "000000001", "url": "https://e.org/r.jpg", "license": "CC-BY-4.0", "width": 32}
+        ).encode(),
         "000000002.txt": b"caption without an image",
     }
     with tarfile.open(day / "shard-00000.tar", "w") as tar:
