@@ -1,4 +1,4 @@
-"""End to end through the commands a user types: `dataplatform demo`, `dagster asset materialize`."""
+"""End to end through the commands users type: `dataplatform demo`, `dagster asset materialize`."""
 
 import os
 import subprocess
