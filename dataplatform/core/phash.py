@@ -13,6 +13,13 @@ matters: the coefficients a symmetric or flat image cancels to zero come out as 
 they do from scipy's FFT-based DCT, instead of +-1e-12 rounding noise. Flat images (blank
 placeholders are common in web data) have a median of exactly 0, and noise there would flip
 bits. The second pair applies the cosines to the folded values.
+
+Measured on 3,686 images (photos and their edits in many PIL modes, flat, 1-pixel and random
+synthetic images, random crops and JPEG re-encodes of the wheel photos): identical hashes
+except for 6 degenerate images, exactly mirror-symmetric synthetics and crops 2 pixels wide.
+In those, half the coefficients are exactly 0 in exact arithmetic, but scipy's FFT leaves
+some at +-1e-13, so imagehash's bits come from that rounding noise. This module returns the
+exact-arithmetic bits.
 """
 
 from __future__ import annotations

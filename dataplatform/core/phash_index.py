@@ -32,8 +32,10 @@ import numpy as np
 if not hasattr(np, "bitwise_count"):
     raise ImportError("dataplatform.core.phash_index needs numpy>=2 for np.bitwise_count")
 
-# Chosen from measured distances on the peer tools' ground-truth sets (docs/phash_threshold.md).
-# TODO(threshold): filled in from the measurement.
+# Measured on the peer tools' ground-truth sets (docs/phash_threshold.md): all 42 labelled
+# near-duplicate pairs are <= 4 bits apart and the closest of 465 distinct-object pairs is 14.
+# Every threshold from 4 to 13 separates them; 8 sits in the middle of that gap (natural pHash
+# distances are even, so 8 acts like 9), leaving margin on both sides.
 DEFAULT_PHASH_THRESHOLD: int = 8
 
 HASH_BITS = 64
@@ -47,10 +49,8 @@ _NS_CANDIDATE = 14.0  # expanding and verifying one candidate pair
 _NS_TABLE_ENTRY = 1.5  # building one entry of a dense band table
 _NS_SORT = 60.0  # sorting one hash by its band value
 _NS_BRUTE = 1.6  # one all-pairs comparison
-_BRUTE_ALWAYS = 20_000_000
-_WORKERS = max(
-    1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
-)  # comparisons below which planning costs more than it saves
+_BRUTE_ALWAYS = 20_000_000  # comparisons below which planning costs more than it saves
+_WORKERS = min(8, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else 1
 
 
 @dataclass(frozen=True)
@@ -67,15 +67,19 @@ class _Band:
 
 def _as_hashes(hashes: np.ndarray, name: str) -> np.ndarray:
     """1-D uint64 view of ``hashes``; int64 (e.g. a DuckDB BIGINT column) is reinterpreted."""
-    arr = np.asarray(hashes)
+    if isinstance(hashes, np.ndarray):
+        arr = hashes
+    else:
+        try:
+            arr = np.array(hashes, dtype=np.uint64)
+        except (OverflowError, TypeError, ValueError) as exc:
+            raise TypeError(f"{name} must hold unsigned 64-bit integers: {exc}") from exc
     if arr.ndim != 1:
         raise ValueError(f"{name} must be a 1-D array of 64-bit hashes, got shape {arr.shape}")
     if arr.dtype == np.int64:
         return arr.view(np.uint64)
     if arr.size == 0 or arr.dtype.kind == "u":
         return arr.astype(np.uint64, copy=False)
-    if arr.dtype == object:
-        return np.array([int(h) for h in arr], dtype=np.uint64)
     raise TypeError(f"{name} must hold unsigned 64-bit integers, got dtype {arr.dtype}")
 
 
@@ -243,7 +247,6 @@ class _BandTable(_SortedBand):
         self.several = counts > 1
         self.counts = counts.astype(index_type)
         self.starts = (np.cumsum(counts) - counts).astype(index_type)
-        del counts
         self.first_hash = np.zeros(size, np.uint64)
         run_starts = self.starts[self.occupied]
         self.first_hash[self.values[run_starts]] = self.hashes[run_starts]
@@ -427,6 +430,9 @@ def greedy_keep(
     for name, idx in (("pairs", pairs[0]), ("pairs", pairs[1]), ("history_items", hist[0])):
         if len(idx) and (idx.min() < 0 or idx.max() >= n):
             raise ValueError(f"{name} refer to items outside 0..{n - 1}")
+    for name, dist in (("distances", pairs[2]), ("history_distances", hist[2])):
+        if len(dist) and (dist.min() < 0 or dist.max() > HASH_BITS):
+            raise ValueError(f"{name} must be Hamming distances between 0 and {HASH_BITS}")
     return _resolve(ids, ids, pairs, hist)
 
 
