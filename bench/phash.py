@@ -63,6 +63,16 @@ def plain_loop(paths: list[Path]) -> tuple[float, dict[str, str]]:
     return time.perf_counter() - started, {k: v[1] for k, v in hashes.items()}
 
 
+def phash_by_file(kept) -> dict[str, str]:
+    return dict(
+        zip(
+            [Path(u).name for u in kept.column("image_uri").to_pylist()],
+            kept.column("phash").to_pylist(),
+            strict=True,
+        )
+    )
+
+
 def bench_ingest(n_images: int) -> None:
     day = synthetic_day(n_images)
     rows = [json.loads(line) for line in (day / "pairs.jsonl").read_text().splitlines()]
@@ -88,14 +98,7 @@ def bench_ingest(n_images: int) -> None:
         f"{len(paths) / ours_s:6.1f} images/s"
     )
     print(f"  ratio: {baseline_s / ours_s:.2f}x faster (goal >= 3x)")
-    by_name = {
-        Path(u).name: h
-        for u, h in zip(
-            result.kept.column("image_uri").to_pylist(),
-            result.kept.column("phash").to_pylist(),
-            strict=True,
-        )
-    }
+    by_name = phash_by_file(result.kept)
     dist = np.array(
         [bin(from_hex(by_name[n]) ^ from_hex(reference[n])).count("1") for n in reference]
     )
@@ -106,14 +109,7 @@ def bench_ingest(n_images: int) -> None:
     start = time.perf_counter()
     full = ingest_folder(day, "2025-01-01", IngestOptions(draft_size=None))
     full_s = time.perf_counter() - start
-    full_by_name = {
-        Path(u).name: h
-        for u, h in zip(
-            full.kept.column("image_uri").to_pylist(),
-            full.kept.column("phash").to_pylist(),
-            strict=True,
-        )
-    }
+    full_by_name = phash_by_file(full.kept)
     exact = np.mean([full_by_name[n] == reference[n] for n in reference])
     print(
         f"  with draft decoding off: {full_s:.1f}s ({baseline_s / full_s:.2f}x), "

@@ -23,16 +23,10 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
-from dataplatform.core.sample_data import add_watermark, decode_for_phash, encode_jpeg
+from dataplatform.core.sample_data import EDITS, add_watermark, decode_for_phash, encode_jpeg
 
-PERCEPTUAL_EDITS: tuple[str, ...] = (
-    "jpeg_reencode",
-    "resize",
-    "brightness",
-    "grayscale",
-    "watermark",
-    "crop",
-)
+# The sample edits a perceptual hash is meant to see: not byte copies (exact dedup's), not flips.
+PERCEPTUAL_EDITS: tuple[str, ...] = tuple(e for e in EDITS if e not in ("byte_copy", "hflip"))
 # Width / height ratios of common camera and phone sensors, landscape and portrait.
 _ASPECTS: tuple[float, ...] = (4 / 3, 3 / 2, 16 / 9, 3 / 4, 2 / 3)
 _LICENSES: tuple[str, ...] = ("CC-BY-4.0", "CC0-1.0", "CC-BY-SA-4.0", "unknown")
