@@ -11,7 +11,7 @@ scipy. The first pair only adds and subtracts mirrored pixels (a fast-DCT butter
 matrix of 0 and +-1), which is exact on integer pixels in any summation order. That exactness
 matters: the coefficients a symmetric or flat image cancels to zero come out as exact zeros, as
 they do from scipy's FFT-based DCT, instead of +-1e-12 rounding noise. Flat images (blank
-placeholders are common in web data) have a median of exactly 0, and noise there would flip
+stand-in images are common in web data) have a median of exactly 0, and noise there would flip
 bits. The second pair applies the cosines to the folded values.
 
 Measured on 3,686 images (photos and their edits in many PIL modes, flat, 1-pixel and random

@@ -442,7 +442,7 @@ def deduplicate(
     """Greedy near-duplicate removal of ``hashes`` (in processing order) against ``history``.
 
     Identical hashes are collapsed before the pair search, so a cluster of exact copies (blank
-    placeholders are common in web data) costs one search entry instead of quadratic pairs.
+    stand-in images are common in web data) costs one search entry instead of quadratic pairs.
     """
     h = _as_hashes(hashes, "hashes")
     t = _check_threshold(threshold)
