@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from dataplatform.core.image_decode import (
     ImageRejected,
     inspect_image_bytes,
 )
+from dataplatform.core.image_store import location_of, read_ref
 from dataplatform.core.landing import ImageRef, LandingRecord, derived_pair_id, discover
 from dataplatform.core.schema import RAW_PAIR_SCHEMA, ledger_table
 from dataplatform.core.text_normalize import DEFAULT_MAX_TEXT_CHARS, normalize_text
@@ -33,7 +33,6 @@ STAGE = "raw_pairs"
 # Below this many images a process pool costs more to start than it saves.
 MIN_IMAGES_FOR_POOL = 64
 CHUNK_SIZE = 16
-MAX_REMOTE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -55,26 +54,14 @@ class IngestResult:
 def read_image_bytes(ref: ImageRef, timeout_s: float = 20.0) -> bytes:
     """The bytes ``ref`` points at; raises ``ImageRejected`` when they cannot be had."""
     try:
-        if ref.kind == "file":
-            return Path(ref.path).read_bytes()
-        if ref.kind == "tar":
-            with open(ref.path, "rb") as fh:
-                fh.seek(ref.offset)
-                return fh.read(ref.size)
-        if ref.kind == "remote":
-            with urllib.request.urlopen(ref.uri, timeout=timeout_s) as resp:  # noqa: S310
-                data = resp.read(MAX_REMOTE_BYTES + 1)
-            if len(data) > MAX_REMOTE_BYTES:
-                raise ImageRejected("fetch_failed", f"{ref.uri} is over {MAX_REMOTE_BYTES} bytes")
-            return data
-    except ImageRejected:
-        raise
+        return read_ref(ref, timeout_s)
     except FileNotFoundError as exc:
         raise ImageRejected("missing_file", str(exc)) from exc
+    except ValueError as exc:
+        raise ImageRejected("unsupported_uri", str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - any I/O failure is this row's problem
         reason = "fetch_failed" if ref.kind == "remote" else "read_error"
         raise ImageRejected(reason, f"{type(exc).__name__}: {exc}") from exc
-    raise ImageRejected("unsupported_uri", f"cannot read image reference of kind {ref.kind}")
 
 
 def inspect_ref(ref: ImageRef, options: IngestOptions) -> ImageFacts | tuple[str, str]:
@@ -157,7 +144,8 @@ def ingest_folder(date_dir: Path, date: str, options: IngestOptions | None = Non
         if isinstance(fact, tuple):
             rejected.append(_ledger_row(record, pair_id, date, *fact))
             continue
-        kept_rows.append(_raw_row(record, pair_id, date, text, truncated, fact))
+        location = location_of(record.image, date_dir.parent)  # type: ignore[arg-type]
+        kept_rows.append(_raw_row(record, pair_id, date, text, truncated, fact, location))
     kept_rows.sort(key=lambda r: r["pair_id"])
     return IngestResult(
         kept=pa.Table.from_pylist(kept_rows, schema=RAW_PAIR_SCHEMA),
@@ -167,7 +155,13 @@ def ingest_folder(date_dir: Path, date: str, options: IngestOptions | None = Non
 
 
 def _raw_row(
-    record: LandingRecord, pair_id: str, date: str, text: str, truncated: bool, fact: ImageFacts
+    record: LandingRecord,
+    pair_id: str,
+    date: str,
+    text: str,
+    truncated: bool,
+    fact: ImageFacts,
+    location: str,
 ) -> dict:
     return {
         "pair_id": pair_id,
@@ -176,6 +170,7 @@ def _raw_row(
         "url": record.url,
         "license": record.license,
         "image_uri": record.image_uri,
+        "image_location": location,
         "image_sha256": fact.sha256,
         "width": fact.width,
         "height": fact.height,

@@ -25,6 +25,7 @@ RAW_PAIR_SCHEMA = pa.schema(
     + [
         pa.field("source", pa.string()),
         pa.field("source_locator", pa.string()),
+        pa.field("image_location", pa.string()),
         pa.field("image_format", pa.string()),
         pa.field("image_mode", pa.string()),
         pa.field("image_frames", pa.int32()),
