@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -93,7 +94,7 @@ def _materialize(home: Home, dates: Sequence[str]) -> None:
             result = job.execute_in_process(
                 partition_key=date,
                 instance=instance,
-                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
             )
             failed_checks = [
                 f"{c.asset_key.path[-1]}.{c.check_name}"
@@ -121,6 +122,7 @@ def _demo(home: Home, args: argparse.Namespace) -> int:
 
     dates = args.dates.split(",")
     print(f"== dataplatform demo, home {home.root}")
+    _choose_profile()
     _sample_data(home, args)
     print(f"== materializing {', '.join(STAGE_ORDER)} for each date")
     _materialize(home, dates)
@@ -153,6 +155,36 @@ def _demo(home: Home, args: argparse.Namespace) -> int:
         '  .venv/bin/dataplatform sql "SELECT reason, count(*) FROM rejections GROUP BY 1"'
     )
     return 0
+
+
+def _choose_profile() -> None:
+    """Real CLIP weights when this machine has them; otherwise the smoke profile, said plainly."""
+    from dataplatform.core.clip_model import ClipWeightsUnavailable
+    from dataplatform.core.profile import PROFILE_ENV, SMOKE, is_smoke
+    from dataplatform.resources.clip import ClipResource
+
+    if is_smoke():
+        print(
+            f"== {PROFILE_ENV}=smoke: CLIP runs the small built-in test model; scores mean nothing"
+        )
+        return
+    # The demo only uses weights already in the local cache; it never starts a large download.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    resource = ClipResource()
+    logging.disable(logging.ERROR)  # open_clip logs the failed download before raising
+    try:
+        resource.encoder()
+        print(f"== CLIP: {resource.model} with weights {resource.pretrained}")
+    except ClipWeightsUnavailable:
+        os.environ[PROFILE_ENV] = SMOKE
+        print(
+            f"== No weights for CLIP {resource.model} / {resource.pretrained} in the local cache.\n"
+            f"   Running the smoke profile ({PROFILE_ENV}=smoke): a small built-in test model\n"
+            "   whose CLIP scores and semantic duplicates mean nothing; its outputs say so.\n"
+            "   For real scores, set the clip resource's `pretrained` to a local checkpoint path."
+        )
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def _funnel(home: Home, args: argparse.Namespace) -> int:

@@ -1,10 +1,20 @@
 """One module per pipeline stage; each is thin: read input, call core, write output, report."""
 
+from dataplatform.assets.clip_scored import clip_scored
 from dataplatform.assets.exact_deduped import exact_deduped
 from dataplatform.assets.phash_deduped import phash_deduped
 from dataplatform.assets.raw_pairs import raw_pairs
+from dataplatform.assets.semantic_deduped import semantic_deduped
 
-STAGE_ASSETS = [raw_pairs, exact_deduped, phash_deduped]
-STAGE_ORDER = ["raw_pairs", "exact_deduped", "phash_deduped"]
+STAGE_ASSETS = [raw_pairs, exact_deduped, phash_deduped, clip_scored, semantic_deduped]
+STAGE_ORDER = ["raw_pairs", "exact_deduped", "phash_deduped", "clip_scored", "semantic_deduped"]
 
-__all__ = ["STAGE_ASSETS", "STAGE_ORDER", "exact_deduped", "phash_deduped", "raw_pairs"]
+__all__ = [
+    "STAGE_ASSETS",
+    "STAGE_ORDER",
+    "clip_scored",
+    "exact_deduped",
+    "phash_deduped",
+    "raw_pairs",
+    "semantic_deduped",
+]

@@ -1,5 +1,6 @@
-"""Dagster resources: storage today; the CLIP model, tokenizer and scorers join them here."""
+"""Dagster resources: the warehouse, the CLIP model; the tokenizer and scorers join them."""
 
+from dataplatform.resources.clip import ClipResource
 from dataplatform.resources.warehouse import WarehouseResource
 
-__all__ = ["WarehouseResource"]
+__all__ = ["ClipResource", "WarehouseResource"]

@@ -11,7 +11,7 @@ from PIL import ImageEnhance
 
 from dataplatform.assets import STAGE_ASSETS
 from dataplatform.core.home import Home
-from dataplatform.resources import WarehouseResource
+from dataplatform.resources import ClipResource, WarehouseResource
 from tests.conftest import encode, photo
 
 DAYS = ["2025-01-01", "2025-01-02", "2025-01-03"]
@@ -80,6 +80,13 @@ def build_three_days(landing: Path) -> None:
     )
 
 
+@pytest.fixture(autouse=True)
+def smoke_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asset tests run the small built-in CLIP model: no weights exist here, none may download."""
+    monkeypatch.setenv("DATAPLATFORM_PROFILE", "smoke")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
 @pytest.fixture
 def three_days(tmp_path: Path) -> Home:
     home = Home(tmp_path / "home")
@@ -88,12 +95,21 @@ def three_days(tmp_path: Path) -> Home:
 
 
 def materialize_day(
-    home: Home, date: str, instance: dg.DagsterInstance | None = None, selection=None
+    home: Home,
+    date: str,
+    instance: dg.DagsterInstance | None = None,
+    selection=None,
+    clip: ClipResource | None = None,
+    run_config: dict | None = None,
 ):
     return dg.materialize(
         STAGE_ASSETS,
         partition_key=date,
-        resources={"warehouse": WarehouseResource(home=str(home.root))},
+        resources={
+            "warehouse": WarehouseResource(home=str(home.root)),
+            "clip": clip or ClipResource(models_dir=str(home.root / "models"), num_workers=0),
+        },
+        run_config=run_config,
         instance=instance or dg.DagsterInstance.ephemeral(),
         selection=selection,
         raise_on_error=False,

@@ -13,8 +13,14 @@ from dataplatform.core.sample_audit import compare_with_truth
 BIN = Path(sys.executable).parent
 
 
-def _run(args: list[str], home: Path, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DATAPLATFORM_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+def _run(args: list[str], home: Path, cwd: Path, **extra_env: str) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "DATAPLATFORM_HOME": str(home),
+        "DAGSTER_HOME": str(home / "dagster"),
+        "HF_HUB_OFFLINE": "1",
+        **extra_env,
+    }
     (home / "dagster").mkdir(parents=True, exist_ok=True)
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
@@ -25,6 +31,9 @@ def test_demo_runs_every_stage_and_matches_the_sample_truth(tmp_path: Path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "sample truth: 131 of 131 rows ended as designed" in done.stdout
     assert "phash_deduped        97     45       52  phash_duplicate 52" in done.stdout
+    # No CLIP weights exist here: the demo says it falls back to the smoke profile.
+    assert "Running the smoke profile (DATAPLATFORM_PROFILE=smoke)" in done.stdout
+    assert "clip_scored          45" in done.stdout
     matched, problems = compare_with_truth(Home(home), home / "sample_truth.json")
     assert (matched, problems) == (131, [])
     # Running the demo again replaces its partitions rather than appending.
@@ -32,10 +41,24 @@ def test_demo_runs_every_stage_and_matches_the_sample_truth(tmp_path: Path):
     assert again.returncode == 0, again.stderr
     with duckdb.connect(str(home / "warehouse" / "catalog.duckdb"), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM raw_pairs").fetchone() == (110,)
-        assert con.execute("SELECT count(*) FROM rejections").fetchone() == (21 + 13 + 52,)
+        assert con.execute(
+            "SELECT count(*) FROM rejections WHERE stage IN ('raw_pairs', 'exact_deduped', "
+            "'phash_deduped')"
+        ).fetchone() == (21 + 13 + 52,)
+        in_out = con.execute(
+            "SELECT (SELECT count(*) FROM phash_deduped), (SELECT count(*) FROM clip_scored), "
+            "(SELECT count(*) FROM rejections WHERE stage = 'clip_scored'), "
+            "(SELECT count(*) FROM semantic_deduped), "
+            "(SELECT count(*) FROM rejections WHERE stage = 'semantic_deduped'), "
+            "(SELECT count(*) FROM clip_scored WHERE clip_model LIKE '%smoke=true%')"
+        ).fetchone()
+    phash_kept, clip_kept, clip_removed, semantic_kept, semantic_removed, smoke_rows = in_out
+    assert phash_kept == clip_kept + clip_removed
+    assert clip_kept == semantic_kept + semantic_removed
+    assert smoke_rows == clip_kept  # every output the smoke model touched says so
 
 
-def test_dagster_cli_materializes_one_partition(tmp_path: Path):
+def test_dagster_cli_materializes_the_chain_in_the_smoke_profile(tmp_path: Path):
     home = tmp_path / "home"
     built = _run([str(BIN / "dataplatform"), "sample-data"], home, tmp_path)
     assert built.returncode == 0, built.stderr
@@ -47,17 +70,20 @@ def test_dagster_cli_materializes_one_partition(tmp_path: Path):
             "-m",
             "dataplatform.definitions",
             "--select",
-            "raw_pairs,exact_deduped,phash_deduped",
+            "*semantic_deduped",
             "--partition",
             "2025-01-01",
         ],
         home,
         Path(__file__).resolve().parents[2],
+        DATAPLATFORM_PROFILE="smoke",
     )
     assert done.returncode == 0, done.stderr[-3000:]
     with duckdb.connect(str(home / "warehouse" / "catalog.duckdb"), read_only=True) as con:
         counts = con.execute(
             "SELECT (SELECT count(*) FROM raw_pairs), (SELECT count(*) FROM exact_deduped), "
-            "(SELECT count(*) FROM phash_deduped)"
+            "(SELECT count(*) FROM phash_deduped), (SELECT count(*) FROM clip_scored), "
+            "(SELECT count(*) FROM embeddings)"
         ).fetchone()
-    assert counts == (20, 19, 15)
+    # 15 after pHash; the smoke profile keeps the top 90% by CLIP score: ceil(0.9 * 15) = 14.
+    assert counts == (20, 19, 15, 14, 15)

@@ -1,0 +1,179 @@
+"""clip_scored: CLIP image-text similarity for every pair, then a relevance filter."""
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+
+from dataplatform.assets.partitions import daily_partitions
+from dataplatform.assets.phash_deduped import KEY as PHASH_KEY
+from dataplatform.assets.reporting import (
+    CHECK_PAIR_ID_UNIQUE,
+    CHECK_ROWS_CONSERVED,
+    OWNERS,
+    conservation_check,
+    stage_metadata,
+    table_column,
+    unique_check,
+)
+from dataplatform.core.funnel import stage_funnel
+from dataplatform.core.plots import histogram_png, markdown_image
+from dataplatform.core.schema import ledger_row, ledger_table
+from dataplatform.core.score_filter import PERCENTILE, ScoreRule, cut_for, keep_mask
+from dataplatform.core.warehouse import (
+    read_partition,
+    refresh_catalog,
+    write_ledger,
+    write_partition,
+)
+from dataplatform.resources.clip import ClipResource
+from dataplatform.resources.warehouse import WarehouseResource
+
+STAGE = "clip_scored"
+KEY = dg.AssetKey(STAGE)
+EMBEDDINGS = "embeddings"
+CHECK_SCORE_RANGE = "clip_score_in_range"
+CHECK_EMBEDDING_NORMS = "embeddings_unit_norm"
+# A random smoke model's scores mean nothing: keep most pairs so the funnel after it is testable.
+SMOKE_RULE = ScoreRule(mode=PERCENTILE, keep_top_percent=90.0)
+
+
+class ClipScoreConfig(dg.Config):
+    mode: str = "absolute"
+    """`absolute` keeps clip_score >= threshold; `percentile` keeps the top share of the day."""
+    threshold: float = 0.28
+    """Cosine of image and text embeddings; LAION-400M kept >= 0.28 with ViT-B/32."""
+    keep_top_percent: float = 30.0
+    """Share kept in percentile mode (DataComp's CLIP-score baseline keeps the top 30%)."""
+
+
+@dg.asset(
+    key=KEY,
+    partitions_def=daily_partitions,
+    deps=[PHASH_KEY],
+    description="CLIP image and text embeddings and their cosine for every pair, then a threshold.",
+    kinds={"pytorch", "parquet"},
+    owners=OWNERS,
+    code_version="1",
+    group_name="curation",
+    pool="gpu",
+    check_specs=[
+        dg.AssetCheckSpec(CHECK_ROWS_CONSERVED, asset=KEY),
+        dg.AssetCheckSpec(CHECK_PAIR_ID_UNIQUE, asset=KEY),
+        dg.AssetCheckSpec(CHECK_SCORE_RANGE, asset=KEY),
+        dg.AssetCheckSpec(CHECK_EMBEDDING_NORMS, asset=KEY),
+    ],
+)
+def clip_scored(
+    context: dg.AssetExecutionContext,
+    config: ClipScoreConfig,
+    warehouse: WarehouseResource,
+    clip: ClipResource,
+) -> dg.MaterializeResult:
+    """Embed every pair, store the embeddings and the score, and drop pairs under the threshold."""
+    home = warehouse.resolve()
+    date = context.partition_key
+    current = read_partition(home, PHASH_KEY.path[-1], date).sort_by("pair_id")
+    encoder = clip.encoder()
+    smoke = clip.is_smoke()
+    rule = (
+        SMOKE_RULE if smoke else ScoreRule(config.mode, config.threshold, config.keep_top_percent)
+    )
+    if smoke:
+        context.log.warning(
+            "DATAPLATFORM_PROFILE=smoke: the built-in test CLIP model scores meaninglessly; "
+            f"threshold replaced by: {rule.describe()}"
+        )
+    image_emb, errors = encoder.embed_images(table_column(current, "image_location"), home.landing)
+    text_emb = encoder.embed_texts(table_column(current, "text"))
+    scores = np.einsum("ij,ij->i", image_emb, text_emb).astype(np.float32)
+    readable = np.array([e is None for e in errors], dtype=bool)
+    cut = cut_for(scores[readable], rule)
+    keep = readable & keep_mask(scores, cut)
+
+    model_id = _identity_text(encoder.identity)
+    embedded = current.filter(pa.array(readable))
+    write_partition(
+        home,
+        EMBEDDINGS,
+        date,
+        pa.table(
+            {
+                "pair_id": embedded.column("pair_id"),
+                "date": embedded.column("date"),
+                "image_embedding": _vectors(image_emb[readable]),
+                "text_embedding": _vectors(text_emb[readable]),
+                "clip_score": pa.array(scores[readable]),
+                "clip_model": pa.array([model_id] * embedded.num_rows, pa.string()),
+            }
+        ),
+    )
+    kept = (
+        current.filter(pa.array(keep))
+        .append_column("clip_score", pa.array(scores[keep]))
+        .append_column("clip_model", pa.array([model_id] * int(keep.sum()), pa.string()))
+    )
+    rows = current.to_pylist()
+    ledger = ledger_table(
+        [
+            ledger_row(rows[k], STAGE, "image_unreadable", errors[k])
+            for k in np.flatnonzero(~readable)
+        ]
+        + [
+            ledger_row(
+                rows[k],
+                STAGE,
+                "low_clip_score",
+                f"clip_score {scores[k]:.4f} < {cut:.4f} ({rule.describe()})",
+                score=float(scores[k]),
+                threshold=cut,
+            )
+            for k in np.flatnonzero(readable & ~keep)
+        ]
+    )
+    output = write_partition(home, STAGE, date, kept)
+    write_ledger(home, STAGE, date, ledger)
+    refresh_catalog(home)
+
+    funnel = stage_funnel(STAGE, date, current.num_rows, kept.num_rows, ledger)
+    norms = np.linalg.norm(image_emb[readable], axis=1) if readable.any() else np.ones(0)
+    histogram = histogram_png(
+        scores[readable], value_range=(-1.0, 1.0), title="clip_score", marker=cut
+    )
+    extra = {
+        "clip_model": model_id,
+        "profile": "smoke (scores meaningless)" if smoke else "production",
+        "rule": rule.describe(),
+        "cut": float(cut),
+        "score_histogram": dg.MetadataValue.md(markdown_image(histogram, "clip_score histogram")),
+    }
+    return dg.MaterializeResult(
+        metadata=stage_metadata(funnel, output, extra),
+        check_results=[
+            conservation_check(funnel),
+            unique_check(CHECK_PAIR_ID_UNIQUE, "pair_id", table_column(kept, "pair_id"), "the day"),
+            dg.AssetCheckResult(
+                check_name=CHECK_SCORE_RANGE,
+                passed=bool(np.all((scores[readable] >= -1.0001) & (scores[readable] <= 1.0001))),
+                metadata={
+                    "min": float(scores[readable].min()) if readable.any() else 0.0,
+                    "max": float(scores[readable].max()) if readable.any() else 0.0,
+                },
+                description="every clip_score is a cosine in [-1, 1]",
+            ),
+            dg.AssetCheckResult(
+                check_name=CHECK_EMBEDDING_NORMS,
+                passed=bool(np.all(np.abs(norms - 1.0) < 1e-3)),
+                metadata={"max_deviation": float(np.abs(norms - 1.0).max()) if norms.size else 0.0},
+                description="every stored image embedding has unit L2 norm",
+            ),
+        ],
+    )
+
+
+def _vectors(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
+
+
+def _identity_text(identity: dict[str, str]) -> str:
+    return ";".join(f"{k}={v}" for k, v in sorted(identity.items()))

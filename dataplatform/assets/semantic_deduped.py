@@ -1,0 +1,209 @@
+"""semantic_deduped: near-identical images by CLIP embedding, found with FAISS, global."""
+
+from collections import Counter
+
+import dagster as dg
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from dataplatform.assets.clip_scored import EMBEDDINGS
+from dataplatform.assets.clip_scored import KEY as CLIP_KEY
+from dataplatform.assets.partitions import PREVIOUS_DAY, START_DATE, daily_partitions
+from dataplatform.assets.reporting import (
+    CHECK_PAIR_ID_UNIQUE,
+    CHECK_ROWS_CONSERVED,
+    OWNERS,
+    conservation_check,
+    require_earlier_partitions,
+    stage_metadata,
+    table_column,
+    unique_check,
+)
+from dataplatform.core.funnel import stage_funnel
+from dataplatform.core.profile import is_smoke
+from dataplatform.core.schema import ledger_row, ledger_table
+from dataplatform.core.semantic_index import (
+    DEFAULT_SIMILARITY_THRESHOLD,
+    find_similar_between,
+    find_similar_pairs,
+    semantic_deduplicate,
+)
+from dataplatform.core.warehouse import (
+    read_history,
+    read_partition,
+    refresh_catalog,
+    write_ledger,
+    write_partition,
+)
+from dataplatform.resources.warehouse import WarehouseResource
+
+STAGE = "semantic_deduped"
+KEY = dg.AssetKey(STAGE)
+UPSTREAM = CLIP_KEY
+CHECK_NO_SIMILAR_KEPT = "no_kept_pair_above_similarity"
+# The smoke model's embeddings are random: only (near) identical images may count as copies.
+SMOKE_THRESHOLD = 0.999
+KEEP_RULES = ("clip_score", "pair_id")
+
+
+class SemanticDedupConfig(dg.Config):
+    threshold: float = DEFAULT_SIMILARITY_THRESHOLD
+    """Pairs whose image embeddings have cosine >= this are duplicates of each other."""
+    keep_rule: str = "clip_score"
+    """The member of a duplicate cluster kept: `clip_score` (highest) or `pair_id` (smallest)."""
+
+
+@dg.asset(
+    key=KEY,
+    partitions_def=daily_partitions,
+    deps=[UPSTREAM, dg.AssetDep(KEY, partition_mapping=PREVIOUS_DAY)],
+    description="Pairs without semantic copies (crops, flips, re-shoots) by CLIP image cosine.",
+    kinds={"faiss", "parquet"},
+    owners=OWNERS,
+    code_version="1",
+    group_name="curation",
+    check_specs=[
+        dg.AssetCheckSpec(CHECK_ROWS_CONSERVED, asset=KEY),
+        dg.AssetCheckSpec(CHECK_PAIR_ID_UNIQUE, asset=KEY),
+        dg.AssetCheckSpec(CHECK_NO_SIMILAR_KEPT, asset=KEY),
+    ],
+)
+def semantic_deduped(
+    context: dg.AssetExecutionContext, config: SemanticDedupConfig, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """Keep the best pair of each cluster of near-identical images; earlier days always win."""
+    if config.keep_rule not in KEEP_RULES:
+        raise dg.Failure(f"keep_rule must be one of {KEEP_RULES}, not {config.keep_rule!r}")
+    home = warehouse.resolve()
+    date = context.partition_key
+    require_earlier_partitions(
+        warehouse.missing_earlier_partitions(STAGE, date, START_DATE), STAGE, date
+    )
+    smoke = is_smoke()
+    threshold = SMOKE_THRESHOLD if smoke else config.threshold
+    if smoke:
+        context.log.warning(f"DATAPLATFORM_PROFILE=smoke: similarity threshold set to {threshold}")
+
+    current = read_partition(home, UPSTREAM.path[-1], date).sort_by("pair_id")
+    vectors = _embeddings_for(current, read_partition(home, EMBEDDINGS, date))
+    history = _kept_history(home, date)
+    history_vectors = _matrix(history.column("image_embedding"), vectors.shape[1])
+    rank = _rank(current, config.keep_rule)
+    decision = semantic_deduplicate(vectors, threshold, rank, history_vectors)
+
+    rows = current.to_pylist()
+    hist_ids = table_column(history, "pair_id")
+    ledger_rows = []
+    cluster_sizes: Counter[str] = Counter()
+    for k in np.flatnonzero(~decision.keep):
+        target = int(decision.duplicate_of[k])
+        of = hist_ids[target] if decision.dup_in_history[k] else rows[target]["pair_id"]
+        cluster_sizes[of] += 1
+        ledger_rows.append(
+            ledger_row(
+                rows[k],
+                STAGE,
+                "semantic_duplicate",
+                f"image cosine {decision.similarity[k]:.4f} with {of}; threshold {threshold}",
+                duplicate_of=of,
+                similarity=float(decision.similarity[k]),
+                threshold=float(threshold),
+            )
+        )
+    ledger = ledger_table(ledger_rows)
+    kept = current.filter(pa.array(decision.keep))
+    output = write_partition(home, STAGE, date, kept)
+    write_ledger(home, STAGE, date, ledger)
+    refresh_catalog(home)
+
+    kept_vectors = vectors[decision.keep]
+    i, j, sim = find_similar_pairs(kept_vectors, threshold)
+    q, r, sim_h = find_similar_between(kept_vectors, history_vectors, threshold)
+    violations = len(i) + len(q)
+    size_counts = Counter(1 + n for n in cluster_sizes.values())
+    funnel = stage_funnel(STAGE, date, current.num_rows, kept.num_rows, ledger)
+    extra = {
+        "threshold": float(threshold),
+        "keep_rule": config.keep_rule,
+        "profile": "smoke (threshold raised)" if smoke else "production",
+        "history_pairs": history.num_rows,
+        "cluster_sizes": dg.MetadataValue.table(
+            records=[
+                dg.TableRecord({"cluster_size": size, "clusters": n})
+                for size, n in sorted(size_counts.items())
+            ],
+            schema=dg.TableSchema(
+                columns=[dg.TableColumn("cluster_size", "int"), dg.TableColumn("clusters", "int")]
+            ),
+        ),
+    }
+    kept_ids = hist_ids + table_column(kept, "pair_id")
+    return dg.MaterializeResult(
+        metadata=stage_metadata(funnel, output, extra),
+        check_results=[
+            conservation_check(funnel),
+            unique_check(
+                CHECK_PAIR_ID_UNIQUE, "pair_id", kept_ids, "all kept pairs up to this day"
+            ),
+            dg.AssetCheckResult(
+                check_name=CHECK_NO_SIMILAR_KEPT,
+                passed=violations == 0,
+                metadata={"pairs_above_threshold": violations},
+                description=f"no two kept pairs have image cosine >= {threshold}",
+            ),
+        ],
+    )
+
+
+def _embeddings_for(current: pa.Table, embeddings: pa.Table) -> np.ndarray:
+    """The image embeddings of ``current``'s pairs, in its row order."""
+    index = {pid: k for k, pid in enumerate(embeddings.column("pair_id").to_pylist())}
+    column = embeddings.column("image_embedding").combine_chunks()
+    dim = column.type.list_size
+    matrix = _matrix(column, dim)
+    missing = [pid for pid in current.column("pair_id").to_pylist() if pid not in index]
+    if missing:
+        raise dg.Failure(
+            f"{len(missing)} pairs of {UPSTREAM.path[-1]} have no stored embedding "
+            f"(first: {missing[:3]}); re-materialize {UPSTREAM.path[-1]} for this day"
+        )
+    return matrix[[index[pid] for pid in current.column("pair_id").to_pylist()]]
+
+
+def _kept_history(home, date: str) -> pa.Table:
+    """Earlier days' kept pairs with their image embeddings."""
+    kept = read_history(home, STAGE, date, ["pair_id", "date"])
+    embeddings = read_history(home, EMBEDDINGS, date, ["pair_id", "date", "image_embedding"])
+    con = duckdb.connect()
+    con.register("kept", kept)
+    con.register("emb", embeddings)
+    joined = con.sql(
+        "SELECT kept.pair_id, kept.date, emb.image_embedding FROM kept "
+        "JOIN emb USING (pair_id, date) ORDER BY kept.date, kept.pair_id"
+    ).to_arrow_table()
+    con.close()
+    return joined
+
+
+def _matrix(column: pa.Array | pa.ChunkedArray, dim: int) -> np.ndarray:
+    if isinstance(column, pa.ChunkedArray):
+        column = (
+            column.combine_chunks() if column.num_chunks else pa.array([], pa.list_(pa.float32()))
+        )
+    if len(column) == 0:
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.asarray(column.flatten(), dtype=np.float32).reshape(len(column), dim)
+
+
+def _rank(current: pa.Table, keep_rule: str) -> np.ndarray:
+    """Rank 0 is the best pair: highest clip_score (then smallest pair_id), or smallest pair_id."""
+    ids = current.column("pair_id").to_pylist()
+    if keep_rule == "pair_id":
+        order = sorted(range(len(ids)), key=lambda k: ids[k])
+    else:
+        scores = current.column("clip_score").to_pylist()
+        order = sorted(range(len(ids)), key=lambda k: (-scores[k], ids[k]))
+    rank = np.empty(len(ids), dtype=np.int64)
+    rank[order] = np.arange(len(ids))
+    return rank
