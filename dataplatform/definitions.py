@@ -4,11 +4,15 @@ import dagster as dg
 
 from dataplatform.assets import STAGE_ASSETS
 from dataplatform.automation import curate_daily, curate_daily_schedule, landing_sensor
-from dataplatform.resources import ClipResource, WarehouseResource
+from dataplatform.resources import ClipResource, QualityResource, WarehouseResource
 
 defs = dg.Definitions(
     assets=STAGE_ASSETS,
-    resources={"warehouse": WarehouseResource(), "clip": ClipResource()},
+    resources={
+        "warehouse": WarehouseResource(),
+        "clip": ClipResource(),
+        "quality": QualityResource(),
+    },
     jobs=[curate_daily],
     schedules=[curate_daily_schedule],
     sensors=[landing_sensor],

@@ -3,11 +3,19 @@
 from dataplatform.assets.clip_scored import clip_scored
 from dataplatform.assets.exact_deduped import exact_deduped
 from dataplatform.assets.phash_deduped import phash_deduped
+from dataplatform.assets.quality_filtered import quality_filtered
 from dataplatform.assets.raw_pairs import raw_pairs
 from dataplatform.assets.semantic_deduped import semantic_deduped
 
-STAGE_ASSETS = [raw_pairs, exact_deduped, phash_deduped, clip_scored, semantic_deduped]
-STAGE_ORDER = ["raw_pairs", "exact_deduped", "phash_deduped", "clip_scored", "semantic_deduped"]
+STAGE_ASSETS = [
+    raw_pairs,
+    exact_deduped,
+    phash_deduped,
+    clip_scored,
+    quality_filtered,
+    semantic_deduped,
+]
+STAGE_ORDER = [a.key.path[-1] for a in STAGE_ASSETS]
 
 __all__ = [
     "STAGE_ASSETS",
@@ -15,6 +23,7 @@ __all__ = [
     "clip_scored",
     "exact_deduped",
     "phash_deduped",
+    "quality_filtered",
     "raw_pairs",
     "semantic_deduped",
 ]

@@ -15,6 +15,7 @@ from dataplatform.assets.reporting import (
     table_column,
     unique_check,
 )
+from dataplatform.core.embedding_table import vectors_column
 from dataplatform.core.funnel import stage_funnel
 from dataplatform.core.plots import histogram_png, markdown_image
 from dataplatform.core.schema import ledger_row, ledger_table
@@ -100,8 +101,8 @@ def clip_scored(
             {
                 "pair_id": embedded.column("pair_id"),
                 "date": embedded.column("date"),
-                "image_embedding": _vectors(image_emb[readable]),
-                "text_embedding": _vectors(text_emb[readable]),
+                "image_embedding": vectors_column(image_emb[readable]),
+                "text_embedding": vectors_column(text_emb[readable]),
                 "clip_score": pa.array(scores[readable]),
                 "clip_model": pa.array([model_id] * embedded.num_rows, pa.string()),
             }
@@ -168,11 +169,6 @@ def clip_scored(
             ),
         ],
     )
-
-
-def _vectors(matrix: np.ndarray) -> pa.FixedSizeListArray:
-    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
-    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
 
 
 def _identity_text(identity: dict[str, str]) -> str:

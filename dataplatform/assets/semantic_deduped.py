@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 
 from dataplatform.assets.clip_scored import EMBEDDINGS
-from dataplatform.assets.clip_scored import KEY as CLIP_KEY
 from dataplatform.assets.partitions import PREVIOUS_DAY, START_DATE, daily_partitions
+from dataplatform.assets.quality_filtered import KEY as QUALITY_KEY
 from dataplatform.assets.reporting import (
     CHECK_PAIR_ID_UNIQUE,
     CHECK_ROWS_CONSERVED,
@@ -20,6 +20,7 @@ from dataplatform.assets.reporting import (
     table_column,
     unique_check,
 )
+from dataplatform.core.embedding_table import matrix_of, rows_for
 from dataplatform.core.funnel import stage_funnel
 from dataplatform.core.profile import is_smoke
 from dataplatform.core.schema import ledger_row, ledger_table
@@ -40,18 +41,19 @@ from dataplatform.resources.warehouse import WarehouseResource
 
 STAGE = "semantic_deduped"
 KEY = dg.AssetKey(STAGE)
-UPSTREAM = CLIP_KEY
+UPSTREAM = QUALITY_KEY
 CHECK_NO_SIMILAR_KEPT = "no_kept_pair_above_similarity"
 # The smoke model's embeddings are random: only (near) identical images may count as copies.
 SMOKE_THRESHOLD = 0.999
-KEEP_RULES = ("clip_score", "pair_id")
+KEEP_RULES = ("quality", "clip_score", "pair_id")
 
 
 class SemanticDedupConfig(dg.Config):
     threshold: float = DEFAULT_SIMILARITY_THRESHOLD
     """Pairs whose image embeddings have cosine >= this are duplicates of each other."""
-    keep_rule: str = "clip_score"
-    """The member of a duplicate cluster kept: `clip_score` (highest) or `pair_id` (smallest)."""
+    keep_rule: str = "quality"
+    """The member of a cluster kept: `quality` (highest aesthetic score where scored, then
+    highest clip_score), `clip_score` (highest) or `pair_id` (smallest)."""
 
 
 @dg.asset(
@@ -88,7 +90,7 @@ def semantic_deduped(
     current = read_partition(home, UPSTREAM.path[-1], date).sort_by("pair_id")
     vectors = _embeddings_for(current, read_partition(home, EMBEDDINGS, date))
     history = _kept_history(home, date)
-    history_vectors = _matrix(history.column("image_embedding"), vectors.shape[1])
+    history_vectors = matrix_of(history.column("image_embedding"), vectors.shape[1])
     rank = _rank(current, config.keep_rule)
     decision = semantic_deduplicate(vectors, threshold, rank, history_vectors)
 
@@ -158,17 +160,13 @@ def semantic_deduped(
 
 def _embeddings_for(current: pa.Table, embeddings: pa.Table) -> np.ndarray:
     """The image embeddings of ``current``'s pairs, in its row order."""
-    index = {pid: k for k, pid in enumerate(embeddings.column("pair_id").to_pylist())}
-    column = embeddings.column("image_embedding").combine_chunks()
-    dim = column.type.list_size
-    matrix = _matrix(column, dim)
-    missing = [pid for pid in current.column("pair_id").to_pylist() if pid not in index]
-    if missing:
+    try:
+        return rows_for(current.column("pair_id").to_pylist(), embeddings)
+    except KeyError as exc:
         raise dg.Failure(
-            f"{len(missing)} pairs of {UPSTREAM.path[-1]} have no stored embedding "
-            f"(first: {missing[:3]}); re-materialize {UPSTREAM.path[-1]} for this day"
-        )
-    return matrix[[index[pid] for pid in current.column("pair_id").to_pylist()]]
+            f"{exc.args[0]} for {UPSTREAM.path[-1]}; "
+            "re-materialize clip_scored and quality_filtered for this day"
+        ) from exc
 
 
 def _kept_history(home, date: str) -> pa.Table:
@@ -186,24 +184,25 @@ def _kept_history(home, date: str) -> pa.Table:
     return joined
 
 
-def _matrix(column: pa.Array | pa.ChunkedArray, dim: int) -> np.ndarray:
-    if isinstance(column, pa.ChunkedArray):
-        column = (
-            column.combine_chunks() if column.num_chunks else pa.array([], pa.list_(pa.float32()))
-        )
-    if len(column) == 0:
-        return np.zeros((0, dim), dtype=np.float32)
-    return np.asarray(column.flatten(), dtype=np.float32).reshape(len(column), dim)
-
-
 def _rank(current: pa.Table, keep_rule: str) -> np.ndarray:
-    """Rank 0 is the best pair: highest clip_score (then smallest pair_id), or smallest pair_id."""
+    """Rank 0 is the best pair under ``keep_rule``; ties go to the smallest pair_id."""
     ids = current.column("pair_id").to_pylist()
-    if keep_rule == "pair_id":
-        order = sorted(range(len(ids)), key=lambda k: ids[k])
-    else:
-        scores = current.column("clip_score").to_pylist()
-        order = sorted(range(len(ids)), key=lambda k: (-scores[k], ids[k]))
+    clip = current.column("clip_score").to_pylist()
+    aesthetic = (
+        current.column("aesthetic_score").to_pylist()
+        if "aesthetic_score" in current.column_names
+        else [None] * len(ids)
+    )
+
+    def key(k: int) -> tuple:
+        if keep_rule == "pair_id":
+            return (ids[k],)
+        if keep_rule == "clip_score":
+            return (-clip[k], ids[k])
+        scored = aesthetic[k] is not None
+        return (not scored, -(aesthetic[k] or 0.0), -clip[k], ids[k])
+
+    order = sorted(range(len(ids)), key=key)
     rank = np.empty(len(ids), dtype=np.int64)
     rank[order] = np.arange(len(ids))
     return rank

@@ -11,7 +11,7 @@ from PIL import ImageEnhance
 
 from dataplatform.assets import STAGE_ASSETS
 from dataplatform.core.home import Home
-from dataplatform.resources import ClipResource, WarehouseResource
+from dataplatform.resources import ClipResource, QualityResource, WarehouseResource
 from tests.conftest import encode, photo
 
 DAYS = ["2025-01-01", "2025-01-02", "2025-01-03"]
@@ -100,6 +100,7 @@ def materialize_day(
     instance: dg.DagsterInstance | None = None,
     selection=None,
     clip: ClipResource | None = None,
+    quality: QualityResource | None = None,
     run_config: dict | None = None,
 ):
     return dg.materialize(
@@ -108,6 +109,7 @@ def materialize_day(
         resources={
             "warehouse": WarehouseResource(home=str(home.root)),
             "clip": clip or ClipResource(models_dir=str(home.root / "models"), num_workers=0),
+            "quality": quality or QualityResource(),
         },
         run_config=run_config,
         instance=instance or dg.DagsterInstance.ephemeral(),

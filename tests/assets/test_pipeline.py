@@ -38,7 +38,7 @@ def test_three_days_exact_counts_and_ledger(three_days: Home):
         result = materialize_day(three_days, day)
         assert result.success
         assert all(_checks(result).values()), _checks(result)
-        assert len(_checks(result)) == 15
+        assert len(_checks(result)) == 18
     assert _kept(three_days, "raw_pairs") == {
         DAYS[0]: ["a1", "a2", "b1", "b2", "c1"],
         DAYS[1]: ["a3", "c2", "d1"],
@@ -57,6 +57,8 @@ def test_three_days_exact_counts_and_ledger(three_days: Home):
     # The smoke profile keeps the top 90% by CLIP score (ceil: every pair of these small days)
     # and only near-identical embeddings are semantic copies: no distinct photo is lost.
     assert _kept(three_days, "clip_scored") == _kept(three_days, "phash_deduped")
+    # Real, sharp, safe photos of at least 300 px pass every quality threshold.
+    assert _kept(three_days, "quality_filtered") == _kept(three_days, "phash_deduped")
     assert _kept(three_days, "semantic_deduped") == _kept(three_days, "phash_deduped")
     assert _kept(three_days, "embeddings") == _kept(three_days, "phash_deduped")
     ledger = _ledger(three_days)

@@ -34,6 +34,7 @@ def test_demo_runs_every_stage_and_matches_the_sample_truth(tmp_path: Path):
     # No CLIP weights exist here: the demo says it falls back to the smoke profile.
     assert "Running the smoke profile (DATAPLATFORM_PROFILE=smoke)" in done.stdout
     assert "clip_scored          45" in done.stdout
+    assert "quality_filtered" in done.stdout
     matched, problems = compare_with_truth(Home(home), home / "sample_truth.json")
     assert (matched, problems) == (131, [])
     # Running the demo again replaces its partitions rather than appending.
@@ -45,16 +46,21 @@ def test_demo_runs_every_stage_and_matches_the_sample_truth(tmp_path: Path):
             "SELECT count(*) FROM rejections WHERE stage IN ('raw_pairs', 'exact_deduped', "
             "'phash_deduped')"
         ).fetchone() == (21 + 13 + 52,)
-        in_out = con.execute(
-            "SELECT (SELECT count(*) FROM phash_deduped), (SELECT count(*) FROM clip_scored), "
-            "(SELECT count(*) FROM rejections WHERE stage = 'clip_scored'), "
-            "(SELECT count(*) FROM semantic_deduped), "
-            "(SELECT count(*) FROM rejections WHERE stage = 'semantic_deduped'), "
-            "(SELECT count(*) FROM clip_scored WHERE clip_model LIKE '%smoke=true%')"
-        ).fetchone()
-    phash_kept, clip_kept, clip_removed, semantic_kept, semantic_removed, smoke_rows = in_out
-    assert phash_kept == clip_kept + clip_removed
-    assert clip_kept == semantic_kept + semantic_removed
+        counts = {
+            table: con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            for table in ("phash_deduped", "clip_scored", "quality_filtered", "semantic_deduped")
+        }
+        removed = dict(
+            con.execute("SELECT stage, count(*) FROM rejections GROUP BY stage").fetchall()
+        )
+        smoke_rows = con.execute(
+            "SELECT count(*) FROM clip_scored WHERE clip_model LIKE '%smoke=true%'"
+        ).fetchone()[0]
+    # Every stage conserves rows: what the previous stage kept is kept here or in the ledger.
+    chain = ["phash_deduped", "clip_scored", "quality_filtered", "semantic_deduped"]
+    for before, stage in zip(chain, chain[1:], strict=False):
+        assert counts[before] == counts[stage] + removed.get(stage, 0), stage
+    clip_kept = counts["clip_scored"]
     assert smoke_rows == clip_kept  # every output the smoke model touched says so
 
 

@@ -1,0 +1,247 @@
+"""quality_filtered: aesthetics, NSFW, watermark, OCR readability and technical quality."""
+
+import dataclasses
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+
+from dataplatform.assets.clip_scored import EMBEDDINGS
+from dataplatform.assets.clip_scored import KEY as CLIP_KEY
+from dataplatform.assets.partitions import daily_partitions
+from dataplatform.assets.reporting import (
+    CHECK_PAIR_ID_UNIQUE,
+    CHECK_ROWS_CONSERVED,
+    OWNERS,
+    conservation_check,
+    stage_metadata,
+    table_column,
+    unique_check,
+)
+from dataplatform.core.embedding_table import rows_for
+from dataplatform.core.funnel import stage_funnel
+from dataplatform.core.plots import histogram_png, markdown_image
+from dataplatform.core.quality_rules import QualityThresholds, evaluate_table
+from dataplatform.core.quality_scoring import SCORE_NAMES, Scorers, score_partition
+from dataplatform.core.schema import ledger_row, ledger_table
+from dataplatform.core.warehouse import (
+    has_partition,
+    read_partition,
+    refresh_catalog,
+    write_ledger,
+    write_partition,
+)
+from dataplatform.resources.quality import QualityResource
+from dataplatform.resources.warehouse import WarehouseResource
+
+STAGE = "quality_filtered"
+KEY = dg.AssetKey(STAGE)
+SCORES = "quality_scores"
+CHECK_SCORE_RANGES = "scores_in_range"
+_DEFAULTS = QualityThresholds()
+# Scores with a fixed range, checked on every materialization.
+_RANGES = {
+    "nsfw_score": (0.0, 1.0),
+    "watermark_score": (0.0, 1.0),
+    "ocr_text_area": (0.0, 1.0),
+    "ocr_confidence": (0.0, 1.0),
+    "clipped_fraction": (0.0, 1.0),
+    "aspect_ratio": (1.0, float("inf")),
+}
+_HISTOGRAMS = {
+    "aesthetic_score": ((1.0, 10.0), "min_aesthetic"),
+    "nsfw_score": ((0.0, 1.0), "max_nsfw"),
+    "watermark_score": ((0.0, 1.0), "max_watermark"),
+    "blur_variance": (None, "min_blur_variance"),
+    "clipped_fraction": ((0.0, 1.0), "max_clipped_fraction"),
+    "ocr_text_area": ((0.0, 1.0), "ocr_text_area_for_text_images"),
+}
+
+
+class QualityConfig(dg.Config):
+    """Thresholds, applied to stored scores: change them and re-materialize to re-filter."""
+
+    min_aesthetic: float = _DEFAULTS.min_aesthetic
+    max_nsfw: float = _DEFAULTS.max_nsfw
+    max_watermark: float = _DEFAULTS.max_watermark
+    min_shortest_side: int = _DEFAULTS.min_shortest_side
+    max_aspect_ratio: float = _DEFAULTS.max_aspect_ratio
+    min_blur_variance: float = _DEFAULTS.min_blur_variance
+    max_clipped_fraction: float = _DEFAULTS.max_clipped_fraction
+    ocr_text_area_for_text_images: float = _DEFAULTS.ocr_text_area_for_text_images
+    min_ocr_confidence: float = _DEFAULTS.min_ocr_confidence
+    rescore: bool = False
+    """Recompute the scores even when this day's `quality_scores` are already stored."""
+
+
+@dg.asset(
+    key=KEY,
+    partitions_def=daily_partitions,
+    deps=[CLIP_KEY],
+    description="Every quality score stored for every pair, then the quality thresholds applied.",
+    kinds={"onnx", "pytorch", "parquet"},
+    owners=OWNERS,
+    code_version="1",
+    group_name="curation",
+    pool="gpu",
+    check_specs=[
+        dg.AssetCheckSpec(CHECK_ROWS_CONSERVED, asset=KEY),
+        dg.AssetCheckSpec(CHECK_PAIR_ID_UNIQUE, asset=KEY),
+        dg.AssetCheckSpec(CHECK_SCORE_RANGES, asset=KEY),
+    ],
+)
+def quality_filtered(
+    context: dg.AssetExecutionContext,
+    config: QualityConfig,
+    warehouse: WarehouseResource,
+    quality: QualityResource,
+) -> dg.MaterializeResult:
+    """Score aesthetics, NSFW, watermark, OCR and technical quality; drop what fails a threshold."""
+    home = warehouse.resolve()
+    date = context.partition_key
+    current = read_partition(home, CLIP_KEY.path[-1], date).sort_by("pair_id")
+    ids = table_column(current, "pair_id")
+    scores, notes = _stored_or_new_scores(home, date, current, quality, config.rescore)
+    if scores is None:
+        scorers = _load_scorers(quality, current)
+        vectors = rows_for(ids, read_partition(home, EMBEDDINGS, date))
+        scores = score_partition(
+            current.to_pylist(), vectors, home.landing, scorers, quality.batch_size
+        )
+        notes = scorers.notes
+        write_partition(home, SCORES, date, scores)
+    thresholds = QualityThresholds(
+        **{f.name: getattr(config, f.name) for f in dataclasses.fields(QualityThresholds)}
+    )
+    keep, rejections = evaluate_table(scores, thresholds)
+
+    score_columns = scores.select(SCORE_NAMES)
+    kept = current
+    for name in SCORE_NAMES:
+        kept = kept.append_column(name, score_columns.column(name))
+    kept = kept.filter(pa.array(keep))
+    rows = current.to_pylist()
+    ledger = ledger_table(
+        [
+            ledger_row(
+                rows[k],
+                STAGE,
+                rejections[k][0].reason,
+                rejections[k][0].detail,
+                score=float(rejections[k][0].value),
+                threshold=float(rejections[k][0].threshold),
+            )
+            for k in np.flatnonzero(~keep)
+        ]
+    )
+    output = write_partition(home, STAGE, date, kept)
+    write_ledger(home, STAGE, date, ledger)
+    refresh_catalog(home)
+
+    funnel = stage_funnel(STAGE, date, current.num_rows, kept.num_rows, ledger)
+    out_of_range = _out_of_range(scores)
+    errors = [e for e in table_column(scores, "scorer_errors") if e]
+    extra = {
+        "scorers_not_run": dg.MetadataValue.md(
+            "\n".join(f"- **{k}**: {v}" for k, v in sorted(notes.items())) or "all scorers ran"
+        ),
+        "scorer_errors": len(errors),
+        "histograms": dg.MetadataValue.md(_histograms(scores, thresholds)),
+    }
+    return dg.MaterializeResult(
+        metadata=stage_metadata(funnel, output, extra),
+        check_results=[
+            conservation_check(funnel),
+            unique_check(CHECK_PAIR_ID_UNIQUE, "pair_id", table_column(kept, "pair_id"), "the day"),
+            dg.AssetCheckResult(
+                check_name=CHECK_SCORE_RANGES,
+                passed=not out_of_range,
+                metadata={"out_of_range": ", ".join(out_of_range) or "-"},
+                description="bounded scores (NSFW, watermark, OCR, exposure, aspect) in range",
+            ),
+        ],
+    )
+
+
+def _stored_or_new_scores(home, date, current, quality, rescore):
+    """This day's stored scores when they cover exactly these pairs: thresholds re-apply free."""
+    if rescore or not has_partition(home, SCORES, date):
+        return None, {}
+    stored = read_partition(home, SCORES, date).sort_by("pair_id")
+    if stored.column("pair_id").to_pylist() != current.column("pair_id").to_pylist():
+        return None, {}
+    return stored, {"(all)": "scores re-used from quality_scores; set rescore to recompute"}
+
+
+def _load_scorers(quality: QualityResource, current: pa.Table) -> Scorers:
+    from dataplatform.core.embedding_heads import head_matches, load_head
+    from dataplatform.core.nsfw_nudenet import load_nudenet
+    from dataplatform.core.ocr_readability import load_ocr
+    from dataplatform.core.watermark_model import load_watermark
+
+    scorers = Scorers()
+    scorers.nudenet = load_nudenet() if quality.use_nudenet else None
+    if not quality.use_nudenet:
+        scorers.notes["nsfw (NudeNet)"] = "switched off (use_nudenet=false)"
+    scorers.ocr = load_ocr() if quality.use_ocr else None
+    if not quality.use_ocr:
+        scorers.notes["ocr (RapidOCR)"] = "switched off (use_ocr=false)"
+    watermark = quality.configured_path("watermark_checkpoint")
+    if watermark is None:
+        scorers.notes["watermark"] = "no `watermark_checkpoint` configured: watermark_score is null"
+    else:
+        scorers.watermark = load_watermark(watermark, quality.device)
+    clip = _clip_identity(current)
+    for setting, attr, label in (
+        ("aesthetic_head", "aesthetic", "aesthetic"),
+        ("clip_nsfw_head", "clip_nsfw", "clip nsfw head"),
+    ):
+        path = quality.configured_path(setting)
+        if path is None:
+            scorers.notes[label] = f"no `{setting}` configured: score is null"
+            continue
+        head = load_head(path)
+        pretrained = clip.get("pretrained", "")
+        tag = None if ("/" in pretrained or pretrained.endswith((".pt", ".bin"))) else pretrained
+        if head_matches(head.spec, clip.get("model", ""), int(clip.get("dim", 0)), tag):
+            setattr(scorers, attr, head)
+        else:
+            scorers.notes[label] = (
+                f"`{setting}` {path.name} is for {head.spec.clip_model}/{head.spec.clip_pretrained}"
+                f" ({head.spec.dim}-d); the embeddings are {clip.get('model')}/{pretrained} "
+                f"({clip.get('dim')}-d): score is null"
+            )
+    return scorers
+
+
+def _clip_identity(current: pa.Table) -> dict[str, str]:
+    """The CLIP identity `clip_scored` stamped on its rows ("k=v;k=v")."""
+    if current.num_rows == 0 or "clip_model" not in current.column_names:
+        return {}
+    text = current.column("clip_model")[0].as_py() or ""
+    return dict(part.split("=", 1) for part in text.split(";") if "=" in part)
+
+
+def _out_of_range(scores: pa.Table) -> list[str]:
+    bad = []
+    for name, (lo, hi) in _RANGES.items():
+        values = np.array(
+            [v for v in scores.column(name).to_pylist() if v is not None], dtype=np.float64
+        )
+        if values.size and (values.min() < lo - 1e-6 or values.max() > hi + 1e-6):
+            bad.append(f"{name} [{values.min():.3g}, {values.max():.3g}]")
+    return bad
+
+
+def _histograms(scores: pa.Table, thresholds: QualityThresholds) -> str:
+    parts = []
+    for name, (value_range, threshold_name) in _HISTOGRAMS.items():
+        values = [v for v in scores.column(name).to_pylist() if v is not None]
+        if not values:
+            parts.append(f"**{name}**: not scored")
+            continue
+        png = histogram_png(
+            values, value_range=value_range, title=name, marker=getattr(thresholds, threshold_name)
+        )
+        parts.append(f"**{name}**\n\n{markdown_image(png, name)}")
+    return "\n\n".join(parts)
