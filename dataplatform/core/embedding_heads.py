@@ -82,7 +82,7 @@ class HeadSpec:
 
 def detect_head(path: str | Path) -> HeadSpec:
     """The format and CLIP of the head file at ``path``, from its keys, shapes and file name."""
-    path = Path(path)
+    path = Path(path).resolve()
     return _spec_of(path, _read_state_dict(path))
 
 
