@@ -4,7 +4,7 @@ import json
 
 import dagster as dg
 
-from dataplatform.assets import STAGE_ASSETS, STAGE_ORDER
+from dataplatform.assets import ALL_ASSETS, STAGE_ORDER
 from dataplatform.assets.partitions import daily_partitions
 from dataplatform.core.warehouse import partition_dates
 from dataplatform.resources.warehouse import WarehouseResource
@@ -14,8 +14,8 @@ TRIGGER_TAG = "dataplatform/trigger"
 
 curate_daily = dg.define_asset_job(
     JOB_NAME,
-    selection=dg.AssetSelection.assets(*STAGE_ASSETS),
-    description="Every curation stage for one ingest date.",
+    selection=dg.AssetSelection.assets(*ALL_ASSETS),
+    description="Every curation stage and the tokens for one ingest date.",
 )
 
 # Runs shortly after midnight UTC for the day that just closed.

@@ -37,6 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("sql", help="run a DuckDB query over the warehouse views")
     p.add_argument("query")
 
+    p = sub.add_parser("export", help="write the tokens table as WebDataset shards")
+    p.add_argument("--format", choices=["webdataset"], default="webdataset")
+    p.add_argument("--out", required=True, help="folder for the .tar shards")
+    p.add_argument("--date", help="one partition date (default: every date)")
+    p.add_argument("--shard-mb", type=int, default=256, help="shard size limit in MiB")
+
     p = sub.add_parser("synthetic", help="write a synthetic landing folder of camera-sized JPEGs")
     p.add_argument("--date", required=True)
     p.add_argument("--distinct", type=int, default=3000)
@@ -54,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "funnel": _funnel,
         "sql": _sql,
         "synthetic": _synthetic,
+        "export": _export,
     }[args.command]
     return handler(home, args)
 
@@ -75,9 +82,14 @@ def _sample_data(home: Home, args: argparse.Namespace) -> int:
 
 
 def _materialize(home: Home, dates: Sequence[str]) -> None:
-    """Every stage for each date through Dagster, oldest first, recorded in the Dagster instance."""
+    """Every stage for each date through Dagster, recorded in the Dagster instance.
+
+    Curation first for every date, oldest first; then the tokenizer, trained once on what all
+    of them kept (reused afterwards), and the tokens of each date.
+    """
     import dagster as dg
 
+    from dataplatform.assets import STAGE_ASSETS, TOKEN_ASSETS
     from dataplatform.automation import JOB_NAME
     from dataplatform.definitions import defs
 
@@ -88,27 +100,33 @@ def _materialize(home: Home, dates: Sequence[str]) -> None:
         # A local instance (SQLite under DAGSTER_HOME) that `make ui` opens too; no telemetry.
         instance_yaml.write_text("telemetry:\n  enabled: false\n")
     job = defs.resolve_job_def(JOB_NAME)
+    phases = [
+        ("curation", [a.key for a in STAGE_ASSETS]),
+        ("tokens", [a.key for a in TOKEN_ASSETS]),
+    ]
     with dg.DagsterInstance.get() as instance:
-        for date in sorted(dates):
-            started = time.perf_counter()
-            result = job.execute_in_process(
-                partition_key=date,
-                instance=instance,
-                run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
-            )
-            failed_checks = [
-                f"{c.asset_key.path[-1]}.{c.check_name}"
-                for c in result.get_asset_check_evaluations()
-                if not c.passed
-            ]
-            status = "ok" if result.success and not failed_checks else "FAILED"
-            print(
-                f"  {date}: run {result.run_id[:8]} {status} "
-                f"in {time.perf_counter() - started:.1f}s"
-                + (f"; failed checks: {', '.join(failed_checks)}" if failed_checks else "")
-            )
-            if not result.success:
-                raise SystemExit(f"materialization of {date} failed")
+        for phase, keys in phases:
+            for date in sorted(dates):
+                started = time.perf_counter()
+                result = job.execute_in_process(
+                    partition_key=date,
+                    instance=instance,
+                    asset_selection=keys,
+                    run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+                )
+                failed_checks = [
+                    f"{c.asset_key.path[-1]}.{c.check_name}"
+                    for c in result.get_asset_check_evaluations()
+                    if not c.passed
+                ]
+                status = "ok" if result.success and not failed_checks else "FAILED"
+                print(
+                    f"  {date} {phase}: run {result.run_id[:8]} {status} "
+                    f"in {time.perf_counter() - started:.1f}s"
+                    + (f"; failed checks: {', '.join(failed_checks)}" if failed_checks else "")
+                )
+                if not result.success:
+                    raise SystemExit(f"materialization of {date} failed")
 
 
 def _materialize_cmd(home: Home, args: argparse.Namespace) -> int:
@@ -124,13 +142,14 @@ def _demo(home: Home, args: argparse.Namespace) -> int:
     print(f"== dataplatform demo, home {home.root}")
     _choose_profile()
     _sample_data(home, args)
-    print(f"== materializing {', '.join(STAGE_ORDER)} for each date")
+    print(f"== materializing {', '.join(STAGE_ORDER)} (and the tokenizer) for each date")
     _materialize(home, dates)
     for date in dates:
         print(f"\n== funnel {date}")
         print(format_funnel(warehouse_funnel(home, STAGE_ORDER, date)))
     print("\n== funnel, all dates")
     print(format_funnel(warehouse_funnel(home, STAGE_ORDER), top_reasons=6))
+    _print_budget(home)
     from dataplatform.core.sample_audit import compare_with_truth
 
     matched, problems = compare_with_truth(home, home.root / "sample_truth.json")
@@ -187,6 +206,26 @@ def _choose_profile() -> None:
         logging.disable(logging.NOTSET)
 
 
+def _print_budget(home: Home) -> None:
+    """The token budget: images and tokens per day and in total, as `tokens` reports it."""
+    from dataplatform.core.token_budget import budget
+    from dataplatform.core.warehouse import partition_dates, read_partition
+
+    per_day = {}
+    for date in partition_dates(home, "tokens"):
+        counts = read_partition(home, "tokens", date).column("token_count").to_pylist()
+        per_day[date] = (len(counts), int(sum(counts)))
+    if not per_day:
+        return
+    print("\n== token budget (target 3T image tokens, section 7.6)")
+    print(f"{'scope':<12}{'images':>8}{'tokens':>10}{'tokens/image':>14}{'progress':>12}")
+    for row in budget(per_day, 3_000_000_000_000):
+        print(
+            f"{row.scope:<12}{row.images:>8}{row.tokens:>10}{row.tokens_per_image:>14.0f}"
+            f"{row.progress:>12.2e}"
+        )
+
+
 def _funnel(home: Home, args: argparse.Namespace) -> int:
     from dataplatform.assets import STAGE_ORDER
     from dataplatform.core.funnel import format_funnel, warehouse_funnel
@@ -210,6 +249,41 @@ def _print_query(home: Home, query: str) -> None:
             relation.show(max_width=160)
     finally:
         con.close()
+
+
+def _export(home: Home, args: argparse.Namespace) -> int:
+    """Token shards of (tokens, text, pair_id), sized for streaming, one day or all."""
+    import numpy as np
+
+    from dataplatform.core.warehouse import partition_dates, read_partition
+    from dataplatform.core.webdataset_export import export_shards
+
+    dates = [args.date] if args.date else partition_dates(home, "tokens")
+    if not dates or (args.date and args.date not in partition_dates(home, "tokens")):
+        wanted = args.date or "none materialized"
+        print(f"no tokens partition to export ({wanted})", file=sys.stderr)
+        return 1
+
+    def records():
+        for date in dates:
+            for row in read_partition(home, "tokens", date).to_pylist():
+                grid = np.asarray(row["tokens"], dtype=np.uint16).reshape(row["token_grid"])
+                yield {
+                    "pair_id": row["pair_id"],
+                    "text": row["text"],
+                    "tokens": grid,
+                    "date": row["date"],
+                    "resolution": row["resolution"],
+                    "crop_policy": row["crop_policy"],
+                    "crop_box": row["crop_box"],
+                    "tokenizer": row["tokenizer"],
+                    "license": row["license"],
+                    "url": row["url"],
+                }
+
+    shards = export_shards(records(), Path(args.out), shard_max_bytes=args.shard_mb * 1024**2)
+    print(f"wrote {len(shards)} shard(s) to {args.out}")
+    return 0
 
 
 def _synthetic(home: Home, args: argparse.Namespace) -> int:

@@ -2,16 +2,22 @@
 
 import dagster as dg
 
-from dataplatform.assets import STAGE_ASSETS
+from dataplatform.assets import ALL_ASSETS
 from dataplatform.automation import curate_daily, curate_daily_schedule, landing_sensor
-from dataplatform.resources import ClipResource, QualityResource, WarehouseResource
+from dataplatform.resources import (
+    ClipResource,
+    QualityResource,
+    TokenizerResource,
+    WarehouseResource,
+)
 
 defs = dg.Definitions(
-    assets=STAGE_ASSETS,
+    assets=ALL_ASSETS,
     resources={
         "warehouse": WarehouseResource(),
         "clip": ClipResource(),
         "quality": QualityResource(),
+        "tokenizer": TokenizerResource(),
     },
     jobs=[curate_daily],
     schedules=[curate_daily_schedule],

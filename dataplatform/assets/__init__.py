@@ -6,6 +6,8 @@ from dataplatform.assets.phash_deduped import phash_deduped
 from dataplatform.assets.quality_filtered import quality_filtered
 from dataplatform.assets.raw_pairs import raw_pairs
 from dataplatform.assets.semantic_deduped import semantic_deduped
+from dataplatform.assets.tokens import tokens
+from dataplatform.assets.vq_tokenizer import vq_tokenizer
 
 STAGE_ASSETS = [
     raw_pairs,
@@ -15,10 +17,15 @@ STAGE_ASSETS = [
     quality_filtered,
     semantic_deduped,
 ]
-STAGE_ORDER = [a.key.path[-1] for a in STAGE_ASSETS]
+# The tokenizer is trained once on curated images (not per day) and reused by `tokens`.
+TOKEN_ASSETS = [vq_tokenizer, tokens]
+ALL_ASSETS = STAGE_ASSETS + TOKEN_ASSETS
+STAGE_ORDER = [a.key.path[-1] for a in STAGE_ASSETS] + ["tokens"]
 
 __all__ = [
+    "ALL_ASSETS",
     "STAGE_ASSETS",
+    "TOKEN_ASSETS",
     "STAGE_ORDER",
     "clip_scored",
     "exact_deduped",
@@ -26,4 +33,6 @@ __all__ = [
     "quality_filtered",
     "raw_pairs",
     "semantic_deduped",
+    "tokens",
+    "vq_tokenizer",
 ]

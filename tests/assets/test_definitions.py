@@ -28,12 +28,14 @@ def test_every_stage_asset_and_its_checks_are_defined():
         "clip_scored",
         "quality_filtered",
         "semantic_deduped",
+        "tokens",
     ]
     keys = {k.path[-1] for k in graph.get_all_asset_keys()}
-    assert set(STAGE_ORDER) <= keys
+    assert set(STAGE_ORDER) | {"vq_tokenizer"} <= keys
     checks = {(c.asset_key.path[-1], c.name) for c in graph.asset_check_keys}
     assert ("phash_deduped", "no_kept_pair_within_threshold") in checks
     assert ("semantic_deduped", "no_kept_pair_above_similarity") in checks
     assert ("clip_scored", "embeddings_unit_norm") in checks
     assert ("quality_filtered", "scores_in_range") in checks
     assert all((stage, "rows_conserved") in checks for stage in STAGE_ORDER)
+    assert ("vq_tokenizer", "heldout_psnr_floor") in checks

@@ -35,6 +35,11 @@ def test_demo_runs_every_stage_and_matches_the_sample_truth(tmp_path: Path):
     assert "Running the smoke profile (DATAPLATFORM_PROFILE=smoke)" in done.stdout
     assert "clip_scored          45" in done.stdout
     assert "quality_filtered" in done.stdout
+    # Tokens for every pair semantic dedup kept, and the budget table.
+    assert "== token budget" in done.stdout
+    lines = {line.split()[0]: line.split() for line in done.stdout.splitlines() if line.strip()}
+    assert lines["tokens"][1] == lines["tokens"][2]  # in == kept
+    assert lines["semantic_deduped"][2] == lines["tokens"][1]
     matched, problems = compare_with_truth(Home(home), home / "sample_truth.json")
     assert (matched, problems) == (131, [])
     # Running the demo again replaces its partitions rather than appending.

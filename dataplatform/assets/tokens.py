@@ -1,0 +1,223 @@
+"""tokens: every kept image as a grid of discrete VQ codes, with its resolution and crop."""
+
+import dataclasses
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+
+from dataplatform.assets.partitions import daily_partitions
+from dataplatform.assets.reporting import (
+    CHECK_PAIR_ID_UNIQUE,
+    CHECK_ROWS_CONSERVED,
+    OWNERS,
+    conservation_check,
+    stage_metadata,
+    table_column,
+    unique_check,
+)
+from dataplatform.assets.semantic_deduped import KEY as SEMANTIC_KEY
+from dataplatform.assets.vq_tokenizer import KEY as TOKENIZER_KEY
+from dataplatform.assets.vq_tokenizer import TRAINED_DIR
+from dataplatform.core.clip_model import decode_rgb
+from dataplatform.core.crop_policy import POLICIES, RESOLUTIONS, apply, plan
+from dataplatform.core.funnel import stage_funnel
+from dataplatform.core.image_store import read_location
+from dataplatform.core.plots import markdown_image
+from dataplatform.core.schema import ledger_row, ledger_table
+from dataplatform.core.token_budget import budget, budget_plot_png
+from dataplatform.core.warehouse import (
+    partition_dates,
+    read_partition,
+    refresh_catalog,
+    write_ledger,
+    write_partition,
+)
+from dataplatform.resources.tokenizer import TokenizerResource
+from dataplatform.resources.warehouse import WarehouseResource
+
+STAGE = "tokens"
+KEY = dg.AssetKey(STAGE)
+CHECK_TOKEN_RANGE = "token_ids_in_codebook"
+
+
+class TokensConfig(dg.Config):
+    resolution: int = 256
+    """256, 336 or 448 (section 7.6: 1B models at 256, 10B models at 336-448)."""
+    crop: str = "center"
+    """`center` or `letterbox` for a fixed dataset; `random` (seeded per pair) for augmentation."""
+    seed: int = 0
+    """Seed of the `random` crop policy: the same seed gives the same crop for a pair."""
+    target_tokens: int = 3_000_000_000_000
+    """The image-token budget to report progress against (section 7.6: 3T-6T image tokens)."""
+
+
+@dg.asset(
+    key=KEY,
+    partitions_def=daily_partitions,
+    deps=[SEMANTIC_KEY, TOKENIZER_KEY],
+    description="Discrete VQ image tokens for every curated pair, with resolution and crop box.",
+    kinds={"pytorch", "parquet"},
+    owners=OWNERS,
+    code_version="1",
+    group_name="tokens",
+    pool="gpu",
+    check_specs=[
+        dg.AssetCheckSpec(CHECK_ROWS_CONSERVED, asset=KEY),
+        dg.AssetCheckSpec(CHECK_PAIR_ID_UNIQUE, asset=KEY),
+        dg.AssetCheckSpec(CHECK_TOKEN_RANGE, asset=KEY),
+    ],
+)
+def tokens(
+    context: dg.AssetExecutionContext,
+    config: TokensConfig,
+    warehouse: WarehouseResource,
+    tokenizer: TokenizerResource,
+) -> dg.MaterializeResult:
+    """Crop/letterbox each kept image to the resolution and encode it to codebook indices."""
+    if config.resolution not in RESOLUTIONS or config.crop not in POLICIES:
+        raise dg.Failure(
+            f"resolution must be one of {RESOLUTIONS} and crop one of {POLICIES}; "
+            f"got {config.resolution} and {config.crop!r}"
+        )
+    home = warehouse.resolve()
+    date = context.partition_key
+    current = read_partition(home, SEMANTIC_KEY.path[-1], date).sort_by("pair_id")
+    model = tokenizer.load(home.root / "models" / TRAINED_DIR)
+    rows = current.to_pylist()
+    grids: dict[int, np.ndarray] = {}
+    boxes: dict[int, list[int]] = {}
+    failures: dict[int, str] = {}
+    batch: list[int] = []
+    pixels: list[np.ndarray] = []
+
+    def flush() -> None:
+        if batch:
+            for k, grid in zip(batch, model.encode(np.stack(pixels)), strict=True):
+                grids[k] = grid
+            batch.clear()
+            pixels.clear()
+
+    for k, row in enumerate(rows):
+        try:
+            image = decode_rgb(
+                read_location(row["image_location"], home.landing), config.resolution
+            )
+        except Exception as exc:  # noqa: BLE001 - one unreadable image is that row's problem
+            failures[k] = f"{type(exc).__name__}: {exc}"
+            continue
+        # Planned on the original (upright) size, so the stored crop box is in source pixels;
+        # applied to the decode, which may be a reduced JPEG draft.
+        placement = plan(
+            row["width"],
+            row["height"],
+            config.resolution,
+            config.crop,
+            seed=config.seed,
+            key=row["pair_id"],
+        )
+        on_decode = dataclasses.replace(
+            placement,
+            crop=_scale_box(placement.crop, row["width"], row["height"], image.width, image.height),
+        )
+        pixels.append(np.asarray(apply(image, on_decode, config.resolution)))
+        box = placement.crop
+        boxes[k] = [box.left, box.top, box.right, box.bottom]
+        batch.append(k)
+        if len(batch) >= tokenizer.batch_size:
+            flush()
+    flush()
+
+    ok = [k for k in range(len(rows)) if k in grids]
+    identity = ";".join(f"{k}={v}" for k, v in sorted(model.identity.items()))
+    kept = current.take(pa.array(ok, pa.int64()))
+    flat = [grids[k].reshape(-1) for k in ok]
+    id_type = pa.uint16() if int(model.identity.get("codebook_size", 0)) <= 65536 else pa.int32()
+    kept = (
+        kept.append_column("tokens", pa.array([g.tolist() for g in flat], pa.list_(id_type)))
+        .append_column(
+            "token_grid", pa.array([list(grids[k].shape) for k in ok], pa.list_(pa.int32()))
+        )
+        .append_column("token_count", pa.array([int(g.size) for g in flat], pa.int32()))
+        .append_column("resolution", pa.array([config.resolution] * len(ok), pa.int32()))
+        .append_column("crop_policy", pa.array([config.crop] * len(ok), pa.string()))
+        .append_column("crop_box", pa.array([boxes[k] for k in ok], pa.list_(pa.int32())))
+        .append_column("tokenizer", pa.array([identity] * len(ok), pa.string()))
+    )
+    ledger = ledger_table(
+        [ledger_row(rows[k], STAGE, "image_unreadable", detail) for k, detail in failures.items()]
+    )
+    output = write_partition(home, STAGE, date, kept)
+    write_ledger(home, STAGE, date, ledger)
+    refresh_catalog(home)
+
+    per_day = {d: _day_totals(home, d) for d in partition_dates(home, STAGE)}
+    rows_budget = budget(per_day, config.target_tokens)
+    codebook = int(model.identity.get("codebook_size", 0))
+    max_id = max((int(g.max()) for g in flat if g.size), default=-1)
+    funnel = stage_funnel(STAGE, date, current.num_rows, kept.num_rows, ledger)
+    extra = {
+        "tokenizer": identity,
+        "resolution": config.resolution,
+        "crop_policy": config.crop,
+        "tokens_this_day": int(sum(g.size for g in flat)),
+        "token_budget": dg.MetadataValue.table(
+            records=[
+                dg.TableRecord(
+                    {
+                        "scope": r.scope,
+                        "images": r.images,
+                        "tokens": r.tokens,
+                        "tokens_per_image": float(r.tokens_per_image),
+                        "progress": float(r.progress),
+                    }
+                )
+                for r in rows_budget
+            ],
+            schema=dg.TableSchema(
+                columns=[
+                    dg.TableColumn("scope", "string"),
+                    dg.TableColumn("images", "int"),
+                    dg.TableColumn("tokens", "int"),
+                    dg.TableColumn("tokens_per_image", "float"),
+                    dg.TableColumn("progress", "float"),
+                ]
+            ),
+        ),
+        "token_budget_plot": dg.MetadataValue.md(
+            markdown_image(budget_plot_png(rows_budget), "cumulative tokens vs target")
+        ),
+    }
+    return dg.MaterializeResult(
+        metadata=stage_metadata(funnel, output, extra),
+        check_results=[
+            conservation_check(funnel),
+            unique_check(CHECK_PAIR_ID_UNIQUE, "pair_id", table_column(kept, "pair_id"), "the day"),
+            dg.AssetCheckResult(
+                check_name=CHECK_TOKEN_RANGE,
+                passed=max_id < codebook if codebook else True,
+                metadata={"max_token_id": max_id, "codebook_size": codebook},
+                description="every token id indexes the tokenizer's codebook",
+            ),
+        ],
+    )
+
+
+def _scale_box(box, width: int, height: int, decoded_w: int, decoded_h: int):
+    """A crop box planned on the original size, mapped onto a reduced (draft) decode."""
+    if (decoded_w, decoded_h) == (width, height):
+        return box
+    sx, sy = decoded_w / width, decoded_h / height
+    return dataclasses.replace(
+        box,
+        left=round(box.left * sx),
+        top=round(box.top * sy),
+        right=round(box.right * sx),
+        bottom=round(box.bottom * sy),
+    )
+
+
+def _day_totals(home, date: str) -> tuple[int, int]:
+    table = read_partition(home, STAGE, date)
+    counts = table.column("token_count").to_pylist() if table.num_rows else []
+    return len(counts), int(sum(counts))
