@@ -4,7 +4,7 @@ import json
 
 import dagster as dg
 
-from dataplatform.assets import ALL_ASSETS, STAGE_ORDER
+from dataplatform.assets import ALL_ASSETS, STAGE_ASSETS
 from dataplatform.assets.partitions import daily_partitions
 from dataplatform.core.warehouse import partition_dates
 from dataplatform.resources.warehouse import WarehouseResource
@@ -44,7 +44,7 @@ def landing_sensor(
     home = warehouse.resolve()
     valid = set(daily_partitions.get_partition_keys(dynamic_partitions_store=None))
     requested = set(json.loads(context.cursor)) if context.cursor else set()
-    done = set(partition_dates(home, STAGE_ORDER[-1]))
+    done = set(partition_dates(home, STAGE_ASSETS[-1].key.path[-1]))
     pending = [d for d in home.landing_dates() if d in valid and d not in requested | done]
     if not pending:
         return dg.SkipReason("no new landing folder for an open partition")
