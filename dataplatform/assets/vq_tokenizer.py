@@ -68,6 +68,7 @@ def vq_tokenizer(
     """Train (or reuse) the platform's tokenizer; report held-out PSNR and codebook use."""
     from dataplatform.core.vq_tokenizer import (
         VQConfig,
+        auto_device,
         evaluate,
         save_tokenizer,
         train_vqvae,
@@ -98,7 +99,7 @@ def vq_tokenizer(
             codebook_size=config.codebook_size,
             channels=config.channels,
         )
-        device = _device()
+        device = auto_device("auto")
         started = time.perf_counter()
         tokenizer = train_vqvae(
             train,
@@ -192,9 +193,3 @@ def _training_crops(home, config: VQTrainConfig) -> list[np.ndarray]:
             )
         )
     return out
-
-
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -497,3 +497,12 @@ def _modules() -> Any:
             return self.model.decode(zq, force_not_quantize=True).sample
 
     return types.SimpleNamespace(VQVAE=VQVAE, DiffusersAdapter=DiffusersAdapter)
+
+
+def auto_device(device: str) -> str:
+    """``auto`` becomes ``cuda`` when torch sees a GPU, else ``cpu``; others pass through."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

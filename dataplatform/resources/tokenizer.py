@@ -4,6 +4,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from dataplatform.core.vq_tokenizer import auto_device
+
 
 class TokenizerResource(dg.ConfigurableResource):
     """Loads once per process. Empty `tokenizer_path` means the one `vq_tokenizer` trained."""
@@ -27,11 +29,4 @@ class TokenizerResource(dg.ConfigurableResource):
                 f"no tokenizer at {path}: materialize `vq_tokenizer` first, or set the "
                 "tokenizer resource's `tokenizer_path` to a saved tokenizer or a diffusers VQModel"
             )
-        return load_tokenizer(path, self._device())
-
-    def _device(self) -> str:
-        if self.device != "auto":
-            return self.device
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return load_tokenizer(path, auto_device(self.device))
