@@ -208,13 +208,9 @@ def _choose_profile() -> None:
 
 def _print_budget(home: Home) -> None:
     """The token budget: images and tokens per day and in total, as `tokens` reports it."""
-    from dataplatform.core.token_budget import budget
-    from dataplatform.core.warehouse import partition_dates, read_partition
+    from dataplatform.core.token_budget import budget, tokens_per_day
 
-    per_day = {}
-    for date in partition_dates(home, "tokens"):
-        counts = read_partition(home, "tokens", date).column("token_count").to_pylist()
-        per_day[date] = (len(counts), int(sum(counts)))
+    per_day = tokens_per_day(home)
     if not per_day:
         return
     print("\n== token budget (target 3T image tokens, section 7.6)")

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from dataplatform.assets.partitions import PREVIOUS_DAY, START_DATE, daily_partitions
+from dataplatform.assets.partitions import PREVIOUS_DAY, daily_partitions
 from dataplatform.assets.raw_pairs import KEY as RAW_KEY
 from dataplatform.assets.reporting import (
     CHECK_PAIR_ID_UNIQUE,
@@ -52,9 +52,7 @@ def exact_deduped(
     """Drop pairs whose bytes equal a pair kept earlier (earlier day, then smaller pair_id)."""
     home = warehouse.resolve()
     date = context.partition_key
-    require_earlier_partitions(
-        warehouse.missing_earlier_partitions(STAGE, date, START_DATE), STAGE, date
-    )
+    require_earlier_partitions(warehouse, STAGE, date)
     current = read_partition(home, RAW_KEY.path[-1], date)
     kept_history = read_history(home, STAGE, date, ["pair_id", "image_sha256", "date"])
     ids_history = read_history(home, RAW_KEY.path[-1], date, ["pair_id", "date"])

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from dataplatform.assets.exact_deduped import KEY as EXACT_KEY
-from dataplatform.assets.partitions import PREVIOUS_DAY, START_DATE, daily_partitions
+from dataplatform.assets.partitions import PREVIOUS_DAY, daily_partitions
 from dataplatform.assets.reporting import (
     CHECK_PAIR_ID_UNIQUE,
     CHECK_ROWS_CONSERVED,
@@ -58,9 +58,7 @@ def phash_deduped(
     """Drop pairs within the pHash threshold of a pair kept earlier; the ledger names the match."""
     home = warehouse.resolve()
     date = context.partition_key
-    require_earlier_partitions(
-        warehouse.missing_earlier_partitions(STAGE, date, START_DATE), STAGE, date
-    )
+    require_earlier_partitions(warehouse, STAGE, date)
     current = read_partition(home, EXACT_KEY.path[-1], date)
     history = read_history(home, STAGE, date, ["pair_id", "phash", "date"])
     result = phash_deduplicate(current, history, config.threshold)

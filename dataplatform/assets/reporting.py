@@ -7,7 +7,9 @@ from pathlib import Path
 import dagster as dg
 import pyarrow as pa
 
+from dataplatform.assets.partitions import START_DATE
 from dataplatform.core.funnel import StageFunnel
+from dataplatform.resources.warehouse import WarehouseResource
 
 OWNERS = ["team:data-curation"]
 CHECK_ROWS_CONSERVED = "rows_conserved"
@@ -63,7 +65,9 @@ def stage_metadata(funnel: StageFunnel, output: Path, extra: dict | None = None)
     return metadata
 
 
-def require_earlier_partitions(missing: list[str], asset: str, date: str) -> None:
+def require_earlier_partitions(warehouse: WarehouseResource, asset: str, date: str) -> None:
+    """Refuse a global dedup of ``date`` while an earlier landing day lacks ``asset``."""
+    missing = warehouse.missing_earlier_partitions(asset, date, START_DATE)
     if missing:
         shown = ", ".join(missing[:10]) + (
             f" and {len(missing) - 10} more" if len(missing) > 10 else ""

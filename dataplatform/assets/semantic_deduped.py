@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from dataplatform.assets.clip_scored import EMBEDDINGS
-from dataplatform.assets.partitions import PREVIOUS_DAY, START_DATE, daily_partitions
+from dataplatform.assets.partitions import PREVIOUS_DAY, daily_partitions
 from dataplatform.assets.quality_filtered import KEY as QUALITY_KEY
 from dataplatform.assets.reporting import (
     CHECK_PAIR_ID_UNIQUE,
@@ -79,9 +79,7 @@ def semantic_deduped(
         raise dg.Failure(f"keep_rule must be one of {KEEP_RULES}, not {config.keep_rule!r}")
     home = warehouse.resolve()
     date = context.partition_key
-    require_earlier_partitions(
-        warehouse.missing_earlier_partitions(STAGE, date, START_DATE), STAGE, date
-    )
+    require_earlier_partitions(warehouse, STAGE, date)
     smoke = is_smoke()
     threshold = SMOKE_THRESHOLD if smoke else config.threshold
     if smoke:

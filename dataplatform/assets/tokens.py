@@ -25,9 +25,8 @@ from dataplatform.core.funnel import stage_funnel
 from dataplatform.core.image_store import read_location
 from dataplatform.core.plots import markdown_image
 from dataplatform.core.schema import ledger_row, ledger_table
-from dataplatform.core.token_budget import budget, budget_plot_png
+from dataplatform.core.token_budget import budget, budget_plot_png, tokens_per_day
 from dataplatform.core.warehouse import (
-    partition_dates,
     read_partition,
     refresh_catalog,
     write_ledger,
@@ -151,8 +150,7 @@ def tokens(
     write_ledger(home, STAGE, date, ledger)
     refresh_catalog(home)
 
-    per_day = {d: _day_totals(home, d) for d in partition_dates(home, STAGE)}
-    rows_budget = budget(per_day, config.target_tokens)
+    rows_budget = budget(tokens_per_day(home, STAGE), config.target_tokens)
     codebook = int(model.identity.get("codebook_size", 0))
     max_id = max((int(g.max()) for g in flat if g.size), default=-1)
     funnel = stage_funnel(STAGE, date, current.num_rows, kept.num_rows, ledger)
@@ -215,9 +213,3 @@ def _scale_box(box, width: int, height: int, decoded_w: int, decoded_h: int):
         right=round(box.right * sx),
         bottom=round(box.bottom * sy),
     )
-
-
-def _day_totals(home, date: str) -> tuple[int, int]:
-    table = read_partition(home, STAGE, date)
-    counts = table.column("token_count").to_pylist() if table.num_rows else []
-    return len(counts), int(sum(counts))

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
+from dataplatform.core.home import Home
+from dataplatform.core.warehouse import partition_dates, read_partition
+
 TOTAL_SCOPE = "total"
 
 WIDTH, HEIGHT, MARGIN = 480, 240, 40
@@ -119,3 +122,12 @@ def budget_plot_png(rows: Sequence[BudgetRow]) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def tokens_per_day(home: Home, table: str = "tokens") -> dict[str, tuple[int, int]]:
+    """(images, tokens) of every materialized day of the tokens table, as ``budget`` takes them."""
+    totals = {}
+    for date in partition_dates(home, table):
+        counts = read_partition(home, table, date).column("token_count").to_pylist()
+        totals[date] = (len(counts), int(sum(counts)))
+    return totals
