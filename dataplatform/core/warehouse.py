@@ -50,6 +50,24 @@ def write_parquet_atomic(directory: Path, table: pa.Table) -> Path:
     return final
 
 
+def document_path(home: Home, relative: str) -> Path:
+    """Where a document (dataset card, review sheet, plot) lives under the warehouse."""
+    path = (home.warehouse / relative).resolve()
+    if home.warehouse.resolve() not in path.parents:
+        raise ValueError(f"document path {relative!r} leaves the warehouse")
+    return path
+
+
+def write_document(home: Home, relative: str, data: bytes | str) -> Path:
+    """Write a document under the warehouse atomically (readers never see half a file)."""
+    path = document_path(home, relative)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    os.replace(tmp, path)
+    return path
+
+
 def write_partition(home: Home, table_name: str, date: str, table: pa.Table) -> Path:
     return write_parquet_atomic(partition_dir(home, table_name, date), table)
 
