@@ -1,6 +1,7 @@
 """One module per pipeline stage; each is thin: read input, call core, write output, report."""
 
 from dataplatform.assets.clip_scored import clip_scored
+from dataplatform.assets.data_cards import data_cards
 from dataplatform.assets.exact_deduped import exact_deduped
 from dataplatform.assets.phash_deduped import phash_deduped
 from dataplatform.assets.quality_filtered import quality_filtered
@@ -19,15 +20,19 @@ STAGE_ASSETS = [
 ]
 # The tokenizer is trained once on curated images (not per day) and reused by `tokens`.
 TOKEN_ASSETS = [vq_tokenizer, tokens]
-ALL_ASSETS = STAGE_ASSETS + TOKEN_ASSETS
-STAGE_ORDER = [a.key.path[-1] for a in STAGE_ASSETS] + ["tokens"]
+# The last gate: cards are written for what was tokenized, minus takedowns filed since.
+CARD_ASSETS = [data_cards]
+ALL_ASSETS = STAGE_ASSETS + TOKEN_ASSETS + CARD_ASSETS
+STAGE_ORDER = [a.key.path[-1] for a in STAGE_ASSETS] + ["tokens", "data_cards"]
 
 __all__ = [
     "ALL_ASSETS",
+    "CARD_ASSETS",
     "STAGE_ASSETS",
     "TOKEN_ASSETS",
     "STAGE_ORDER",
     "clip_scored",
+    "data_cards",
     "exact_deduped",
     "phash_deduped",
     "quality_filtered",

@@ -148,7 +148,7 @@ def clip_scored(
         "score_histogram": dg.MetadataValue.md(markdown_image(histogram, "clip_score histogram")),
     }
     return dg.MaterializeResult(
-        metadata=stage_metadata(funnel, output, extra),
+        metadata=stage_metadata(funnel, output, extra, home=home),
         check_results=[
             conservation_check(funnel),
             unique_check(CHECK_PAIR_ID_UNIQUE, "pair_id", table_column(kept, "pair_id"), "the day"),

@@ -92,7 +92,9 @@ def exact_deduped(
         result.kept, "image_sha256"
     )
     return dg.MaterializeResult(
-        metadata=stage_metadata(funnel, output, {"history_pairs": kept_history.num_rows}),
+        metadata=stage_metadata(
+            funnel, output, {"history_pairs": kept_history.num_rows}, home=home
+        ),
         check_results=[
             conservation_check(funnel),
             unique_check(

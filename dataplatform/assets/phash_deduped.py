@@ -91,6 +91,7 @@ def phash_deduped(
             funnel,
             output,
             {"threshold_bits": config.threshold, "history_pairs": history.num_rows},
+            home=home,
         ),
         check_results=[
             conservation_check(funnel),

@@ -149,7 +149,7 @@ def quality_filtered(
         "histograms": dg.MetadataValue.md(_histograms(scores, thresholds)),
     }
     return dg.MaterializeResult(
-        metadata=stage_metadata(funnel, output, extra),
+        metadata=stage_metadata(funnel, output, extra, home=home),
         check_results=[
             conservation_check(funnel),
             unique_check(CHECK_PAIR_ID_UNIQUE, "pair_id", table_column(kept, "pair_id"), "the day"),

@@ -1,6 +1,7 @@
 """raw_pairs: every image-text pair that arrived in a landing folder, decoded and described."""
 
 import dagster as dg
+import pyarrow as pa
 
 from dataplatform.assets.partitions import daily_partitions
 from dataplatform.assets.reporting import (
@@ -15,8 +16,17 @@ from dataplatform.assets.reporting import (
 from dataplatform.core.funnel import stage_funnel
 from dataplatform.core.image_decode import DEFAULT_DRAFT_SIZE, DEFAULT_MAX_PIXELS
 from dataplatform.core.ingest import STAGE, IngestOptions, ingest_folder
+from dataplatform.core.license_policy import apply_license_policy
+from dataplatform.core.schema import LEDGER_SCHEMA
+from dataplatform.core.takedown import (
+    TakedownRequestError,
+    exclude_taken_down,
+    load_requests,
+    takedown_dir,
+)
 from dataplatform.core.text_normalize import DEFAULT_MAX_TEXT_CHARS
 from dataplatform.core.warehouse import refresh_catalog, write_ledger, write_partition
+from dataplatform.resources.licenses import LicensePolicyResource
 from dataplatform.resources.warehouse import WarehouseResource
 
 KEY = dg.AssetKey(STAGE)
@@ -47,11 +57,23 @@ class RawPairsConfig(dg.Config):
     ],
 )
 def raw_pairs(
-    context: dg.AssetExecutionContext, config: RawPairsConfig, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext,
+    config: RawPairsConfig,
+    warehouse: WarehouseResource,
+    licenses: LicensePolicyResource,
 ) -> dg.MaterializeResult:
-    """Ingest ``landing/<date>/``: manifests, shards, captioned images; bad rows to the ledger."""
+    """Ingest ``landing/<date>/``: manifests, shards, captioned images; bad rows to the ledger.
+
+    Pairs a takedown request names never enter (ledger reason ``takedown``), and the license
+    policy drops or flags pairs outside the allow-list (column ``license_status``).
+    """
     home = warehouse.resolve()
     date = context.partition_key
+    policy = licenses.policy()
+    try:
+        requests = load_requests(takedown_dir(home))
+    except TakedownRequestError as exc:
+        raise dg.Failure(description=str(exc)) from exc
     options = IngestOptions(
         max_pixels=config.max_pixels,
         max_text_chars=config.max_text_chars,
@@ -62,16 +84,27 @@ def raw_pairs(
     if not landing.is_dir():
         context.log.warning(f"no landing folder {landing}: writing an empty partition")
     result = ingest_folder(landing, date, options)
-    output = write_partition(home, STAGE, date, result.kept)
-    write_ledger(home, STAGE, date, result.rejected)
+    kept, taken_down = exclude_taken_down(result.kept, requests, STAGE)
+    kept, license_drops = apply_license_policy(kept, policy, STAGE)
+    ledger = pa.concat_tables(
+        [t.cast(LEDGER_SCHEMA) for t in (result.rejected, taken_down, license_drops)]
+    )
+    output = write_partition(home, STAGE, date, kept)
+    write_ledger(home, STAGE, date, ledger)
     refresh_catalog(home)
-    funnel = stage_funnel(STAGE, date, result.rows_in, result.kept.num_rows, result.rejected)
+    funnel = stage_funnel(STAGE, date, result.rows_in, kept.num_rows, ledger)
+    statuses = table_column(kept, "license_status")
+    extra = {
+        "landing": dg.MetadataValue.path(str(landing)),
+        "license_policy": policy.describe(),
+        "license_flagged": sum(s != "allowed" for s in statuses),
+        "takedown_requests": len(requests),
+        "taken_down_at_ingest": taken_down.num_rows,
+    }
     return dg.MaterializeResult(
-        metadata=stage_metadata(funnel, output, {"landing": dg.MetadataValue.path(str(landing))}),
+        metadata=stage_metadata(funnel, output, extra, home=home),
         check_results=[
             conservation_check(funnel),
-            unique_check(
-                CHECK_PAIR_ID_UNIQUE, "pair_id", table_column(result.kept, "pair_id"), "the day"
-            ),
+            unique_check(CHECK_PAIR_ID_UNIQUE, "pair_id", table_column(kept, "pair_id"), "the day"),
         ],
     )

@@ -8,7 +8,9 @@ import dagster as dg
 import pyarrow as pa
 
 from dataplatform.assets.partitions import START_DATE
+from dataplatform.assets.review import review_sheet_metadata
 from dataplatform.core.funnel import StageFunnel
+from dataplatform.core.home import Home
 from dataplatform.resources.warehouse import WarehouseResource
 
 OWNERS = ["team:data-curation"]
@@ -36,8 +38,14 @@ def unique_check(name: str, column: str, values: list, scope: str) -> dg.AssetCh
     )
 
 
-def stage_metadata(funnel: StageFunnel, output: Path, extra: dict | None = None) -> dict:
-    """Row counts, the stage's funnel and its reasons as a table, and a Markdown summary."""
+def stage_metadata(
+    funnel: StageFunnel, output: Path, extra: dict | None = None, home: Home | None = None
+) -> dict:
+    """Row counts, the stage's funnel and its reasons as a table, and a Markdown summary.
+
+    With ``home``, the stage's review sheet for the day is rendered and linked too, so a
+    reviewer calibrating a threshold opens kept and removed images from the run's page.
+    """
     reasons_table = dg.MetadataValue.table(
         records=[dg.TableRecord({"reason": r, "rows": n}) for r, n in funnel.reasons.items()],
         schema=dg.TableSchema(
@@ -62,6 +70,8 @@ def stage_metadata(funnel: StageFunnel, output: Path, extra: dict | None = None)
         "path": dg.MetadataValue.path(str(output)),
     }
     metadata.update(extra or {})
+    if home is not None:
+        metadata.update(review_sheet_metadata(home, funnel.stage, funnel.date))
     return metadata
 
 

@@ -140,7 +140,7 @@ def semantic_deduped(
     }
     kept_ids = hist_ids + table_column(kept, "pair_id")
     return dg.MaterializeResult(
-        metadata=stage_metadata(funnel, output, extra),
+        metadata=stage_metadata(funnel, output, extra, home=home),
         check_results=[
             conservation_check(funnel),
             unique_check(

@@ -252,3 +252,29 @@ def _record_from_parts(path: Path, key: str, parts: dict[str, bytes]) -> dict:
     record["tokens"] = tokens
     record.update({k: v for k, v in document.items() if k not in ("pair_id", "shape", "dtype")})
     return record
+
+
+def remove_samples(shard: Path, keys: set[str]) -> int:
+    """Rewrite ``shard`` without the samples whose key is in ``keys``; return how many went.
+
+    Headers are copied as they were, so the shard stays byte-identical to an export that never
+    held those samples. The rewrite is atomic: a reader sees the old shard or the new one.
+    """
+    shard = Path(shard)
+    with tarfile.open(shard, mode="r") as source:
+        members = [(info, source.extractfile(info).read()) for info in source if info.isfile()]
+    kept = [(info, data) for info, data in members if info.name.partition(".")[0] not in keys]
+    removed = {info.name.partition(".")[0] for info, _ in members} - {
+        info.name.partition(".")[0] for info, _ in kept
+    }
+    if not removed:
+        return 0
+    writer = _ShardWriter(shard)
+    try:
+        for info, data in kept:
+            writer.tar.addfile(info, io.BytesIO(data))
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return len(removed)

@@ -11,7 +11,12 @@ from PIL import ImageEnhance
 
 from dataplatform.assets import STAGE_ASSETS
 from dataplatform.core.home import Home
-from dataplatform.resources import ClipResource, QualityResource, WarehouseResource
+from dataplatform.resources import (
+    ClipResource,
+    LicensePolicyResource,
+    QualityResource,
+    WarehouseResource,
+)
 from tests.conftest import encode, photo
 
 DAYS = ["2025-01-01", "2025-01-02", "2025-01-03"]
@@ -102,12 +107,14 @@ def materialize_day(
     clip: ClipResource | None = None,
     quality: QualityResource | None = None,
     run_config: dict | None = None,
+    licenses: LicensePolicyResource | None = None,
 ):
     return dg.materialize(
         STAGE_ASSETS,
         partition_key=date,
         resources={
             "warehouse": WarehouseResource(home=str(home.root)),
+            "licenses": licenses or LicensePolicyResource(),
             "clip": clip or ClipResource(models_dir=str(home.root / "models"), num_workers=0),
             "quality": quality or QualityResource(),
         },

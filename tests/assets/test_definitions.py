@@ -29,6 +29,7 @@ def test_every_stage_asset_and_its_checks_are_defined():
         "quality_filtered",
         "semantic_deduped",
         "tokens",
+        "data_cards",
     ]
     keys = {k.path[-1] for k in graph.get_all_asset_keys()}
     assert set(STAGE_ORDER) | {"vq_tokenizer"} <= keys
@@ -39,3 +40,4 @@ def test_every_stage_asset_and_its_checks_are_defined():
     assert ("quality_filtered", "scores_in_range") in checks
     assert all((stage, "rows_conserved") in checks for stage in STAGE_ORDER)
     assert ("vq_tokenizer", "heldout_psnr_floor") in checks
+    assert ("data_cards", "cards_complete") in checks

@@ -14,6 +14,7 @@ from dataplatform.core.warehouse import read_partition
 from dataplatform.core.webdataset_export import read_shards
 from dataplatform.resources import (
     ClipResource,
+    LicensePolicyResource,
     QualityResource,
     TokenizerResource,
     WarehouseResource,
@@ -32,6 +33,7 @@ def _tokens_run(
         partition_key=date,
         resources={
             "warehouse": WarehouseResource(home=str(home.root)),
+            "licenses": LicensePolicyResource(),
             "clip": ClipResource(models_dir=str(home.root / "models"), num_workers=0),
             "quality": QualityResource(),
             "tokenizer": TokenizerResource(device="cpu", batch_size=2),

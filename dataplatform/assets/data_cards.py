@@ -1,0 +1,190 @@
+"""data_cards: one audit record per pair that enters training, and the dataset cards."""
+
+import datetime as dt
+
+import dagster as dg
+
+from dataplatform.assets.partitions import daily_partitions
+from dataplatform.assets.reporting import (
+    CHECK_PAIR_ID_UNIQUE,
+    CHECK_ROWS_CONSERVED,
+    OWNERS,
+    conservation_check,
+    stage_metadata,
+    table_column,
+    unique_check,
+)
+from dataplatform.assets.review import review_sheet_metadata
+from dataplatform.assets.tokens import KEY as TOKENS_KEY
+from dataplatform.assets.vq_tokenizer import KEY as TOKENIZER_KEY
+from dataplatform.core.data_cards import (
+    CARDS_TABLE,
+    StageRun,
+    build_cards,
+    card_markdown,
+    dataset_version,
+    write_dataset_card,
+)
+from dataplatform.core.funnel import stage_funnel
+from dataplatform.core.plots import markdown_image
+from dataplatform.core.takedown import (
+    TakedownRequestError,
+    exclude_taken_down,
+    load_requests,
+    takedown_dir,
+)
+from dataplatform.core.warehouse import (
+    read_partition,
+    refresh_catalog,
+    write_ledger,
+    write_partition,
+)
+from dataplatform.resources.warehouse import WarehouseResource
+
+STAGE = CARDS_TABLE
+KEY = dg.AssetKey(STAGE)
+CODE_VERSION = "1"
+CHECK_CARDS_COMPLETE = "cards_complete"
+# The partitioned stages a card records, in pipeline order (the tokenizer is unpartitioned).
+LINEAGE = [
+    "raw_pairs",
+    "exact_deduped",
+    "phash_deduped",
+    "clip_scored",
+    "quality_filtered",
+    "semantic_deduped",
+    "tokens",
+]
+
+
+@dg.asset(
+    key=KEY,
+    partitions_def=daily_partitions,
+    deps=[TOKENS_KEY],
+    description=(
+        "One data card per pair that enters training (source, license, every score and "
+        "transform, the run of every stage), the dataset cards and the review sheets."
+    ),
+    kinds={"parquet", "markdown", "html"},
+    owners=OWNERS,
+    code_version=CODE_VERSION,
+    group_name="cards",
+    check_specs=[
+        dg.AssetCheckSpec(CHECK_ROWS_CONSERVED, asset=KEY),
+        dg.AssetCheckSpec(CHECK_PAIR_ID_UNIQUE, asset=KEY),
+        dg.AssetCheckSpec(CHECK_CARDS_COMPLETE, asset=KEY),
+    ],
+)
+def data_cards(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """Card every tokenized pair; takedowns filed since are the last gate before training."""
+    home = warehouse.resolve()
+    date = context.partition_key
+    try:
+        requests = load_requests(takedown_dir(home))
+    except TakedownRequestError as exc:
+        raise dg.Failure(description=str(exc)) from exc
+    current = read_partition(home, TOKENS_KEY.path[-1], date).sort_by("pair_id")
+    kept, ledger = exclude_taken_down(current, requests, STAGE)
+    runs = stage_runs(context, date)
+    cards = build_cards(kept, runs, dataset_version(date, runs))
+    output = write_partition(home, STAGE, date, cards)
+    write_ledger(home, STAGE, date, ledger)
+    refresh_catalog(home)
+
+    stages = [*LINEAGE, STAGE]
+    partition_card = write_dataset_card(home, stages, date, runs)
+    overall_card = write_dataset_card(home, stages, None)
+    funnel = stage_funnel(STAGE, date, current.num_rows, cards.num_rows, ledger)
+    missing = _incomplete(cards)
+    ui_card = card_markdown(
+        partition_card.card,
+        [markdown_image(png, name) for name, png in partition_card.plots.items()],
+    )
+    extra = {
+        "dataset_version": cards.column("dataset_version")[0].as_py() if cards.num_rows else "-",
+        "dataset_card": dg.MetadataValue.md(ui_card),
+        "dataset_card_path": dg.MetadataValue.path(
+            str(home.warehouse / partition_card.folder / "card.md")
+        ),
+        "dataset_card_json": dg.MetadataValue.path(
+            str(home.warehouse / partition_card.folder / "card.json")
+        ),
+        "overall_card_path": dg.MetadataValue.path(
+            str(home.warehouse / overall_card.folder / "card.md")
+        ),
+        "licenses": dg.MetadataValue.json(partition_card.card["licenses"]),
+        "stage_runs": dg.MetadataValue.json([r.as_dict() for r in runs]),
+        **review_sheet_metadata(home, stages, date),
+    }
+    return dg.MaterializeResult(
+        metadata=stage_metadata(funnel, output, extra),
+        check_results=[
+            conservation_check(funnel),
+            unique_check(
+                CHECK_PAIR_ID_UNIQUE, "pair_id", table_column(cards, "pair_id"), "the day"
+            ),
+            dg.AssetCheckResult(
+                check_name=CHECK_CARDS_COMPLETE,
+                passed=not missing,
+                metadata={"incomplete": len(missing), "examples": ", ".join(missing[:10]) or "-"},
+                description=(
+                    "every card has a source, a license status, a CLIP score, tokens and the run "
+                    "of every stage"
+                ),
+            ),
+        ],
+    )
+
+
+def stage_runs(context: dg.AssetExecutionContext, date: str) -> list[StageRun]:
+    """The latest materialization of each stage's ``date`` partition, from the instance."""
+    runs = []
+    for stage in [*LINEAGE[:-1], TOKENIZER_KEY.path[-1], LINEAGE[-1]]:
+        partitioned = stage != TOKENIZER_KEY.path[-1]
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(
+                asset_key=dg.AssetKey(stage), asset_partitions=[date] if partitioned else None
+            ),
+            limit=1,
+        ).records
+        if not records:
+            runs.append(StageRun(stage, None, None, None))
+            continue
+        record = records[0]
+        tags = record.asset_materialization.tags or {}
+        runs.append(
+            StageRun(
+                stage,
+                record.run_id,
+                tags.get("dagster/code_version"),
+                dt.datetime.fromtimestamp(record.timestamp, dt.UTC).isoformat(timespec="seconds"),
+            )
+        )
+    runs.append(
+        StageRun(
+            STAGE,
+            context.run.run_id,
+            CODE_VERSION,
+            dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        )
+    )
+    return runs
+
+
+def _incomplete(cards) -> list[str]:
+    problems = []
+    for row in cards.select(
+        ["pair_id", "source", "license_status", "clip_score", "token_count", "stage_runs"]
+    ).to_pylist():
+        runs_missing = '"run_id": null' in row["stage_runs"]
+        if (
+            not row["source"]
+            or not row["license_status"]
+            or row["clip_score"] is None
+            or not row["token_count"]
+            or runs_missing
+        ):
+            problems.append(row["pair_id"])
+    return problems

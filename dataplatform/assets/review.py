@@ -1,0 +1,40 @@
+"""Review sheets in asset metadata: links a reviewer opens from the Dagster UI."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import dagster as dg
+
+from dataplatform.core.home import Home
+from dataplatform.core.review_sheet import (
+    render_partition_review,
+    render_review_index,
+    render_review_sheet,
+)
+
+
+def review_sheet_metadata(
+    home: Home, stage: str | Sequence[str], date: str
+) -> dict[str, dg.MetadataValue]:
+    """Render review sheets of ``date`` and return metadata linking to them.
+
+    One stage: its sheet is rendered and the date's index refreshed; the metadata is
+    ``review_sheet`` (the path) and ``review_sheet_url`` (file://, opens in a browser).
+    A list of stages: every sheet of the date and the index are rendered; the metadata is
+    ``review_sheets`` and ``review_sheets_url``, pointing at the index that links them all.
+    """
+    if isinstance(stage, str):
+        # Imported here: the stage modules import this one while the package initialises.
+        from dataplatform.assets import STAGE_ORDER
+
+        path = render_review_sheet(home, stage, date)
+        render_review_index(home, date, STAGE_ORDER)
+        key = "review_sheet"
+    else:
+        path = render_partition_review(home, date, list(stage))[-1]
+        key = "review_sheets"
+    return {
+        key: dg.MetadataValue.path(str(path)),
+        f"{key}_url": dg.MetadataValue.url(path.resolve().as_uri()),
+    }
