@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dataplatform.core.home import HOME_ENV, Home, resolve_home
+from dataplatform.core.takedown import KINDS as TAKEDOWN_KINDS
 
 DEMO_DATES = ["2025-01-01", "2025-01-02", "2025-01-03"]
 
@@ -37,11 +38,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("sql", help="run a DuckDB query over the warehouse views")
     p.add_argument("query")
 
+    p = sub.add_parser("explain", help="why a pair was kept or dropped: source, stages, copies")
+    p.add_argument("pair_id", nargs="?", help="the pair to explain")
+    p.add_argument("--duplicates-of", metavar="PAIR_ID", help="list what was removed as its copies")
+    p.add_argument("--json", action="store_true", help="print JSON for machines")
+
     p = sub.add_parser("export", help="write the tokens table as WebDataset shards")
     p.add_argument("--format", choices=["webdataset"], default="webdataset")
     p.add_argument("--out", required=True, help="folder for the .tar shards")
     p.add_argument("--date", help="one partition date (default: every date)")
     p.add_argument("--shard-mb", type=int, default=256, help="shard size limit in MiB")
+
+    p = sub.add_parser("takedown", help="file takedown requests and apply them everywhere")
+    actions = p.add_subparsers(dest="action", required=True)
+    t = actions.add_parser("file", help="add a request to landing/takedowns/requests.jsonl")
+    t.add_argument("--by", required=True, choices=TAKEDOWN_KINDS, help="what VALUE names")
+    t.add_argument("value", help="a url, pair_id, image sha256, image file, or 16-hex pHash")
+    t.add_argument("--reason", default="", help="why (notice number, requester)")
+    t.add_argument("--id", help="request id (default TD-<date>-<n>)")
+    t.add_argument("--filed", help="date the request was filed (default today, UTC)")
+    t.add_argument("--max-distance", type=int, help="pHash bits for --by image/phash")
+    t = actions.add_parser("apply", help="remove every requested pair from tables and exports")
+    t.add_argument("--export", action="append", default=[], help="another export folder to clean")
 
     p = sub.add_parser("synthetic", help="write a synthetic landing folder of camera-sized JPEGs")
     p.add_argument("--date", required=True)
@@ -59,8 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "materialize": _materialize_cmd,
         "funnel": _funnel,
         "sql": _sql,
+        "explain": _explain,
         "synthetic": _synthetic,
         "export": _export,
+        "takedown": _takedown,
     }[args.command]
     return handler(home, args)
 
@@ -89,7 +109,7 @@ def _materialize(home: Home, dates: Sequence[str]) -> None:
     """
     import dagster as dg
 
-    from dataplatform.assets import STAGE_ASSETS, TOKEN_ASSETS
+    from dataplatform.assets import CARD_ASSETS, STAGE_ASSETS, TOKEN_ASSETS
     from dataplatform.automation import JOB_NAME
     from dataplatform.definitions import defs
 
@@ -102,7 +122,7 @@ def _materialize(home: Home, dates: Sequence[str]) -> None:
     job = defs.resolve_job_def(JOB_NAME)
     phases = [
         ("curation", [a.key for a in STAGE_ASSETS]),
-        ("tokens", [a.key for a in TOKEN_ASSETS]),
+        ("tokens", [a.key for a in TOKEN_ASSETS + CARD_ASSETS]),
     ]
     with dg.DagsterInstance.get() as instance:
         for phase, keys in phases:
@@ -135,8 +155,8 @@ def _materialize_cmd(home: Home, args: argparse.Namespace) -> int:
 
 
 def _demo(home: Home, args: argparse.Namespace) -> int:
-    from dataplatform.assets import STAGE_ORDER
     from dataplatform.core.funnel import format_funnel, warehouse_funnel
+    from dataplatform.core.stages import STAGE_ORDER
 
     dates = args.dates.split(",")
     print(f"== dataplatform demo, home {home.root}")
@@ -223,8 +243,8 @@ def _print_budget(home: Home) -> None:
 
 
 def _funnel(home: Home, args: argparse.Namespace) -> int:
-    from dataplatform.assets import STAGE_ORDER
     from dataplatform.core.funnel import format_funnel, warehouse_funnel
+    from dataplatform.core.stages import STAGE_ORDER
 
     print(format_funnel(warehouse_funnel(home, STAGE_ORDER, args.date), top_reasons=6))
     return 0
@@ -232,6 +252,29 @@ def _funnel(home: Home, args: argparse.Namespace) -> int:
 
 def _sql(home: Home, args: argparse.Namespace) -> int:
     _print_query(home, args.query)
+    return 0
+
+
+def _explain(home: Home, args: argparse.Namespace) -> int:
+    """A pair's journey, or its copies; exit 2 when the pair or the warehouse is not there."""
+    from dataplatform.core import audit
+    from dataplatform.core.stages import STAGE_ORDER
+
+    if (args.pair_id is None) == (args.duplicates_of is None):
+        print("explain: give a PAIR_ID or --duplicates-of PAIR_ID (one of them)", file=sys.stderr)
+        return 2
+    try:
+        if args.duplicates_of is not None:
+            copies = audit.duplicates_of(home, args.duplicates_of, STAGE_ORDER)
+            print(audit.to_json(copies) if args.json else audit.format_copies(copies, STAGE_ORDER))
+        else:
+            journey = audit.explain(home, args.pair_id, STAGE_ORDER)
+            print(audit.to_json(journey) if args.json else audit.format_explanation(journey))
+    except audit.AuditError as error:
+        if args.json:
+            print(audit.error_json(error))
+        print(error, file=sys.stderr)
+        return 2
     return 0
 
 
@@ -251,6 +294,13 @@ def _export(home: Home, args: argparse.Namespace) -> int:
     """Token shards of (tokens, text, pair_id), sized for streaming, one day or all."""
     import numpy as np
 
+    from dataplatform.core.takedown import (
+        TakedownRequestError,
+        load_requests,
+        match_pairs,
+        register_export,
+        takedown_dir,
+    )
     from dataplatform.core.warehouse import partition_dates, read_partition
     from dataplatform.core.webdataset_export import export_shards
 
@@ -260,9 +310,22 @@ def _export(home: Home, args: argparse.Namespace) -> int:
         print(f"no tokens partition to export ({wanted})", file=sys.stderr)
         return 1
 
+    try:
+        requests = load_requests(takedown_dir(home))
+    except TakedownRequestError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    skipped: list[str] = []
+
     def records():
         for date in dates:
-            for row in read_partition(home, "tokens", date).to_pylist():
+            table = read_partition(home, "tokens", date)
+            # Takedowns filed since the tables were written never reach an export.
+            taken = {m.pair_id for m in match_pairs(table, requests)}
+            skipped.extend(sorted(taken))
+            for row in table.to_pylist():
+                if row["pair_id"] in taken:
+                    continue
                 grid = np.asarray(row["tokens"], dtype=np.uint16).reshape(row["token_grid"])
                 yield {
                     "pair_id": row["pair_id"],
@@ -278,8 +341,92 @@ def _export(home: Home, args: argparse.Namespace) -> int:
                 }
 
     shards = export_shards(records(), Path(args.out), shard_max_bytes=args.shard_mb * 1024**2)
+    register_export(home, Path(args.out))
     print(f"wrote {len(shards)} shard(s) to {args.out}")
+    if skipped:
+        print(f"left out {len(skipped)} pair(s) named by a takedown request: {', '.join(skipped)}")
     return 0
+
+
+def _takedown(home: Home, args: argparse.Namespace) -> int:
+    from dataplatform.core.takedown import TakedownRequestError
+
+    try:
+        return _takedown_file(home, args) if args.action == "file" else _takedown_apply(home, args)
+    except TakedownRequestError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+
+
+def _takedown_file(home: Home, args: argparse.Namespace) -> int:
+    """Append one request; the whole folder is re-read so a bad request is refused at once."""
+    import datetime as dt
+    import hashlib
+
+    from dataplatform.core.takedown import load_requests, takedown_dir
+
+    folder = takedown_dir(home)
+    folder.mkdir(parents=True, exist_ok=True)
+    filed = args.filed or dt.datetime.now(dt.UTC).date().isoformat()
+    value = args.value
+    if args.by == "image":
+        source = Path(value)
+        if not source.is_file():
+            print(f"no image file {source}", file=sys.stderr)
+            return 2
+        data = source.read_bytes()
+        name = f"images/{hashlib.sha256(data).hexdigest()[:16]}{source.suffix.lower()}"
+        (folder / "images").mkdir(exist_ok=True)
+        (folder / name).write_bytes(data)
+        value = name
+    existing = load_requests(folder)
+    request = {
+        "id": args.id or f"TD-{filed.replace('-', '')}-{len(existing) + 1}",
+        "kind": args.by,
+        "value": value,
+        "filed": filed,
+        "reason": args.reason,
+    }
+    if args.max_distance is not None:
+        request["max_distance"] = args.max_distance
+    path = folder / "requests.jsonl"
+    before = path.read_bytes() if path.exists() else b""
+    path.write_bytes(before + (json.dumps(request) + "\n").encode())
+    try:
+        load_requests(folder)
+    except Exception:
+        path.write_bytes(before)
+        raise
+    print(f"filed {request['id']} ({args.by} {value}) in {path}")
+    print("run `dataplatform takedown apply` to remove matches from what is already written")
+    return 0
+
+
+def _takedown_apply(home: Home, args: argparse.Namespace) -> int:
+    from dataplatform.core.documents import refresh_documents
+    from dataplatform.core.stages import STAGE_ORDER
+    from dataplatform.core.takedown import apply_takedowns, load_requests, takedown_dir
+
+    requests = load_requests(takedown_dir(home))
+    report = apply_takedowns(home, requests, [Path(e) for e in args.export])
+    print(f"{len(requests)} request(s); {len(report.matches)} pair(s) removed")
+    for m in report.matches:
+        distance = "" if m.distance is None else f" at {m.distance} bits"
+        print(f"  {m.pair_id} ({m.date}) by {m.request.request_id}{distance}")
+    for table, dates in sorted(report.partitions.items()):
+        shown = ", ".join(f"{d} -{n}" for d, n in sorted(dates.items()))
+        print(f"  rewrote {table}: {shown}")
+    for shard, n in sorted(report.shards.items()):
+        print(f"  rewrote {shard}: -{n} sample(s)")
+    if report.matches:
+        documents = refresh_documents(
+            home, report.dates, [m.pair_id for m in report.matches], STAGE_ORDER
+        )
+        print(f"  re-rendered {len(documents)} dataset card(s) and review sheet(s)")
+    status = "passed" if report.verified else "FAILED: " + "; ".join(report.remaining)
+    print(f"verification (every table and export scanned): {status}")
+    print(f"receipt: {report.receipt}")
+    return 0 if report.verified else 1
 
 
 def _synthetic(home: Home, args: argparse.Namespace) -> int:

@@ -8,8 +8,8 @@ same from a shell.
 
 import dagster as dg
 
-from dataplatform.assets import STAGE_ORDER
 from dataplatform.core.documents import refresh_documents
+from dataplatform.core.stages import STAGE_ORDER
 from dataplatform.core.takedown import (
     TakedownRequestError,
     apply_takedowns,

@@ -9,6 +9,7 @@ from dataplatform.assets.raw_pairs import raw_pairs
 from dataplatform.assets.semantic_deduped import semantic_deduped
 from dataplatform.assets.tokens import tokens
 from dataplatform.assets.vq_tokenizer import vq_tokenizer
+from dataplatform.core.stages import STAGE_ORDER
 
 STAGE_ASSETS = [
     raw_pairs,
@@ -23,7 +24,8 @@ TOKEN_ASSETS = [vq_tokenizer, tokens]
 # The last gate: cards are written for what was tokenized, minus takedowns filed since.
 CARD_ASSETS = [data_cards]
 ALL_ASSETS = STAGE_ASSETS + TOKEN_ASSETS + CARD_ASSETS
-STAGE_ORDER = [a.key.path[-1] for a in STAGE_ASSETS] + ["tokens", "data_cards"]
+if [a.key.path[-1] for a in STAGE_ASSETS] + ["tokens", "data_cards"] != STAGE_ORDER:
+    raise RuntimeError("dataplatform.core.stages.STAGE_ORDER does not match the asset modules")
 
 __all__ = [
     "ALL_ASSETS",

@@ -12,6 +12,7 @@ from dataplatform.core.review_sheet import (
     render_review_index,
     render_review_sheet,
 )
+from dataplatform.core.stages import STAGE_ORDER
 
 
 def review_sheet_metadata(
@@ -25,9 +26,6 @@ def review_sheet_metadata(
     ``review_sheets`` and ``review_sheets_url``, pointing at the index that links them all.
     """
     if isinstance(stage, str):
-        # Imported here: the stage modules import this one while the package initialises.
-        from dataplatform.assets import STAGE_ORDER
-
         path = render_review_sheet(home, stage, date)
         render_review_index(home, date, STAGE_ORDER)
         key = "review_sheet"
