@@ -69,7 +69,7 @@ def apply_takedowns_job() -> None:
 
 
 @dg.sensor(
-    job=apply_takedowns_job,
+    job_name=JOB_NAME,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Starts apply_takedowns whenever the takedown request files change.",
