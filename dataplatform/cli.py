@@ -150,6 +150,7 @@ def _materialize(home: Home, dates: Sequence[str]) -> None:
 
 
 def _materialize_cmd(home: Home, args: argparse.Namespace) -> int:
+    _choose_profile()
     _materialize(home, args.dates)
     return 0
 
@@ -184,6 +185,7 @@ def _demo(home: Home, args: argparse.Namespace) -> int:
         "ORDER BY CASE stage WHEN 'raw_pairs' THEN 0 WHEN 'exact_deduped' THEN 1 ELSE 2 END, "
         "reason",
     )
+    example = _print_documents(home, dates)
     if problems:
         return 1
     print(
@@ -191,9 +193,39 @@ def _demo(home: Home, args: argparse.Namespace) -> int:
         "Next:\n"
         "  make ui                                   # Dagster UI at http://127.0.0.1:3000\n"
         "  .venv/bin/dataplatform funnel --date 2025-01-02\n"
-        '  .venv/bin/dataplatform sql "SELECT reason, count(*) FROM rejections GROUP BY 1"'
+        '  .venv/bin/dataplatform sql "SELECT reason, count(*) FROM rejections GROUP BY 1"\n'
+        f"  .venv/bin/dataplatform explain --duplicates-of {example or 'PAIR_ID'}\n"
+        "  .venv/bin/dataplatform takedown file --by url URL --reason '...'  # then: takedown apply"
     )
     return 0
+
+
+def _print_documents(home: Home, dates: Sequence[str]) -> str | None:
+    """Where the data cards, dataset cards and review sheets are, and one pair explained."""
+    from dataplatform.core import audit
+    from dataplatform.core.review_sheet import review_path
+    from dataplatform.core.stages import STAGE_ORDER
+    from dataplatform.core.warehouse import connect, document_path
+
+    con = connect(home)
+    try:
+        cards = con.execute("SELECT count(*) FROM data_cards").fetchall()[0][0]
+        example = con.execute(
+            "SELECT pair_id FROM rejections WHERE stage = 'phash_deduped' "
+            "ORDER BY date DESC, pair_id LIMIT 1"
+        ).fetchall()
+    finally:
+        con.close()
+    print(f"\n== data cards: {cards} pairs enter training, each with its card (table data_cards)")
+    print(f"  dataset card, all days: {document_path(home, 'dataset_cards/all/card.md')}")
+    for date in dates:
+        print(f"  review sheets {date}:  {review_path(home, date, 'index').as_uri()}")
+    if not example:
+        return None
+    pair_id = example[0][0]
+    print(f"\n== dataplatform explain {pair_id}")
+    print(audit.format_explanation(audit.explain(home, pair_id, STAGE_ORDER)))
+    return pair_id
 
 
 def _choose_profile() -> None:
