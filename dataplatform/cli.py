@@ -211,7 +211,7 @@ def _print_documents(home: Home, dates: Sequence[str]) -> str | None:
     try:
         cards = con.execute("SELECT count(*) FROM data_cards").fetchall()[0][0]
         example = con.execute(
-            "SELECT pair_id FROM rejections WHERE stage = 'phash_deduped' "
+            "SELECT pair_id, duplicate_of FROM rejections WHERE stage = 'phash_deduped' "
             "ORDER BY date DESC, pair_id LIMIT 1"
         ).fetchall()
     finally:
@@ -222,10 +222,10 @@ def _print_documents(home: Home, dates: Sequence[str]) -> str | None:
         print(f"  review sheets {date}:  {review_path(home, date, 'index').as_uri()}")
     if not example:
         return None
-    pair_id = example[0][0]
+    pair_id, original = example[0]
     print(f"\n== dataplatform explain {pair_id}")
     print(audit.format_explanation(audit.explain(home, pair_id, STAGE_ORDER)))
-    return pair_id
+    return original
 
 
 def _choose_profile() -> None:
