@@ -27,6 +27,7 @@ from dataplatform.core.data_cards import (
 )
 from dataplatform.core.funnel import stage_funnel
 from dataplatform.core.plots import markdown_image
+from dataplatform.core.stages import STAGE_ORDER
 from dataplatform.core.takedown import (
     TakedownRequestError,
     exclude_taken_down,
@@ -34,6 +35,7 @@ from dataplatform.core.takedown import (
     takedown_dir,
 )
 from dataplatform.core.warehouse import (
+    document_path,
     read_partition,
     refresh_catalog,
     write_ledger,
@@ -46,15 +48,7 @@ KEY = dg.AssetKey(STAGE)
 CODE_VERSION = "1"
 CHECK_CARDS_COMPLETE = "cards_complete"
 # The partitioned stages a card records, in pipeline order (the tokenizer is unpartitioned).
-LINEAGE = [
-    "raw_pairs",
-    "exact_deduped",
-    "phash_deduped",
-    "clip_scored",
-    "quality_filtered",
-    "semantic_deduped",
-    "tokens",
-]
+LINEAGE = STAGE_ORDER[: STAGE_ORDER.index(STAGE)]
 
 
 @dg.asset(
@@ -106,13 +100,13 @@ def data_cards(
         "dataset_version": cards.column("dataset_version")[0].as_py() if cards.num_rows else "-",
         "dataset_card": dg.MetadataValue.md(ui_card),
         "dataset_card_path": dg.MetadataValue.path(
-            str(home.warehouse / partition_card.folder / "card.md")
+            str(document_path(home, f"{partition_card.folder}/card.md"))
         ),
         "dataset_card_json": dg.MetadataValue.path(
-            str(home.warehouse / partition_card.folder / "card.json")
+            str(document_path(home, f"{partition_card.folder}/card.json"))
         ),
         "overall_card_path": dg.MetadataValue.path(
-            str(home.warehouse / overall_card.folder / "card.md")
+            str(document_path(home, f"{overall_card.folder}/card.md"))
         ),
         "licenses": dg.MetadataValue.json(partition_card.card["licenses"]),
         "stage_runs": dg.MetadataValue.json([r.as_dict() for r in runs]),

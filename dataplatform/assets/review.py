@@ -25,6 +25,9 @@ def review_sheet_metadata(
     A list of stages: every sheet of the date and the index are rendered; the metadata is
     ``review_sheets`` and ``review_sheets_url``, pointing at the index that links them all.
     """
+    if home.warehouse_url:
+        # The sheets are files to open from disk; they are rendered for a local warehouse only.
+        return {"review_sheet": f"not rendered: the warehouse is on {home.warehouse_url}"}
     if isinstance(stage, str):
         path = render_review_sheet(home, stage, date)
         render_review_index(home, date, STAGE_ORDER)

@@ -224,26 +224,31 @@ def dataset_card(
     }
 
 
-def _takedown_count(con, tables: set[str], date: str | None) -> int:
+def _ledger_query(
+    con, tables: set[str], select: str, cond: str, date: str | None, tail: str = ""
+) -> list:
+    """``select`` over ledger rows matching ``cond`` (and ``date`` when given), then ``tail``."""
     if "rejections" not in tables:
-        return 0
-    cond = "stage = 'takedown'" + ("" if date is None else " AND date = $date")
+        return []
     params = {} if date is None else {"date": date}
-    return int(
-        con.execute(f"SELECT count(*) FROM rejections WHERE {cond}", params).fetchall()[0][0]
-    )
+    where = cond + ("" if date is None else " AND date = $date")
+    return con.execute(f"SELECT {select} FROM rejections WHERE {where} {tail}", params).fetchall()
+
+
+def _takedown_count(con, tables: set[str], date: str | None) -> int:
+    rows = _ledger_query(con, tables, "count(*)", "stage = 'takedown'", date)
+    return int(rows[0][0]) if rows else 0
 
 
 def _license_drops(con, tables: set[str], date: str | None) -> dict[str, int]:
-    if "rejections" not in tables:
-        return {}
-    cond = "reason LIKE 'license_%'" + ("" if date is None else " AND date = $date")
-    params = {} if date is None else {"date": date}
-    rows = con.execute(
-        f"SELECT coalesce(license, '(none)'), count(*) FROM rejections WHERE {cond} "
+    rows = _ledger_query(
+        con,
+        tables,
+        "coalesce(license, '(none)') AS license, count(*) AS n",
+        "reason LIKE 'license_%'",
+        date,
         "GROUP BY 1 ORDER BY 2 DESC, 1",
-        params,
-    ).fetchall()
+    )
     return {str(k): int(n) for k, n in rows}
 
 

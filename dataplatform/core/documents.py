@@ -13,19 +13,16 @@ from pathlib import Path
 from dataplatform.core.data_cards import CARD_FOLDER, StageRun, write_dataset_card
 from dataplatform.core.home import Home
 from dataplatform.core.review_sheet import render_partition_review, review_dates_showing
-from dataplatform.core.warehouse import document_path
-
-
-def review_index(home: Home, date: str) -> Path:
-    return document_path(home, f"review/date={date}/index.html")
+from dataplatform.core.warehouse import document_exists, document_path, read_document
 
 
 def recorded_runs(home: Home, date: str) -> list[StageRun]:
     """The stage runs the partition's dataset card recorded when ``data_cards`` last ran."""
-    path = document_path(home, f"{CARD_FOLDER}/date={date}/card.json")
-    if not path.is_file():
+    relative = f"{CARD_FOLDER}/date={date}/card.json"
+    if not document_exists(home, relative):
         return []
-    return [StageRun(**r) for r in json.loads(path.read_text()).get("stage_runs", [])]
+    card = json.loads(read_document(home, relative))
+    return [StageRun(**r) for r in card.get("stage_runs", [])]
 
 
 def refresh_documents(
@@ -35,12 +32,13 @@ def refresh_documents(
     shows one of ``pair_ids`` (on its own date, or as the original of a later copy)."""
     written: list[Path] = []
     for date in sorted(set(dates)):
-        if document_path(home, f"{CARD_FOLDER}/date={date}/card.json").is_file():
+        if document_exists(home, f"{CARD_FOLDER}/date={date}/card.json"):
             card = write_dataset_card(home, stages, date, recorded_runs(home, date))
             written.append(document_path(home, f"{card.folder}/card.md"))
-    sheet_dates = set(dates) | set(review_dates_showing(home, pair_ids))
-    for date in sorted(sheet_dates):
-        written.extend(render_partition_review(home, date, list(stages)))
+    if not home.warehouse_url:  # review sheets are rendered for a local warehouse only
+        sheet_dates = set(dates) | set(review_dates_showing(home, pair_ids))
+        for date in sorted(sheet_dates):
+            written.extend(render_partition_review(home, date, list(stages)))
     overall = write_dataset_card(home, stages, None)
     written.append(document_path(home, f"{overall.folder}/card.md"))
     return written

@@ -34,7 +34,6 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from dataplatform.core.home import Home
 from dataplatform.core.image_decode import ImageRejected, inspect_image_bytes
@@ -44,7 +43,8 @@ from dataplatform.core.schema import LEDGER_SCHEMA, ledger_row, ledger_table
 from dataplatform.core.warehouse import (
     LEDGER_TABLE,
     connect,
-    ledger_dir,
+    has_ledger,
+    read_ledger,
     read_partition,
     warehouse_tables,
     write_document,
@@ -488,19 +488,24 @@ def _record_ledger(home: Home, rows: pa.Table) -> None:
     """Add ``rows`` to the takedown ledger of each date, keeping rows already recorded."""
     for date in sorted(set(rows.column("date").to_pylist())):
         new = rows.filter(pc.equal(rows.column("date"), date))
-        with _locked(ledger_dir(home, TAKEDOWN_STAGE, date)):
-            path = ledger_dir(home, TAKEDOWN_STAGE, date) / "part-0.parquet"
-            if path.is_file():
-                old = pq.read_table(path, partitioning=None).cast(LEDGER_SCHEMA)
+        with _locked(home, date):
+            if has_ledger(home, TAKEDOWN_STAGE, date):
+                old = read_ledger(home, TAKEDOWN_STAGE, date).cast(LEDGER_SCHEMA)
                 known = pc.is_in(new.column("pair_id"), value_set=old.column("pair_id"))
                 new = pa.concat_tables([old, new.filter(pc.invert(known))])
             write_ledger(home, TAKEDOWN_STAGE, date, new)
 
 
 @contextmanager
-def _locked(directory: Path):
+def _locked(home: Home, date: str):
+    """Serialise read-merge-write of one day's takedown ledger between local processes.
+
+    The lock file is always local (under the home), also when the warehouse is on an object
+    store, which has no locks: there, concurrent appliers on several machines are not guarded.
+    """
+    directory = home.root / "locks" / TAKEDOWN_STAGE
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "w") as handle:
+    with open(directory / f"{date}.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -9,12 +9,15 @@ from dataplatform.core.warehouse import partition_dates
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """Parquet warehouse under ``DATAPLATFORM_HOME`` (or ``home`` when set), queried with DuckDB."""
+    """Parquet warehouse under ``DATAPLATFORM_HOME`` (or ``home`` when set), queried with DuckDB;
+    or on an object store named by ``warehouse_url``, with landing and models still in the home."""
 
     home: str = ""
+    warehouse_url: str = ""
+    """s3://bucket/prefix for an object store; empty: DATAPLATFORM_WAREHOUSE_URL, else the home."""
 
     def resolve(self) -> Home:
-        return resolve_home(self.home or None)
+        return resolve_home(self.home or None, self.warehouse_url or None)
 
     def missing_earlier_partitions(self, table: str, date: str, first_date: str) -> list[str]:
         """Landing dates before ``date`` whose ``table`` partition has not been written.

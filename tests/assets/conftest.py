@@ -9,17 +9,20 @@ import dagster as dg
 import pytest
 from PIL import ImageEnhance
 
-from dataplatform.assets import STAGE_ASSETS
+from dataplatform.assets import ALL_ASSETS, CARD_ASSETS, STAGE_ASSETS, TOKEN_ASSETS
 from dataplatform.core.home import Home
 from dataplatform.resources import (
     ClipResource,
     LicensePolicyResource,
     QualityResource,
+    TokenizerResource,
     WarehouseResource,
 )
 from tests.conftest import encode, photo
 
 DAYS = ["2025-01-01", "2025-01-02", "2025-01-03"]
+# A tokenizer small enough to train in seconds; the checks' floors are off for it.
+SMALL_TOKENIZER = {"steps": 30, "crops_per_image": 2, "min_psnr": 0.0, "max_dead_code_share": 1.0}
 
 
 def _write(day: Path, rows: list[dict], files: dict[str, bytes]) -> None:
@@ -99,6 +102,32 @@ def three_days(tmp_path: Path) -> Home:
     return home
 
 
+def stage_resources(home: Home, **overrides) -> dict:
+    """Every resource the assets take, pointed at ``home``, CPU-only; None keeps a default."""
+    resources = {
+        "warehouse": WarehouseResource(home=str(home.root)),
+        "licenses": LicensePolicyResource(),
+        "clip": ClipResource(models_dir=str(home.root / "models"), num_workers=0),
+        "quality": QualityResource(),
+        "tokenizer": TokenizerResource(device="cpu", batch_size=4),
+    }
+    resources.update({k: v for k, v in overrides.items() if v is not None})
+    return resources
+
+
+def materialize_cards(home: Home, date: str, instance: dg.DagsterInstance | None = None):
+    """vq_tokenizer (trained small, or reused), tokens and data_cards for ``date``."""
+    return dg.materialize(
+        ALL_ASSETS,
+        selection=[a.key for a in TOKEN_ASSETS + CARD_ASSETS],
+        partition_key=date,
+        resources=stage_resources(home),
+        run_config={"ops": {"vq_tokenizer": {"config": SMALL_TOKENIZER}}},
+        instance=instance or dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+
+
 def materialize_day(
     home: Home,
     date: str,
@@ -112,12 +141,7 @@ def materialize_day(
     return dg.materialize(
         STAGE_ASSETS,
         partition_key=date,
-        resources={
-            "warehouse": WarehouseResource(home=str(home.root)),
-            "licenses": licenses or LicensePolicyResource(),
-            "clip": clip or ClipResource(models_dir=str(home.root / "models"), num_workers=0),
-            "quality": quality or QualityResource(),
-        },
+        resources=stage_resources(home, licenses=licenses, clip=clip, quality=quality),
         run_config=run_config,
         instance=instance or dg.DagsterInstance.ephemeral(),
         selection=selection,

@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from dataplatform.assets import CARD_ASSETS, STAGE_ASSETS, STAGE_ORDER, TOKEN_ASSETS
+from dataplatform.assets import STAGE_ORDER
 from dataplatform.cli import main as cli
 from dataplatform.core.funnel import warehouse_funnel
 from dataplatform.core.home import Home
@@ -15,35 +15,12 @@ from dataplatform.core.takedown import takedown_dir
 from dataplatform.core.warehouse import connect, read_ledger, read_partition
 from dataplatform.core.webdataset_export import read_shards
 from dataplatform.resources import (
-    ClipResource,
     LicensePolicyResource,
-    QualityResource,
-    TokenizerResource,
-    WarehouseResource,
 )
-from tests.assets.conftest import DAYS, build_three_days, materialize_day
+from tests.assets.conftest import DAYS, build_three_days, materialize_cards, materialize_day
 from tests.conftest import encode, photo
 
-SMALL = {"steps": 30, "crops_per_image": 2, "min_psnr": 0.0, "max_dead_code_share": 1.0}
 TABLES = [*STAGE_ORDER, "embeddings", "quality_scores"]
-
-
-def _cards_run(home: Home, date: str, instance: dg.DagsterInstance):
-    return dg.materialize(
-        STAGE_ASSETS + TOKEN_ASSETS + CARD_ASSETS,
-        selection=[a.key for a in TOKEN_ASSETS + CARD_ASSETS],
-        partition_key=date,
-        resources={
-            "warehouse": WarehouseResource(home=str(home.root)),
-            "licenses": LicensePolicyResource(),
-            "clip": ClipResource(models_dir=str(home.root / "models"), num_workers=0),
-            "quality": QualityResource(),
-            "tokenizer": TokenizerResource(device="cpu", batch_size=4),
-        },
-        run_config={"ops": {"vq_tokenizer": {"config": SMALL}}},
-        instance=instance,
-        raise_on_error=False,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +41,7 @@ def curated(tmp_path_factory: pytest.TempPathFactory):
         # The tokenizer trains on what every day kept, then each day is tokenized and carded.
         runs = {}
         for day in DAYS:
-            result = _cards_run(home, day, instance)
+            result = materialize_cards(home, day, instance)
             assert result.success
             runs[day] = (curation[day].run_id, result.run_id, result)
         yield home, instance, runs

@@ -13,13 +13,9 @@ from dataplatform.core.home import Home
 from dataplatform.core.warehouse import read_partition
 from dataplatform.core.webdataset_export import read_shards
 from dataplatform.resources import (
-    ClipResource,
-    LicensePolicyResource,
-    QualityResource,
     TokenizerResource,
-    WarehouseResource,
 )
-from tests.assets.conftest import DAYS, materialize_day
+from tests.assets.conftest import DAYS, materialize_day, stage_resources
 
 SMALL = {"steps": 30, "crops_per_image": 2, "min_psnr": 0.0, "max_dead_code_share": 1.0}
 
@@ -31,13 +27,7 @@ def _tokens_run(
         STAGE_ASSETS + TOKEN_ASSETS,
         selection=[a.key for a in TOKEN_ASSETS],
         partition_key=date,
-        resources={
-            "warehouse": WarehouseResource(home=str(home.root)),
-            "licenses": LicensePolicyResource(),
-            "clip": ClipResource(models_dir=str(home.root / "models"), num_workers=0),
-            "quality": QualityResource(),
-            "tokenizer": TokenizerResource(device="cpu", batch_size=2),
-        },
+        resources=stage_resources(home, tokenizer=TokenizerResource(device="cpu", batch_size=2)),
         run_config={
             "ops": {
                 "vq_tokenizer": {"config": {**SMALL, **(train or {})}},

@@ -10,17 +10,10 @@ import pytest
 from dataplatform.core import audit
 from dataplatform.core.home import Home
 from dataplatform.core.schema import RAW_PAIR_SCHEMA, conform, ledger_row, ledger_table
+from dataplatform.core.stages import STAGE_ORDER
 from dataplatform.core.warehouse import write_ledger, write_partition
 
-STAGES = [
-    "raw_pairs",
-    "exact_deduped",
-    "phash_deduped",
-    "clip_scored",
-    "quality_filtered",
-    "semantic_deduped",
-    "tokens",
-]
+STAGES = STAGE_ORDER[: STAGE_ORDER.index("data_cards")]
 D1, D2, D3 = "2025-01-01", "2025-01-02", "2025-01-03"
 TAKEDOWN_DETAIL = (
     "request TD-1 (url https://example.org/gone.jpg, filed 2025-02-01): DMCA notice 4411"

@@ -8,11 +8,14 @@ from dataplatform.core.home import Home, resolve_home
 from dataplatform.core.schema import ledger_row, ledger_table
 from dataplatform.core.warehouse import (
     connect,
+    document_exists,
     has_partition,
     partition_dates,
+    read_document,
     read_history,
     read_partition,
     refresh_catalog,
+    write_document,
     write_ledger,
     write_partition,
 )
@@ -76,3 +79,15 @@ def test_home_from_environment(tmp_path: Path, monkeypatch):
     (tmp_path / "h" / "landing" / "2025-01-02").mkdir(parents=True)
     (tmp_path / "h" / "landing" / "not-a-date").mkdir()
     assert resolve_home().landing_dates() == ["2025-01-02"]
+
+
+def test_documents_round_trip_inside_the_warehouse(tmp_path: Path):
+    home = Home(tmp_path)
+    path = write_document(home, "cards/date=2025-01-01/card.md", "# card\n")
+    assert path == tmp_path / "warehouse" / "cards" / "date=2025-01-01" / "card.md"
+    assert read_document(home, "cards/date=2025-01-01/card.md") == b"# card\n"
+    assert document_exists(home, "cards/date=2025-01-01/card.md")
+    assert not document_exists(home, "cards/date=2025-01-02/card.md")
+    assert [p.name for p in path.parent.iterdir()] == ["card.md"]
+    with pytest.raises(ValueError, match="leaves the warehouse"):
+        write_document(home, "../outside.md", "x")

@@ -14,21 +14,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from dataplatform.assets import CARD_ASSETS, STAGE_ASSETS, TOKEN_ASSETS
 from dataplatform.core.home import Home
 from dataplatform.core.sample_data import build_sample_landing
 from dataplatform.core.warehouse import connect, read_partition
-from dataplatform.resources import (
-    ClipResource,
-    LicensePolicyResource,
-    QualityResource,
-    TokenizerResource,
-    WarehouseResource,
-)
-from tests.assets.conftest import materialize_day
+from tests.assets.conftest import materialize_cards, materialize_day
 
 DAYS = ["2025-01-01", "2025-01-02", "2025-01-03"]
-SMALL_TOKENIZER = {"steps": 30, "crops_per_image": 2, "min_psnr": 0.0, "max_dead_code_share": 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -41,21 +32,7 @@ def sample(tmp_path_factory: pytest.TempPathFactory):
     instance = dg.DagsterInstance.ephemeral()
     for day in DAYS:
         assert materialize_day(home, day, instance).success
-    cards = dg.materialize(
-        STAGE_ASSETS + TOKEN_ASSETS + CARD_ASSETS,
-        selection=[a.key for a in TOKEN_ASSETS + CARD_ASSETS],
-        partition_key=DAYS[0],
-        resources={
-            "warehouse": WarehouseResource(home=str(home.root)),
-            "licenses": LicensePolicyResource(),
-            "clip": ClipResource(models_dir=str(home.root / "models"), num_workers=0),
-            "quality": QualityResource(),
-            "tokenizer": TokenizerResource(device="cpu", batch_size=4),
-        },
-        run_config={"ops": {"vq_tokenizer": {"config": SMALL_TOKENIZER}}},
-        instance=instance,
-        raise_on_error=False,
-    )
+    cards = materialize_cards(home, DAYS[0], instance)
     assert cards.success
     yield home, truth
     mp.undo()

@@ -1,0 +1,157 @@
+"""The warehouse on an object store (``s3://bucket/prefix``) through fsspec.
+
+Only imported when a warehouse URL names a remote scheme: s3fs and its async stack are heavy,
+and Dagster imports the code location in every step process.
+
+- Credentials and endpoint come from the standard AWS configuration that botocore reads:
+  ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (or ``AWS_PROFILE``), ``AWS_DEFAULT_REGION``,
+  and ``AWS_ENDPOINT_URL`` for an S3-compatible server (MinIO, Ceph, moto).
+- Writes are atomic for readers without a rename (S3 has none): every object is uploaded whole
+  in one ``PUT``, or above 100 MiB as a multipart upload, which S3 publishes only when it
+  completes (s3fs aborts it on failure). A reader sees the old object or the new one.
+- Reads fetch the whole object in one GET, so a reader sees one version even mid-replace.
+- Listings are never cached: another process may have written a partition since the last one.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dataplatform.core.home import WAREHOUSE_URL_ENV
+
+# Where botocore looks for an S3-compatible server's address, most specific first.
+ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
+class ObjectStoreError(OSError):
+    """The object store cannot be used as configured (bucket, credentials, endpoint, client)."""
+
+
+class ObjectStore:
+    """Whole-object reads and writes, and flat listings, in one bucket.
+
+    Paths in and out are full URLs (``s3://bucket/prefix/table/date=.../part-0.parquet``), so
+    they can be shown to users and handed to DuckDB as they are.
+    """
+
+    def __init__(self, bucket_url: str, fs: Any) -> None:
+        self.url = bucket_url
+        self.fs = fs
+        self.protocol = urlsplit(bucket_url).scheme
+
+    def put(self, url: str, data: bytes) -> None:
+        self.fs.pipe_file(self._key(url), data)
+
+    def put_parquet(self, url: str, table: pa.Table) -> None:
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        self.put(url, buffer.getvalue())
+
+    def get(self, url: str) -> bytes:
+        return self.fs.cat_file(self._key(url))
+
+    def is_file(self, url: str) -> bool:
+        return self.fs.isfile(self._key(url))
+
+    def files(self, prefix_url: str) -> list[str]:
+        """Every object below ``prefix_url``, sorted, from one (paginated) listing."""
+        prefix = self._key(prefix_url).rstrip("/") + "/"
+        return sorted(self._url(p) for p in self.fs.find(prefix))
+
+    def delete(self, urls: Iterable[str]) -> None:
+        keys = [self._key(u) for u in urls]
+        if keys:
+            self.fs.rm(keys)
+
+    def read_parquet(self, url: str, columns: list[str] | None = None) -> pa.Table:
+        # One GET of the whole object: a consistent snapshot even while a writer replaces it
+        # (ranged reads would fail with FileExpired when the ETag changes between them), and
+        # one round trip instead of three for the small files a partition is.
+        data = pa.py_buffer(self.get(url))
+        # partitioning=None: the files carry their own `date` column (see warehouse._read).
+        return pq.read_table(pa.BufferReader(data), columns=columns, partitioning=None)
+
+    def register(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Let ``con`` read this store's URLs (DuckDB's httpfs cannot be downloaded offline)."""
+        con.register_filesystem(self.fs)
+
+    def _key(self, url: str) -> str:
+        return self.fs._strip_protocol(url)
+
+    def _url(self, key: str) -> str:
+        return f"{self.protocol}://{key}"
+
+
+_STORES: dict[tuple[str, int], ObjectStore] = {}
+
+
+def open_store(url: str) -> ObjectStore:
+    """The store of ``url``'s bucket, checked once per process (a forked child opens its own)."""
+    parts = urlsplit(url)
+    key = (f"{parts.scheme}://{parts.netloc}", os.getpid())
+    if key not in _STORES:
+        store = ObjectStore(key[0], _filesystem(url))
+        _check_access(store)
+        _STORES[key] = store
+    return _STORES[key]
+
+
+def _filesystem(url: str) -> Any:
+    import fsspec
+
+    protocol = urlsplit(url).scheme
+    try:
+        cls = fsspec.get_filesystem_class(protocol)
+    except ValueError as exc:
+        raise ObjectStoreError(
+            f"{WAREHOUSE_URL_ENV}={url}: fsspec knows no filesystem for {protocol}://"
+        ) from exc
+    except ImportError as exc:
+        package = "s3fs" if protocol in ("s3", "s3a") else f"the fsspec package for {protocol}://"
+        raise ObjectStoreError(
+            f"{WAREHOUSE_URL_ENV}={url} needs {package}: pip install it into this environment "
+            f"({exc})"
+        ) from exc
+    # Listings are not cached: partitions written by other processes must show up at once.
+    # Each store owns its client (open_store caches stores), so a client made under other
+    # credentials is never handed back by fsspec's instance cache.
+    return cls(use_listings_cache=False, skip_instance_cache=True)
+
+
+def _check_access(store: ObjectStore) -> None:
+    """Fail once, early and by name, when the bucket or the credentials are wrong."""
+    if store.protocol not in ("s3", "s3a"):
+        return
+    from botocore.exceptions import BotoCoreError, NoCredentialsError
+
+    bucket = urlsplit(store.url).netloc
+    what = f"warehouse bucket {store.url} ({WAREHOUSE_URL_ENV})"
+    setting = next((n for n in ENDPOINT_ENVS if os.environ.get(n)), None)
+    where = f"at {os.environ[setting]} ({setting})" if setting else "on AWS S3"
+    try:
+        store.fs.call_s3("head_bucket", Bucket=bucket)
+    except NoCredentialsError as exc:
+        raise ObjectStoreError(
+            f"{what}: no S3 credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(or AWS_PROFILE)"
+        ) from exc
+    except FileNotFoundError as exc:
+        raise ObjectStoreError(
+            f"{what}: bucket {bucket!r} does not exist {where}; create it or point "
+            f"{WAREHOUSE_URL_ENV} at an existing bucket"
+        ) from exc
+    except PermissionError as exc:
+        raise ObjectStoreError(
+            f"{what}: access denied {where} with the configured credentials "
+            "(AWS_ACCESS_KEY_ID / AWS_PROFILE)"
+        ) from exc
+    except (BotoCoreError, OSError) as exc:
+        raise ObjectStoreError(f"{what}: cannot reach S3 {where}: {exc}") from exc
