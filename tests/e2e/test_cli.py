@@ -37,9 +37,24 @@ def test_demo_runs_every_stage_and_matches_the_sample_truth(tmp_path: Path):
     assert "quality_filtered" in done.stdout
     # Tokens for every pair semantic dedup kept, and the budget table.
     assert "== token budget" in done.stdout
-    lines = {line.split()[0]: line.split() for line in done.stdout.splitlines() if line.strip()}
+    # The funnel rows (stage, in, kept, removed, ...); the last table printed is all dates.
+    lines = {
+        cols[0]: cols
+        for cols in (line.split() for line in done.stdout.splitlines())
+        if len(cols) >= 4 and cols[1].isdigit() and cols[2].isdigit()
+    }
     assert lines["tokens"][1] == lines["tokens"][2]  # in == kept
     assert lines["semantic_deduped"][2] == lines["tokens"][1]
+    assert lines["data_cards"][1] == lines["data_cards"][2] == lines["tokens"][2]
+    cards = int(lines["data_cards"][2])
+    assert f"== data cards: {cards} pairs enter training" in done.stdout
+    assert (home / "warehouse" / "dataset_cards" / "all" / "card.md").is_file()
+    for day in ("2025-01-01", "2025-01-02", "2025-01-03"):
+        index = home / "warehouse" / "review" / f"date={day}" / "index.html"
+        assert index.as_uri() in done.stdout
+    assert "== dataplatform explain " in done.stdout and "status: removed at phash_deduped" in (
+        done.stdout
+    )
     matched, problems = compare_with_truth(Home(home), home / "sample_truth.json")
     assert (matched, problems) == (131, [])
     # Running the demo again replaces its partitions rather than appending.
