@@ -63,6 +63,8 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _PHASH = re.compile(r"[0-9a-f]{16}")
 # Columns a pair needs to be matched and to get a ledger row.
 MATCH_COLUMNS = ("pair_id", "date", "url", "image_sha256", "phash")
+# Ledger rows that are not themselves takedown records.
+_NOT_TAKEDOWN = f"l.stage <> '{TAKEDOWN_STAGE}' AND l.reason <> '{TAKEDOWN_REASON}'"
 
 
 class TakedownRequestError(ValueError):
@@ -283,10 +285,19 @@ def _popcount(x: np.ndarray) -> np.ndarray:
 
 
 def ledger_rows(
-    pairs: pa.Table, matches: Sequence[TakedownMatch], stage: str, reason: str = TAKEDOWN_REASON
+    pairs: pa.Table,
+    matches: Sequence[TakedownMatch],
+    stage: str,
+    reason: str = TAKEDOWN_REASON,
+    previously: dict[str, str] | None = None,
 ) -> pa.Table:
-    """One ledger row per match, carrying the pair's audit columns and the request."""
+    """One ledger row per match, carrying the pair's audit columns and the request.
+
+    ``previously`` maps a pair_id to the ledger decision it replaces ("exact_deduped:
+    exact_duplicate"), so the takedown row still says what had become of the pair.
+    """
     by_id = {m.pair_id: m for m in matches}
+    previously = previously or {}
     rows = []
     for pair in pairs.to_pylist():
         match = by_id.get(pair["pair_id"])
@@ -296,6 +307,8 @@ def ledger_rows(
         detail = f"{request.describe()}: {request.reason}"
         if match.also:
             detail += f"; also named by {', '.join(match.also)}"
+        if pair["pair_id"] in previously:
+            detail += f"; had been dropped at {previously[pair['pair_id']]}"
         rows.append(
             ledger_row(
                 pair,
@@ -377,7 +390,26 @@ def apply_takedowns(
         pairs = _as_table(
             con.sql("SELECT r.* FROM raw_pairs r JOIN removed_ids USING (pair_id, date)").arrow()
         )
-        _record_ledger(home, ledger_rows(pairs, report.matches, TAKEDOWN_STAGE))
+        # The pair's earlier ledger rows (a duplicate, a low score) move into its takedown row,
+        # so that each stage's rows in = kept + ledger still holds after the removal.
+        earlier = (
+            con.execute(
+                f"SELECT l.stage, l.date, l.pair_id, l.reason FROM {LEDGER_TABLE} l "
+                f"JOIN removed_ids USING (pair_id, date) WHERE {_NOT_TAKEDOWN} ORDER BY 1, 2, 3"
+            ).fetchall()
+            if LEDGER_TABLE in tables
+            else []
+        )
+        previously = {pair_id: f"{stage}: {reason}" for stage, _, pair_id, reason in earlier}
+        _record_ledger(
+            home, ledger_rows(pairs, report.matches, TAKEDOWN_STAGE, previously=previously)
+        )
+        for stage in sorted({(st, d) for st, d, _, _ in earlier}):
+            ids = [p for st, d, p, _ in earlier if (st, d) == stage]
+            name = f"{LEDGER_TABLE} stage={stage[0]}"
+            report.partitions.setdefault(name, {})[stage[1]] = _rewrite_ledger(
+                home, stage[0], stage[1], ids
+            )
         for table in tables:
             if table == LEDGER_TABLE or "pair_id" not in _columns(con, table):
                 continue
@@ -463,6 +495,13 @@ def verify_removed(
                 "JOIN removed_ids USING (pair_id, date) GROUP BY 1 ORDER BY 1"
             ).fetchall():
                 remaining.append(f"{table} date={date}: {n} row(s)")
+        if LEDGER_TABLE in warehouse_tables(home):
+            for stage, date, n in con.execute(
+                f"SELECT l.stage, l.date, count(*) FROM {LEDGER_TABLE} l "
+                f"JOIN removed_ids USING (pair_id, date) WHERE {_NOT_TAKEDOWN} "
+                "GROUP BY 1, 2 ORDER BY 1, 2"
+            ).fetchall():
+                remaining.append(f"{LEDGER_TABLE} stage={stage} date={date}: {n} row(s)")
     finally:
         con.close()
     keys = {sample_key(p) for p, _ in pairs}
@@ -481,6 +520,16 @@ def _rewrite(home: Home, table: str, date: str, pair_ids: list[str]) -> int:
     keep = pc.invert(pc.is_in(current.column("pair_id"), value_set=removed))
     kept = current.filter(keep)
     write_partition(home, table, date, kept)
+    return current.num_rows - kept.num_rows
+
+
+def _rewrite_ledger(home: Home, stage: str, date: str, pair_ids: list[str]) -> int:
+    """Rewrite one ledger partition without the non-takedown rows of ``pair_ids``."""
+    current = read_ledger(home, stage, date)
+    named = pc.is_in(current.column("pair_id"), value_set=pa.array(pair_ids, pa.string()))
+    keep = pc.or_(pc.invert(named), pc.equal(current.column("reason"), TAKEDOWN_REASON))
+    kept = current.filter(keep)
+    write_ledger(home, stage, date, kept)
     return current.num_rows - kept.num_rows
 
 

@@ -202,6 +202,12 @@ def test_takedown_removes_a_pair_everywhere_and_keeps_it_out(curated, tmp_path: 
         ("a3", DAYS[1], "takedown"),
     ]
     assert rows[0][3].startswith("request TD-1 (image images/") and "DMCA 4411" in rows[0][3]
+    # a2 had been dropped as an exact copy: that ledger row moved into its takedown row, so
+    # every stage still has rows in = kept + ledger.
+    assert rows[1][3].endswith("had been dropped at exact_deduped: exact_duplicate")
+    for day in DAYS:
+        for f in warehouse_funnel(home, STAGE_ORDER, day):
+            assert f.conserved, (day, f)
     left_in_export = {r["pair_id"] for r in read_shards(sorted(export.glob("*.tar")))}
     assert left_in_export == exported - gone
     overall = json.loads((home.warehouse / "dataset_cards" / "all" / "card.json").read_text())
