@@ -279,6 +279,10 @@ def _funnel(home: Home, args: argparse.Namespace) -> int:
     from dataplatform.core.stages import STAGE_ORDER
 
     print(format_funnel(warehouse_funnel(home, STAGE_ORDER, args.date), top_reasons=6))
+    # Pairs taken down after curation left every table; they are counted apart.
+    taken = warehouse_funnel(home, ["takedown"], args.date)[0].removed
+    if taken:
+        print(f"(and {taken} pair(s) taken down after curation: ledger stage takedown)")
     return 0
 
 

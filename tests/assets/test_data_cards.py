@@ -148,7 +148,7 @@ def test_license_policy_drops_or_flags_as_configured(tmp_path: Path):
     ]
 
 
-def test_takedown_removes_a_pair_everywhere_and_keeps_it_out(curated, tmp_path: Path):
+def test_takedown_removes_a_pair_everywhere_and_keeps_it_out(curated, tmp_path: Path, capsys):
     source, _, _ = curated
     home = Home(tmp_path / "home")
     shutil.copytree(source.root, home.root)
@@ -208,6 +208,9 @@ def test_takedown_removes_a_pair_everywhere_and_keeps_it_out(curated, tmp_path: 
     for day in DAYS:
         for f in warehouse_funnel(home, STAGE_ORDER, day):
             assert f.conserved, (day, f)
+    capsys.readouterr()
+    assert cli(["--home", str(home.root), "funnel"]) == 0
+    assert "(and 3 pair(s) taken down after curation" in capsys.readouterr().out
     left_in_export = {r["pair_id"] for r in read_shards(sorted(export.glob("*.tar")))}
     assert left_in_export == exported - gone
     overall = json.loads((home.warehouse / "dataset_cards" / "all" / "card.json").read_text())
