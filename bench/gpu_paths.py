@@ -4,7 +4,9 @@ Run on a machine with CUDA. Random-weight ViT-B-32 saved to a checkpoint and loa
 `load_encoder` (the production path) on the CPU in fp32 and on CUDA in the auto precision (fp16);
 the embeddings must agree to cosine >= 0.99 and the CLIP scores to 0.01. A VQ-VAE trained on the
 CPU is saved, loaded on CUDA through `load_tokenizer`, and must give the same token ids for at
-least 99% of positions (fp32 on both; argmin ties can flip a few).
+least 99% of positions (fp32 on both; argmin ties can flip a few). The watermark detector
+(efficientnet_b3, random weights saved and loaded through `load_watermark`) must score within
+0.01 on both devices.
 
 Usage: python bench/gpu_paths.py [--images 64]
 """
@@ -87,6 +89,25 @@ def main() -> int:
         print(f"VQ tokens cpu vs cuda: {agree:.4%} of {on_cpu.size} positions equal")
         if agree < 0.99:
             failures.append("VQ tokens on CUDA disagree with the CPU")
+
+        from dataplatform.core.watermark_model import build_watermark_model, load_watermark
+
+        weights = Path(tmp) / "watermark-random.pt"
+        torch.manual_seed(0)
+        torch.save(build_watermark_model().state_dict(), weights)
+        images = [base[k % len(base)] for k in range(args.images)]
+        scores = {}
+        for device in ("cpu", "cuda"):
+            scorer = load_watermark(weights, device)
+            scorer.score(images[:4])  # warm-up
+            started = time.perf_counter()
+            scores[device] = scorer.score(images)
+            rate = len(images) / (time.perf_counter() - started)
+            print(f"watermark detector on {device}: {rate:.1f} images/s")
+        gap = float(np.abs(scores["cpu"] - scores["cuda"]).max())
+        print(f"watermark scores cpu vs cuda: max gap {gap:.5f} over {len(images)} images")
+        if gap > 0.01:
+            failures.append("watermark scores on CUDA disagree with the CPU")
     print("FAILED: " + "; ".join(failures) if failures else "GPU paths agree with the CPU")
     return 1 if failures else 0
 
