@@ -28,13 +28,16 @@ def review_sheet_metadata(
     if home.warehouse_url:
         # The sheets are files to open from disk; they are rendered for a local warehouse only.
         return {"review_sheet": f"not rendered: the warehouse is on {home.warehouse_url}"}
-    if isinstance(stage, str):
-        path = render_review_sheet(home, stage, date)
-        render_review_index(home, date, STAGE_ORDER)
-        key = "review_sheet"
-    else:
-        path = render_partition_review(home, date, list(stage))[-1]
-        key = "review_sheets"
+    key = "review_sheet" if isinstance(stage, str) else "review_sheets"
+    try:
+        if isinstance(stage, str):
+            path = render_review_sheet(home, stage, date)
+            render_review_index(home, date, STAGE_ORDER)
+        else:
+            path = render_partition_review(home, date, list(stage))[-1]
+    except Exception as exc:  # noqa: BLE001 - a review document never fails the curation run
+        # The stage's tables and ledger are already written; the metadata says what went wrong.
+        return {key: f"not rendered: {type(exc).__name__}: {exc}"}
     return {
         key: dg.MetadataValue.path(str(path)),
         f"{key}_url": dg.MetadataValue.url(path.resolve().as_uri()),
