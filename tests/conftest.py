@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,57 @@ def encode(image: Image.Image, fmt: str = "JPEG", **params) -> bytes:
 @pytest.fixture
 def astronaut() -> Image.Image:
     return photo("astronaut")
+
+
+class AuditLog:
+    """Opens and connections seen while recording, from ``sys.addaudithook``.
+
+    A hook cannot be removed once added, so one is installed for the session and records only
+    while a test's ``audit`` fixture is active. ``opens`` holds resolved paths as strings;
+    ``connects`` holds the addresses handed to ``socket.connect``.
+    """
+
+    def __init__(self) -> None:
+        self.recording = False
+        self.opens: list[str] = []
+        self.connects: list[object] = []
+
+    def __call__(self, event: str, args: tuple) -> None:
+        if not self.recording:
+            return
+        if event == "open" and args and isinstance(args[0], (str, bytes, Path)):
+            path = args[0]
+            self.opens.append(os.fsdecode(path) if not isinstance(path, Path) else str(path))
+        elif event == "socket.connect" and len(args) >= 2:
+            self.connects.append(args[1])
+
+    def opened_outside(self, *roots: Path) -> list[str]:
+        """Opened paths under none of ``roots`` that are not Python's own library files."""
+        allowed = [str(r.resolve()) for r in roots] + _LIBRARY_ROOTS
+        outside = []
+        for raw in self.opens:
+            real = os.path.realpath(raw)
+            if not any(real == a or real.startswith(a.rstrip("/") + "/") for a in allowed):
+                outside.append(raw)
+        return outside
+
+
+# Imports that a code path does lazily open module files below these; they are not input.
+_LIBRARY_ROOTS = sorted(
+    {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    | {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
+)
+_AUDIT = AuditLog()
+sys.addaudithook(_AUDIT)
+
+
+@pytest.fixture
+def audit():
+    """Record every open and connection the test's code makes while the fixture is active."""
+    _AUDIT.opens.clear()
+    _AUDIT.connects.clear()
+    _AUDIT.recording = True
+    try:
+        yield _AUDIT
+    finally:
+        _AUDIT.recording = False
