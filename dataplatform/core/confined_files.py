@@ -79,8 +79,8 @@ def check_path_text(text: str) -> None:
 def confined_path(root: Path, path: Path | str) -> Path:
     """``path`` with every symlink resolved, refused unless it stays inside ``root``.
 
-    ``root`` must already be resolved. The reason says whether a symlink led outside
-    (``symlink_outside_landing``) or the path itself did (``path_outside_landing``).
+    ``root`` must already be resolved. The reason is ``path_outside_landing`` either way (the
+    ledger's one reason for an escape); the detail says whether a symlink led outside.
     """
     text = os.fspath(path)
     check_path_text(text)
@@ -93,7 +93,7 @@ def confined_path(root: Path, path: Path | str) -> Path:
     lexical = Path(os.path.normpath(os.path.join(root, text)))
     if lexical == root or root in lexical.parents:
         raise FileRefused(
-            "symlink_outside_landing",
+            "path_outside_landing",
             f"{_shown(root, text)} is a symlink (or lies under one) that resolves to {real}, "
             f"outside {root}",
         )
@@ -103,8 +103,8 @@ def confined_path(root: Path, path: Path | str) -> Path:
 def regular_file(root: Path, path: Path | str) -> Path:
     """The resolved path of a regular file inside ``root``; never opens anything.
 
-    Raises ``FileRefused`` (``missing_file``, ``not_a_regular_file``, or a confinement
-    reason).
+    Raises ``FileRefused`` (``missing_file``, ``not_a_regular_file``, ``read_error``,
+    ``invalid_path`` or ``path_outside_landing``).
     """
     real = confined_path(root, path)
     try:
@@ -138,7 +138,7 @@ def open_confined(root: Path, path: Path | str) -> BinaryIO:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise FileRefused(
-                "symlink_outside_landing", f"{_shown(root, path)} became a symlink while read"
+                "path_outside_landing", f"{_shown(root, path)} became a symlink while read"
             ) from exc
         raise FileRefused("read_error", f"{_shown(root, path)}: {exc.strerror}") from exc
     try:
@@ -156,13 +156,21 @@ def open_confined(root: Path, path: Path | str) -> BinaryIO:
         raise
 
 
-def read_confined(root: Path, path: Path | str, limit: int | None = None) -> bytes:
-    """The bytes of a regular file inside ``root``; with ``limit``, refused when larger."""
+def read_confined(
+    root: Path, path: Path | str, limit: int | None = None, cut: bool = False
+) -> bytes:
+    """The bytes of a regular file inside ``root``, at most ``limit`` of them.
+
+    Over ``limit``, the first ``limit`` bytes are returned when ``cut`` (a caption that a later
+    cap shortens anyway), else ``file_too_large`` is raised. Never reads more than ``limit + 1``.
+    """
     with open_confined(root, path) as fh:
         if limit is None:
             return fh.read()
         data = fh.read(limit + 1)
     if len(data) > limit:
+        if cut:
+            return data[:limit]
         raise FileRefused("file_too_large", f"{_shown(root, path)} is over {limit} bytes")
     return data
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from dataplatform.core.confined_files import FileRefused
 from dataplatform.core.image_decode import (
     DEFAULT_DRAFT_SIZE,
     DEFAULT_MAX_PIXELS,
@@ -33,6 +34,7 @@ STAGE = "raw_pairs"
 # Below this many images a process pool costs more to start than it saves.
 MIN_IMAGES_FOR_POOL = 64
 CHUNK_SIZE = 16
+LEDGER_TEXT_CHARS = DEFAULT_MAX_TEXT_CHARS
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,10 @@ def read_image_bytes(ref: ImageRef, timeout_s: float = 20.0) -> bytes:
     """The bytes ``ref`` points at; raises ``ImageRejected`` when they cannot be had."""
     try:
         return read_ref(ref, timeout_s)
+    except ImageRejected:
+        raise
+    except FileRefused as exc:
+        raise ImageRejected(exc.reason, exc.detail) from exc
     except FileNotFoundError as exc:
         raise ImageRejected("missing_file", str(exc)) from exc
     except ValueError as exc:
@@ -116,7 +122,12 @@ def ingest_folder(date_dir: Path, date: str, options: IngestOptions | None = Non
         if record.error is not None:
             rejected.append(_ledger_row(record, pair_id, date, *record.error))
             continue
-        text, truncated = normalize_text(record.text, options.max_text_chars)
+        try:
+            text, truncated = normalize_text(record.text, options.max_text_chars)
+        except Exception as exc:  # noqa: BLE001 - one odd caption is one ledger row
+            detail = f"caption cannot be normalised: {type(exc).__name__}: {exc}"
+            rejected.append(_ledger_row(record, pair_id, date, "unusable_text", detail))
+            continue
         if not text:
             rejected.append(
                 _ledger_row(
@@ -190,7 +201,9 @@ def _raw_row(
 
 
 def _ledger_row(record: LandingRecord, pair_id: str, date: str, reason: str, detail: str) -> dict:
-    text = record.text if isinstance(record.text, str) else None
+    # The ledger shows the caption for review, capped like a kept one: a rejected 50 MB caption
+    # must not become a 50 MB ledger cell.
+    text = record.text[:LEDGER_TEXT_CHARS] if isinstance(record.text, str) else None
     return {
         "pair_id": pair_id,
         "date": date,

@@ -6,6 +6,8 @@ import re
 import unicodedata
 
 DEFAULT_MAX_TEXT_CHARS = 2000
+# How many raw characters per kept character normalisation may look at (see normalize_text).
+RAW_CAP_FACTOR = 8
 
 _WHITESPACE = re.compile(r"\s+")
 
@@ -18,7 +20,15 @@ def normalize_text(text: str | None, max_chars: int = DEFAULT_MAX_TEXT_CHARS) ->
     """
     if text is None:
         return "", False
-    text = unicodedata.normalize("NFC", str(text))
+    text = str(text)
+    # Cap before the per-character work: a 50 MB caption must cost what a long one does.
+    # Normalisation only ever shortens (NFC composes, controls go, whitespace collapses) by a
+    # bounded factor for real text, so this many raw characters always covers the kept prefix.
+    raw_cap = max_chars * RAW_CAP_FACTOR
+    precut = len(text) > raw_cap
+    if precut:
+        text = text[:raw_cap]
+    text = unicodedata.normalize("NFC", text)
     text = "".join(
         " " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch
         for ch in text
@@ -27,4 +37,4 @@ def normalize_text(text: str | None, max_chars: int = DEFAULT_MAX_TEXT_CHARS) ->
     text = _WHITESPACE.sub(" ", text).strip()
     if len(text) > max_chars:
         return text[:max_chars].rstrip(), True
-    return text, False
+    return text, precut

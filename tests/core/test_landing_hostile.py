@@ -1,0 +1,388 @@
+"""Landing input built by someone who does not wish the platform well.
+
+Each test builds its hostile input in a temporary day folder, runs discovery (and ingest where
+the row must survive decoding), and asserts the exact ledger reason of every row, that rows are
+conserved, and, with the ``audit`` hook, that no file outside the day folder was opened.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import tarfile
+import unicodedata
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dataplatform.core import text_normalize
+from dataplatform.core.ingest import IngestOptions, ingest_folder
+from dataplatform.core.landing import (
+    MAX_JSON_DEPTH,
+    MAX_MANIFEST_LINE_BYTES,
+    MAX_PAIR_ID_CHARS,
+    discover,
+    webdataset_key,
+)
+from dataplatform.core.text_normalize import DEFAULT_MAX_TEXT_CHARS, RAW_CAP_FACTOR
+from tests.conftest import encode, photo
+
+DATE = "2025-03-01"
+SECRET = "root:x:0:0:secret-credential-line"
+
+
+@pytest.fixture
+def day(tmp_path: Path) -> Path:
+    folder = tmp_path / "landing" / DATE
+    folder.mkdir(parents=True)
+    return folder
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    """A file outside the landing folder that stands for /etc/passwd or /proc/self/environ."""
+    path = tmp_path / "outside" / "passwd"
+    path.parent.mkdir()
+    path.write_text(SECRET + "\n")
+    return path
+
+
+def _jpeg(name: str = "coffee", size: tuple[int, int] = (48, 40)) -> bytes:
+    return encode(photo(name).resize(size))
+
+
+def _errors(records) -> dict[tuple[str, int], str]:
+    return {(r.source, r.row): r.error[0] for r in records if r.error}
+
+
+def _ingest(day: Path):
+    result = ingest_folder(day, DATE, IngestOptions(workers=1))
+    assert result.rows_in == result.kept.num_rows + result.rejected.num_rows
+    return result
+
+
+def _reasons(result) -> dict[str, str]:
+    return dict(
+        zip(
+            result.rejected.column("source").to_pylist(),
+            result.rejected.column("reason").to_pylist(),
+            strict=True,
+        )
+    )
+
+
+def _tar(path: Path, members: list[tuple[str, bytes]]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+# --- symlinks out of the day folder -------------------------------------------------------
+
+
+def test_symlinked_sidecar_manifest_shard_and_image_are_refused_unopened(
+    day: Path, secret: Path, audit
+):
+    (day / "cup.jpg").write_bytes(_jpeg())
+    os.symlink(secret, day / "cup.txt")  # a sidecar caption that is /etc/passwd
+    os.symlink(secret, day / "pairs.jsonl")  # a manifest
+    os.symlink(secret, day / "shard-0.tar")  # a shard
+    os.symlink(secret, day / "pic.jpg")  # an image, referenced by a real manifest
+    (day / "real.jsonl").write_text(json.dumps({"id": "r1", "image": "pic.jpg", "text": "x"}))
+    os.symlink(secret.parent, day / "linked_dir")  # a folder leading out
+    (day / "inner").mkdir()
+    os.symlink(day / "inner", day / "loop_dir")  # a folder that stays inside
+    records = discover(day)
+    assert _errors(records) == {
+        ("cup.jpg", 0): "path_outside_landing",
+        ("linked_dir", 0): "path_outside_landing",
+        ("loop_dir", 0): "symlinked_folder",
+        ("pairs.jsonl", 0): "path_outside_landing",
+        ("real.jsonl", 0): "path_outside_landing",
+        ("shard-0.tar", 0): "path_outside_landing",
+    }
+    assert len(records) == 6  # pic.jpg is real.jsonl's row, not a second one
+    by_source = {r.source: r for r in records}
+    assert "caption file" in by_source["cup.jpg"].error[1]
+    assert "symlink" in by_source["pairs.jsonl"].error[1]
+    assert all(SECRET not in str(r.text) and SECRET not in r.error[1] for r in records)
+    assert audit.opened_outside(day) == []
+    assert not any(str(secret) in os.path.realpath(p) for p in audit.opens)
+
+
+def test_symlink_that_stays_inside_is_followed(day: Path):
+    (day / "data").mkdir()
+    (day / "data" / "cup.jpg").write_bytes(_jpeg())
+    (day / "data" / "captions.txt").write_text("a cup of coffee")
+    os.symlink(day / "data" / "cup.jpg", day / "cup.jpg")
+    os.symlink(day / "data" / "captions.txt", day / "cup.txt")
+    result = _ingest(day)
+    assert result.kept.column("text").to_pylist() == ["a cup of coffee"]
+    # The targets are read through the links, so neither is also an orphan or unsupported.
+    assert result.rejected.num_rows == 0
+
+
+# --- FIFOs, sockets, devices ----------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_fifos_sockets_and_devices_are_refused_before_opening(day: Path, audit):
+    os.mkfifo(day / "pairs.jsonl")  # a manifest that would block any reader forever
+    (day / "cup.jpg").write_bytes(_jpeg())
+    os.mkfifo(day / "cup.txt")  # a sidecar caption that blocks
+    os.mkfifo(day / "pipe.jpg")
+    (day / "m.csv").write_text("id,image,text\nq1,pipe.jpg,a pipe\n")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(day / "s.tar"))
+    os.symlink("/dev/zero", day / "zero.parquet")  # a device that never ends (outside, too)
+    try:
+        result = _ingest(day)
+    finally:
+        sock.close()
+    assert _reasons(result) == {
+        "cup.jpg": "not_a_regular_file",
+        "m.csv line 2": "not_a_regular_file",
+        "pairs.jsonl": "not_a_regular_file",
+        "s.tar": "not_a_regular_file",
+        "zero.parquet": "path_outside_landing",
+    }
+    details = dict(
+        zip(
+            result.rejected.column("source").to_pylist(),
+            result.rejected.column("detail").to_pylist(),
+            strict=True,
+        )
+    )
+    assert "is a FIFO" in details["pairs.jsonl"] and "is a socket" in details["s.tar"]
+    fifos = {str((day / n).resolve()) for n in ("pairs.jsonl", "cup.txt", "pipe.jpg")}
+    assert not fifos & {os.path.realpath(p) for p in audit.opens}
+
+
+def test_device_inside_the_day_folder_is_refused(day: Path):
+    try:
+        os.mknod(day / "dev.jsonl", 0o600 | 0o020000, os.makedev(1, 5))  # a /dev/zero twin
+    except (PermissionError, OSError) as exc:
+        pytest.skip(f"cannot create a device node here: {exc}")
+    (record,) = discover(day)
+    assert record.error[0] == "not_a_regular_file"
+    assert "character device" in record.error[1]
+
+
+# --- bounded work per row -------------------------------------------------------------------
+
+
+def test_huge_caption_is_capped_before_normalisation(day: Path, monkeypatch):
+    (day / "cup.jpg").write_bytes(_jpeg())
+    caption = "a cup " + "é" * (50 * 1024 * 1024)
+    pq.write_table(pa.table({"image": ["cup.jpg"], "text": [caption]}), day / "m.parquet")
+    seen: list[int] = []
+    real_normalize = unicodedata.normalize
+
+    def normalize(form: str, text: str) -> str:
+        seen.append(len(text))
+        return real_normalize(form, text)
+
+    monkeypatch.setattr(text_normalize.unicodedata, "normalize", normalize)
+    result = _ingest(day)
+    (row,) = result.kept.to_pylist()
+    assert row["text_truncated"] is True
+    assert len(row["text"]) == DEFAULT_MAX_TEXT_CHARS
+    assert seen and max(seen) <= DEFAULT_MAX_TEXT_CHARS * RAW_CAP_FACTOR
+
+
+def test_overlong_line_deep_json_and_huge_integer_are_single_rows(day: Path):
+    (day / "cup.jpg").write_bytes(_jpeg())
+    good = json.dumps({"id": "ok", "image": "cup.jpg", "text": "a cup"})
+    lines = [
+        good,
+        json.dumps({"id": "long", "image": "cup.jpg", "text": "x" * (MAX_MANIFEST_LINE_BYTES + 5)}),
+        "[" * 200_000 + "]" * 200_000,
+        '{"id": "deep", "image": "cup.jpg", "text": "x", "n": ' + "[" * 5000 + "]" * 5000 + "}",
+        '{"id": "brackets-in-strings", "image": "cup.jpg", "text": "' + "[{" * 100 + '"}',
+        '{"id": "big", "image": "cup.jpg", "text": "x", "n": ' + "9" * 5000 + "}",
+        json.dumps({"id": "i" * (MAX_PAIR_ID_CHARS + 1), "image": "cup.jpg", "text": "x"}),
+        json.dumps({"id": "esc\x1b[2Jape", "image": "cup.jpg", "text": "x"}),
+    ]
+    (day / "m.jsonl").write_text("\n".join(lines) + "\n")
+    records = discover(day)
+    assert _errors(records) == {
+        ("m.jsonl", 1): "manifest_line_too_long",
+        ("m.jsonl", 2): "manifest_json_too_deep",
+        ("m.jsonl", 3): "manifest_json_too_deep",
+        ("m.jsonl", 5): "malformed_manifest_line",
+        ("m.jsonl", 6): "invalid_pair_id",
+        ("m.jsonl", 7): "invalid_pair_id",
+    }
+    by_row = {r.row: r for r in records}
+    assert f"over {MAX_MANIFEST_LINE_BYTES}" in by_row[1].error[1]
+    assert f"deeper than {MAX_JSON_DEPTH}" in by_row[2].error[1]
+    assert "unparseable JSON value" in by_row[5].error[1]
+    assert by_row[4].error is None and by_row[4].manifest_id == "brackets-in-strings"
+    result = _ingest(day)
+    assert sorted(result.kept.column("pair_id").to_pylist()) == ["brackets-in-strings", "ok"]
+    assert result.rows_in == 8
+
+
+def test_bad_paths_and_csv_field_over_the_limit(day: Path):
+    (day / "cup.jpg").write_bytes(_jpeg())
+    rows = [
+        ("nul", "cup\x00.jpg"),
+        ("long", "a" * 300 + ".jpg"),
+        ("deep", "/".join(["d" * 200] * 30) + ".jpg"),
+        ("ok", "cup.jpg"),
+    ]
+    pq.write_table(
+        pa.table({"id": [r[0] for r in rows], "image": [r[1] for r in rows], "text": ["t"] * 4}),
+        day / "m.parquet",
+    )
+    (day / "c.csv").write_text(
+        "\ufeffid,image,text\n" + f'big,cup.jpg,"{"y" * 200_000}"\n' + "fine,cup.jpg,a cup\n",
+        encoding="utf-8",
+    )
+    result = _ingest(day)
+    reasons = _reasons(result)
+    assert reasons == {
+        "c.csv line 2": "malformed_manifest_line",
+        "m.parquet row 0": "invalid_path",
+        "m.parquet row 1": "invalid_path",
+        "m.parquet row 2": "invalid_path",
+    }
+    assert sorted(result.kept.column("pair_id").to_pylist()) == ["fine", "ok"]
+
+
+def test_bom_at_the_start_of_a_jsonl_manifest_is_accepted(day: Path):
+    (day / "cup.jpg").write_bytes(_jpeg())
+    line = json.dumps({"id": "bom", "image": "cup.jpg", "text": "a cup"})
+    (day / "m.jsonl").write_bytes(b"\xef\xbb\xbf" + line.encode() + b"\n")
+    (record,) = discover(day)
+    assert record.error is None and record.manifest_id == "bom"
+
+
+def test_an_exception_inside_one_row_is_that_rows_ledger_entry(day: Path, monkeypatch):
+    """Whatever a future parser bug raises, the folder still yields every other row."""
+    from dataplatform.core import landing
+
+    (day / "cup.jpg").write_bytes(_jpeg())
+    lines = [json.dumps({"id": f"r{i}", "image": "cup.jpg", "text": "x"}) for i in range(3)]
+    (day / "m.jsonl").write_text("\n".join(lines))
+    real = landing._mapping_record
+
+    def flaky(root, rel, row, obj, locator):
+        if obj["id"] == "r1":
+            raise KeyError("boom")
+        return real(root, rel, row, obj, locator)
+
+    monkeypatch.setattr(landing, "_mapping_record", flaky)
+    records = discover(day)
+    assert _errors(records) == {("m.jsonl", 1): "malformed_manifest_line"}
+    assert "KeyError" in records[1].error[1]
+
+
+# --- WebDataset shards ----------------------------------------------------------------------
+
+
+def test_webdataset_grouping_splits_at_the_first_dot():
+    assert webdataset_key("000002.left.jpg") == ("000002", "left.jpg")
+    assert webdataset_key("a/b/000002.txt") == ("a/b/000002", "txt")
+    assert webdataset_key("README") == ("", "")
+    assert webdataset_key(".hidden") == ("", "")
+
+
+def test_every_tar_member_is_accounted_for(day: Path):
+    jpg = _jpeg()
+    _tar(
+        day / "shard.tar",
+        [
+            ("000001.jpg", jpg),
+            ("000001.txt", b"first caption"),
+            ("000001.txt", b"replacement caption"),  # a duplicated name: the later one wins
+            ("000002.left.jpg", jpg),  # one sample with 000002.txt, as WebDataset groups it
+            ("000002.txt", b"second caption"),
+            ("000002.cls", b"7"),  # another field of the sample, kept in extra
+            ("000003.jpg", jpg),
+            ("000003.png", encode(photo("rocket").resize((32, 32)), "PNG")),
+            ("000003.txt", b"third caption"),
+            ("000004.jpg", jpg),
+            ("000004.json", b'["not", "an", "object"]'),
+            ("LICENSE", b"no extension"),
+        ],
+    )
+    records = discover(day)
+    assert [(r.locator, r.error[0] if r.error else None) for r in records] == [
+        ("key 000001", None),
+        ("key 000002", None),
+        ("key 000003", None),
+        ("key 000004", "malformed_manifest_line"),
+        ("member 000001.txt", "duplicate_shard_member"),
+        ("member LICENSE", "shard_member_without_extension"),
+        ("member 000003.png", "extra_image_member"),
+    ]
+    first, second, third = records[:3]
+    assert first.text == "replacement caption"
+    assert second.text == "second caption" and second.image_uri == "shard.tar#000002.left.jpg"
+    assert second.extra["shard_members"] == ["000002.cls"]
+    assert third.image_uri == "shard.tar#000003.jpg"
+    assert "not a JSON object" in records[3].error[1]
+    result = _ingest(day)
+    assert result.rows_in == 7 and result.kept.num_rows == 3
+
+
+def test_truncated_shard_keeps_the_pairs_before_the_break(day: Path):
+    jpg = _jpeg()
+    members = []
+    for i in range(1, 5):
+        members += [(f"{i:06d}.jpg", jpg), (f"{i:06d}.txt", f"caption {i}".encode())]
+    full = day / "full.tar"
+    _tar(full, members)
+    data = full.read_bytes()
+    full.unlink()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        offsets = {m.name: (m.offset, m.offset_data) for m in tar.getmembers()}
+    # One shard cut inside a header, one cut inside an image body.
+    (day / "cut_header.tar").write_bytes(data[: offsets["000003.jpg"][0] + 100])
+    (day / "cut_body.tar").write_bytes(data[: offsets["000004.jpg"][1] + 10])
+    records = discover(day)
+    by_source: dict[str, list] = {}
+    for r in records:
+        by_source.setdefault(r.source, []).append((r.locator, r.error[0] if r.error else None))
+    assert by_source["cut_header.tar"] == [
+        ("key 000001", None),
+        ("key 000002", None),
+        (f"byte {offsets['000003.jpg'][0]}", "truncated_shard"),
+    ]
+    assert by_source["cut_body.tar"] == [
+        ("key 000001", None),
+        ("key 000002", None),
+        ("key 000003", None),
+        ("key 000004", "truncated_shard"),
+        (f"byte {offsets['000004.txt'][0]}", "truncated_shard"),  # and what came after
+    ]
+    result = _ingest(day)
+    assert result.kept.num_rows == 5
+
+
+def test_tar_link_members_are_rows_not_reads(day: Path, secret: Path, audit):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        jpg = _jpeg()
+        info = tarfile.TarInfo("000001.jpg")
+        info.size = len(jpg)
+        tar.addfile(info, io.BytesIO(jpg))
+        link = tarfile.TarInfo("000001.txt")
+        link.type = tarfile.SYMTYPE
+        link.linkname = str(secret)
+        tar.addfile(link)
+    (day / "links.tar").write_bytes(buf.getvalue())
+    records = discover(day)
+    assert [(r.locator, r.error[0] if r.error else None) for r in records] == [
+        ("key 000001", None),
+        ("member 000001.txt", "unsupported_shard_member"),
+    ]
+    assert records[0].text is None
+    assert audit.opened_outside(day) == []
