@@ -163,10 +163,28 @@ def _walk(date_dir: Path, root: Path) -> Iterator[_Entry]:
         for name in filenames:
             if not name.startswith((".", "_")):
                 rel = (here / name).relative_to(date_dir).as_posix()
-                yield _Entry(rel, _file_refusal(root, rel))
+                shown = _printable_name(rel)
+                if shown != rel:
+                    detail = f"the name {shown!r} is not valid UTF-8; rename the file"
+                    yield _Entry(shown, ("invalid_path", detail))
+                else:
+                    yield _Entry(rel, _file_refusal(root, rel))
     for exc in problems:
         rel = _relative_or_name(date_dir, exc.filename)
         yield _Entry(rel, ("read_error", f"folder {rel} cannot be listed: {exc.strerror}"))
+
+
+def _printable_name(rel: str) -> str:
+    """``rel`` with undecodable bytes (surrogate escapes from the file system) replaced.
+
+    Such a name cannot be stored in a Parquet string column, so the file becomes a ledger row
+    under its replaced name instead of failing the partition's write.
+    """
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return rel
 
 
 def _file_refusal(root: Path, rel: str) -> tuple[str, str] | None:

@@ -256,6 +256,16 @@ def test_bad_paths_and_csv_field_over_the_limit(day: Path):
     assert sorted(result.kept.column("pair_id").to_pylist()) == ["fine", "ok"]
 
 
+def test_a_file_name_that_is_not_utf8_is_a_ledger_row(day: Path):
+    (day / "cup.jpg").write_bytes(_jpeg())
+    (day / "cup.txt").write_text("a cup")
+    with open(os.path.join(os.fsencode(day), b"bad\xff.jpg"), "wb") as fh:
+        fh.write(_jpeg())
+    result = _ingest(day)
+    assert _reasons(result) == {"bad\ufffd.jpg": "invalid_path"}
+    assert result.kept.column("text").to_pylist() == ["a cup"]
+
+
 def test_bom_at_the_start_of_a_jsonl_manifest_is_accepted(day: Path):
     (day / "cup.jpg").write_bytes(_jpeg())
     line = json.dumps({"id": "bom", "image": "cup.jpg", "text": "a cup"})
