@@ -12,6 +12,7 @@ import multiprocessing
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,8 @@ def inspect_ref(ref: ImageRef, options: IngestOptions) -> ImageFacts | tuple[str
         )
     except ImageRejected as rejected:
         return (rejected.reason, rejected.detail)
+    except Exception as exc:  # noqa: BLE001 - whatever one image raises is that image's row
+        return ("decode_error", f"{type(exc).__name__}: {exc}")
 
 
 def _inspect_chunk(
@@ -96,10 +99,35 @@ def inspect_all(
     chunks = [refs[i : i + CHUNK_SIZE] for i in range(0, len(refs), CHUNK_SIZE)]
     # forkserver: Dagster steps run threads (gRPC, log watchers); forking them is unsafe.
     context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        results: list[ImageFacts | tuple[str, str]] = []
-        for part in pool.map(_inspect_chunk, chunks, [options] * len(chunks)):
-            results.extend(part)
+    results: list[ImageFacts | tuple[str, str]] = []
+    while len(results) < len(refs):
+        done = len(results) // CHUNK_SIZE
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = [pool.submit(_inspect_chunk, chunk, options) for chunk in chunks[done:]]
+            for chunk, future in zip(chunks[done:], futures, strict=True):
+                try:
+                    results.extend(future.result())
+                except BrokenProcessPool:
+                    # A decoder that kills its process (a C-level crash on a hostile file)
+                    # takes the pool with it. This chunk is redone one image per process, so
+                    # the culprit becomes one ledger row; the rest go to a fresh pool (if the
+                    # culprit was in a later chunk, that chunk breaks the new pool in turn).
+                    results.extend(_isolated(chunk, options, context))
+                    break
+    return results
+
+
+def _isolated(
+    refs: Sequence[ImageRef], options: IngestOptions, context: multiprocessing.context.BaseContext
+) -> list[ImageFacts | tuple[str, str]]:
+    """Inspect each ref in a process of its own; a process that dies is that image's row."""
+    results: list[ImageFacts | tuple[str, str]] = []
+    for ref in refs:
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            try:
+                results.append(pool.submit(inspect_ref, ref, options).result())
+            except BrokenProcessPool as exc:
+                results.append(("decoder_crashed", f"the decoding process died: {exc}"))
     return results
 
 

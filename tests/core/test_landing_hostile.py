@@ -396,3 +396,54 @@ def test_tar_link_members_are_rows_not_reads(day: Path, secret: Path, audit):
     ]
     assert records[0].text is None
     assert audit.opened_outside(day) == []
+
+
+def test_an_image_that_kills_its_decoder_process_is_one_row(tmp_path: Path, day: Path):
+    """A C-level crash in a worker (here: ``os._exit`` on one image's bytes) costs one row."""
+    import subprocess
+    import sys
+    import textwrap
+
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(
+        textwrap.dedent(
+            """
+            import os
+            import dataplatform.core.image_decode as decode
+
+            _real = decode.inspect_image_bytes
+
+            def inspect_image_bytes(data, **kwargs):
+                if b"CRASH-THIS-DECODER" in data:
+                    os._exit(139)
+                return _real(data, **kwargs)
+
+            decode.inspect_image_bytes = inspect_image_bytes
+            """
+        )
+    )
+    n = 70  # above MIN_IMAGES_FOR_POOL, so the pool is used
+    lines = []
+    for i in range(n):
+        data = _jpeg(size=(32 + i % 7, 32))
+        if i == 37:
+            data += b"CRASH-THIS-DECODER"
+        (day / f"{i:03d}.jpg").write_bytes(data)
+        lines.append(json.dumps({"id": f"i{i:03d}", "image": f"{i:03d}.jpg", "text": "a cup"}))
+    (day / "m.jsonl").write_text("\n".join(lines))
+    script = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from dataplatform.core.ingest import IngestOptions, ingest_folder
+        r = ingest_folder(Path({str(day)!r}), {DATE!r}, IngestOptions(workers=2))
+        print(r.rows_in, r.kept.num_rows, r.rejected.column("pair_id").to_pylist(),
+              r.rejected.column("reason").to_pylist())
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hooks), os.getcwd()])}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[0] == "70 69 ['i037'] ['decoder_crashed']"
