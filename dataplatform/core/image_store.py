@@ -8,13 +8,12 @@ be moved or mounted elsewhere without rewriting tables.
 
 from __future__ import annotations
 
-import urllib.request
 from pathlib import Path
 
 from dataplatform.core.landing import ImageRef
+from dataplatform.core.remote_fetch import DEFAULT_FETCH_DEADLINE_S, MAX_REMOTE_BYTES, fetch
 
 TAR_MARK = "#bytes="
-MAX_REMOTE_BYTES = 64 * 1024 * 1024
 
 
 def location_of(ref: ImageRef, landing_root: Path) -> str:
@@ -39,13 +38,21 @@ def ref_of(location: str, landing_root: Path) -> ImageRef:
     return ImageRef(kind="file", path=str(landing_root / location))
 
 
-def read_location(location: str, landing_root: Path, timeout_s: float = 20.0) -> bytes:
-    """The bytes at ``location``; raises OSError on failure."""
+def read_location(
+    location: str, landing_root: Path, timeout_s: float = DEFAULT_FETCH_DEADLINE_S
+) -> bytes:
+    """The bytes at ``location``; raises as ``read_ref`` does."""
     return read_ref(ref_of(location, landing_root), timeout_s)
 
 
-def read_ref(ref: ImageRef, timeout_s: float = 20.0) -> bytes:
-    """The bytes ``ref`` points at; raises OSError (urllib's errors are OSErrors) on failure."""
+def read_ref(ref: ImageRef, timeout_s: float = DEFAULT_FETCH_DEADLINE_S) -> bytes:
+    """The bytes ``ref`` points at.
+
+    Local files and tar members raise OSError on failure. A remote URI is fetched through
+    ``remote_fetch.fetch`` (http(s) only, every hop's address checked, ``timeout_s`` as the
+    deadline for the whole fetch, at most ``MAX_REMOTE_BYTES``) and raises ``ImageRejected``
+    with a ``fetch_*`` ledger reason.
+    """
     if ref.kind == "file":
         return Path(ref.path).read_bytes()
     if ref.kind == "tar":
@@ -56,9 +63,5 @@ def read_ref(ref: ImageRef, timeout_s: float = 20.0) -> bytes:
             raise OSError(f"{ref.path}: shard ends after {len(data)} of {ref.size} bytes")
         return data
     if ref.kind == "remote":
-        with urllib.request.urlopen(ref.uri, timeout=timeout_s) as resp:  # noqa: S310
-            data = resp.read(MAX_REMOTE_BYTES + 1)
-        if len(data) > MAX_REMOTE_BYTES:
-            raise OSError(f"{ref.uri} is over {MAX_REMOTE_BYTES} bytes")
-        return data
+        return fetch(ref.uri, deadline_s=timeout_s, max_bytes=MAX_REMOTE_BYTES)
     raise ValueError(f"cannot read an image reference of kind {ref.kind!r}")
