@@ -39,6 +39,10 @@ class FileRefused(OSError):
         self.detail = detail
 
 
+class MissingFile(FileRefused, FileNotFoundError):
+    """``missing_file``: still a ``FileNotFoundError`` for callers that only know that."""
+
+
 def file_kind(mode: int) -> str:
     """What a ``stat`` mode is, in words a ledger reader understands."""
     if stat.S_ISREG(mode):
@@ -110,7 +114,7 @@ def regular_file(root: Path, path: Path | str) -> Path:
     try:
         st = os.stat(real)
     except FileNotFoundError as exc:
-        raise FileRefused(
+        raise MissingFile(
             "missing_file", f"{_shown(root, path)} does not exist in the landing folder"
         ) from exc
     except OSError as exc:

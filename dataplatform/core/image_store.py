@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dataplatform.core.confined_files import confined_path, open_confined
+from dataplatform.core.image_decode import ImageRejected
 from dataplatform.core.landing import ImageRef
 from dataplatform.core.remote_fetch import DEFAULT_FETCH_DEADLINE_S, MAX_REMOTE_BYTES, fetch
 
@@ -41,22 +43,36 @@ def ref_of(location: str, landing_root: Path) -> ImageRef:
 def read_location(
     location: str, landing_root: Path, timeout_s: float = DEFAULT_FETCH_DEADLINE_S
 ) -> bytes:
-    """The bytes at ``location``; raises as ``read_ref`` does."""
-    return read_ref(ref_of(location, landing_root), timeout_s)
+    """The bytes at ``location`` for a later stage; raises ``OSError`` on any failure.
+
+    A location comes from a warehouse table, but is still checked to stay inside the landing
+    root, so a rewritten or hand-edited table cannot make a stage read ``/etc/passwd``. A
+    refused or failed remote fetch is an ``OSError`` too, carrying its ``fetch_*`` reason,
+    because later stages treat every unreadable image alike.
+    """
+    ref = ref_of(location, landing_root)
+    if ref.kind != "remote":
+        confined_path(landing_root.resolve(), ref.path)
+    try:
+        return read_ref(ref, timeout_s)
+    except ImageRejected as exc:
+        raise OSError(f"{exc.reason}: {exc.detail}") from exc
 
 
 def read_ref(ref: ImageRef, timeout_s: float = DEFAULT_FETCH_DEADLINE_S) -> bytes:
     """The bytes ``ref`` points at.
 
-    Local files and tar members raise OSError on failure. A remote URI is fetched through
-    ``remote_fetch.fetch`` (http(s) only, every hop's address checked, ``timeout_s`` as the
-    deadline for the whole fetch, at most ``MAX_REMOTE_BYTES``) and raises ``ImageRejected``
-    with a ``fetch_*`` ledger reason.
+    Local files and tar members raise OSError on failure (``FileRefused`` with its ledger
+    reason for anything but a regular file: a FIFO swapped in after discovery must not block
+    the reader). A remote URI is fetched through ``remote_fetch.fetch`` (http(s) only, every
+    hop's address checked, ``timeout_s`` as the deadline for the whole fetch, at most
+    ``MAX_REMOTE_BYTES``) and raises ``ImageRejected`` with a ``fetch_*`` ledger reason.
     """
     if ref.kind == "file":
-        return Path(ref.path).read_bytes()
+        with open_confined(_ANYWHERE, ref.path) as fh:
+            return fh.read()
     if ref.kind == "tar":
-        with open(ref.path, "rb") as fh:
+        with open_confined(_ANYWHERE, ref.path) as fh:
             fh.seek(ref.offset)
             data = fh.read(ref.size)
         if len(data) != ref.size:
@@ -65,3 +81,8 @@ def read_ref(ref: ImageRef, timeout_s: float = DEFAULT_FETCH_DEADLINE_S) -> byte
     if ref.kind == "remote":
         return fetch(ref.uri, deadline_s=timeout_s, max_bytes=MAX_REMOTE_BYTES)
     raise ValueError(f"cannot read an image reference of kind {ref.kind!r}")
+
+
+# read_ref's paths were confined when discovery resolved them (or by read_location); what is
+# left to check at open time is the kind of file.
+_ANYWHERE = Path("/")

@@ -28,6 +28,7 @@ from dataplatform.core.image_decode import (
 )
 from dataplatform.core.image_store import location_of, read_ref
 from dataplatform.core.landing import ImageRef, LandingRecord, derived_pair_id, discover
+from dataplatform.core.remote_fetch import DEFAULT_FETCH_DEADLINE_S, allowed_networks
 from dataplatform.core.schema import RAW_PAIR_SCHEMA, ledger_table
 from dataplatform.core.text_normalize import DEFAULT_MAX_TEXT_CHARS, normalize_text
 
@@ -44,7 +45,7 @@ class IngestOptions:
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
     draft_size: int | None = DEFAULT_DRAFT_SIZE
     workers: int = 0  # 0: one per available core
-    remote_timeout_s: float = 20.0
+    remote_timeout_s: float = DEFAULT_FETCH_DEADLINE_S
 
 
 @dataclass
@@ -54,7 +55,7 @@ class IngestResult:
     rows_in: int
 
 
-def read_image_bytes(ref: ImageRef, timeout_s: float = 20.0) -> bytes:
+def read_image_bytes(ref: ImageRef, timeout_s: float = DEFAULT_FETCH_DEADLINE_S) -> bytes:
     """The bytes ``ref`` points at; raises ``ImageRejected`` when they cannot be had."""
     try:
         return read_ref(ref, timeout_s)
@@ -141,6 +142,9 @@ def available_cores() -> int:
 def ingest_folder(date_dir: Path, date: str, options: IngestOptions | None = None) -> IngestResult:
     """Every row of ``date_dir`` as a raw pair or a ledger row; never raises for bad rows."""
     options = options or IngestOptions()
+    # A malformed DATAPLATFORM_ALLOW_NETWORKS is the deployment's error, not one row's: it
+    # fails here, naming the variable, before anything is read.
+    allowed_networks()
     records = discover(date_dir) if date_dir.is_dir() else []
     seen_ids: dict[str, LandingRecord] = {}
     to_decode: list[tuple[LandingRecord, str, str, bool]] = []

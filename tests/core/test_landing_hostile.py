@@ -447,3 +447,118 @@ def test_an_image_that_kills_its_decoder_process_is_one_row(tmp_path: Path, day:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split("\n")[0] == "70 69 ['i037'] ['decoder_crashed']"
+
+
+# --- remote images through ingest, and locations read back by later stages -----------------
+
+
+@pytest.fixture
+def image_server():
+    """Two loopback HTTP servers: 127.0.0.1 serves a photo and redirects; 127.0.0.2 serves one."""
+    import http.server
+    import threading
+
+    photo_bytes = _jpeg("rocket")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            if self.path.startswith("/redirect"):
+                self.send_response(302)
+                self.send_header("Location", f"http://127.0.0.2:{servers[1].server_port}/p.jpg")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(photo_bytes)))
+            self.end_headers()
+            self.wfile.write(photo_bytes)
+
+        def log_message(self, *args):
+            pass
+
+    servers = [
+        http.server.ThreadingHTTPServer((host, 0), Handler) for host in ("127.0.0.1", "127.0.0.2")
+    ]
+    for server in servers:
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield servers[0].server_port
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
+def _remote_manifest(day: Path, port: int) -> None:
+    rows = [
+        ("direct", f"http://127.0.0.1:{port}/p.jpg"),
+        ("decimal", f"http://2130706433:{port}/p.jpg"),
+        ("redirected", f"http://127.0.0.1:{port}/redirect"),
+        ("metadata", "http://169.254.169.254/latest/meta-data/iam"),
+    ]
+    (day / "m.jsonl").write_text(
+        "\n".join(json.dumps({"id": i, "image": u, "text": "a rocket"}) for i, u in rows)
+    )
+
+
+def test_internal_urls_are_ledger_rows_and_never_connected(
+    day: Path, image_server, audit, monkeypatch
+):
+    monkeypatch.delenv("DATAPLATFORM_ALLOW_NETWORKS", raising=False)
+    _remote_manifest(day, image_server)
+    result = _ingest(day)
+    assert result.kept.num_rows == 0
+    assert dict(
+        zip(
+            result.rejected.column("pair_id").to_pylist(),
+            result.rejected.column("reason").to_pylist(),
+            strict=True,
+        )
+    ) == {
+        "decimal": "fetch_blocked_address",
+        "direct": "fetch_blocked_address",
+        "metadata": "fetch_blocked_address",
+        "redirected": "fetch_blocked_address",
+    }
+    assert audit.connects == []
+
+
+def test_allowed_network_is_fetched_and_each_redirect_hop_checked(
+    day: Path, image_server, audit, monkeypatch
+):
+    monkeypatch.setenv("DATAPLATFORM_ALLOW_NETWORKS", "127.0.0.1/32")
+    _remote_manifest(day, image_server)
+    result = _ingest(day)
+    assert sorted(result.kept.column("pair_id").to_pylist()) == ["decimal", "direct"]
+    reasons = dict(
+        zip(
+            result.rejected.column("pair_id").to_pylist(),
+            result.rejected.column("detail").to_pylist(),
+            strict=True,
+        )
+    )
+    assert set(reasons) == {"metadata", "redirected"}
+    assert "redirect 1" in reasons["redirected"] and "127.0.0.2" in reasons["redirected"]
+    hosts = {address[0] for address in audit.connects}
+    assert hosts == {"127.0.0.1"}
+
+
+def test_malformed_allow_list_fails_the_day_with_the_setting_named(day: Path, monkeypatch):
+    monkeypatch.setenv("DATAPLATFORM_ALLOW_NETWORKS", "127.0.0.0/8,not-a-network")
+    with pytest.raises(ValueError, match="DATAPLATFORM_ALLOW_NETWORKS"):
+        ingest_folder(day, DATE)
+
+
+def test_later_stages_read_only_inside_the_landing_root(tmp_path: Path, secret: Path, audit):
+    from dataplatform.core.image_store import read_location
+
+    landing = tmp_path / "landing"
+    (landing / DATE).mkdir(parents=True, exist_ok=True)
+    os.symlink(secret, landing / DATE / "swapped.jpg")
+    os.mkfifo(landing / DATE / "fifo.jpg")
+    for location in ("../outside/passwd", f"{DATE}/swapped.jpg", f"{DATE}/swapped.jpg#bytes=0+10"):
+        with pytest.raises(OSError, match="path_outside_landing"):
+            read_location(location, landing)
+    with pytest.raises(OSError, match="not_a_regular_file"):
+        read_location(f"{DATE}/fifo.jpg", landing)
+    assert not any(os.path.realpath(p) == str(secret) for p in audit.opens)
