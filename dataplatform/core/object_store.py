@@ -6,9 +6,22 @@ and Dagster imports the code location in every step process.
 - Credentials and endpoint come from the standard AWS configuration that botocore reads:
   ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (or ``AWS_PROFILE``), ``AWS_DEFAULT_REGION``,
   and ``AWS_ENDPOINT_URL`` for an S3-compatible server (MinIO, Ceph, moto).
-- Writes are atomic for readers without a rename (S3 has none): every object is uploaded whole
-  in one ``PUT``, or above 100 MiB as a multipart upload, which S3 publishes only when it
-  completes (s3fs aborts it on failure). A reader sees the old object or the new one.
+- Every object is uploaded whole in one ``PUT``, or above 100 MiB as a multipart upload, which
+  S3 publishes only when it completes (s3fs aborts it on failure); a server-side copy is
+  published whole too. A reader sees the old object or the new one.
+- Commits (``warehouse.commit_stage``) run the warehouse's protocol with what S3 has instead of
+  a rename: temp objects are PUT beside their final keys, the commit record object
+  ``_commits/<id>.json`` is PUT (the commit point: one PUT is atomic), then each temp object is
+  copied onto its final key and deleted, then the record is deleted. A writer that dies before
+  the record's PUT leaves the old files whole; after it, the record names every temp object and
+  ``warehouse.recover`` (run by every reader and the next writer) finishes the copies. So after
+  a crash at any moment a reader that recovers first sees the old files of a commit or the new
+  ones, never a mix. What S3 cannot give here: (1) a reader that reads a partition and then its
+  ledger *while* a live writer is in its copy phase can see the new one and the old other, as
+  it can between two renames locally (``funnel`` re-checks after recovering when commit ids
+  differ); (2) two writers of the same partition on different machines are not serialized: S3
+  has no lock, so their copies (and the clean-up of temp objects) can interleave. Writers on one
+  machine take turns through the home's lock file, as on a local warehouse.
 - Reads fetch the whole object in one GET, so a reader sees one version even mid-replace.
 - Listings are never cached: another process may have written a partition since the last one.
 """
@@ -29,6 +42,8 @@ from dataplatform.core.home import WAREHOUSE_URL_ENV
 
 # Where botocore looks for an S3-compatible server's address, most specific first.
 ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+# The tail read for a Parquet footer: enough for the footers of the tables written here.
+FOOTER_READ_BYTES = 64 * 1024
 
 
 class ObjectStoreError(OSError):
@@ -52,7 +67,7 @@ class ObjectStore:
 
     def put_parquet(self, url: str, table: pa.Table) -> None:
         buffer = io.BytesIO()
-        pq.write_table(table, buffer, compression="zstd")
+        pq.write_table(table, buffer, compression="zstd", write_page_checksum=True)
         self.put(url, buffer.getvalue())
 
     def get(self, url: str) -> bytes:
@@ -66,18 +81,52 @@ class ObjectStore:
         prefix = self._key(prefix_url).rstrip("/") + "/"
         return sorted(self._url(p) for p in self.fs.find(prefix))
 
+    def listing(self, prefix_url: str) -> list[str]:
+        """Every object below ``prefix_url``, sorted: one LIST request per 1000 keys on S3.
+
+        ``files`` goes through fsspec's ``find``, which adds a HEAD and a second LIST when the
+        prefix is empty; this is for folders read on every call, such as the commit records.
+        """
+        if self.protocol not in ("s3", "s3a"):
+            return self.files(prefix_url)
+        bucket, _, key = self._key(prefix_url).partition("/")
+        found: list[str] = []
+        request = {"Bucket": bucket, "Prefix": key.rstrip("/") + "/"}
+        while True:
+            page = self.fs.call_s3("list_objects_v2", **request)
+            found += [f"{self.protocol}://{bucket}/{o['Key']}" for o in page.get("Contents", [])]
+            if not page.get("IsTruncated"):
+                return sorted(found)
+            request["ContinuationToken"] = page["NextContinuationToken"]
+
     def delete(self, urls: Iterable[str]) -> None:
         keys = [self._key(u) for u in urls]
         if keys:
             self.fs.rm(keys)
 
-    def read_parquet(self, url: str, columns: list[str] | None = None) -> pa.Table:
-        # One GET of the whole object: a consistent snapshot even while a writer replaces it
-        # (ranged reads would fail with FileExpired when the ETag changes between them), and
-        # one round trip instead of three for the small files a partition is.
-        data = pa.py_buffer(self.get(url))
-        # partitioning=None: the files carry their own `date` column (see warehouse._read).
-        return pq.read_table(pa.BufferReader(data), columns=columns, partitioning=None)
+    def move(self, src_url: str, dst_url: str) -> None:
+        """Server-side copy onto ``dst_url`` (published whole), then delete ``src_url``.
+
+        A missing source is not an error: a commit's temp object already moved stays moved.
+        """
+        try:
+            self.fs.copy(self._key(src_url), self._key(dst_url))
+        except FileNotFoundError:
+            return
+        self.delete([src_url])
+
+    def parquet_metadata(self, url: str) -> pq.FileMetaData:
+        """The footer of a Parquet object, from one suffix GET (two when the footer is large).
+
+        A suffix range needs no HEAD first, so a writer replacing the object cannot make the
+        length and the bytes disagree.
+        """
+        tail = self.fs.cat_file(self._key(url), start=-FOOTER_READ_BYTES)
+        if len(tail) >= 8 and tail[-4:] == b"PAR1":
+            needed = int.from_bytes(tail[-8:-4], "little") + 8
+            if needed > len(tail):
+                tail = self.fs.cat_file(self._key(url), start=-needed)
+        return pq.read_metadata(pa.BufferReader(tail))
 
     def register(self, con: duckdb.DuckDBPyConnection) -> None:
         """Let ``con`` read this store's URLs (DuckDB's httpfs cannot be downloaded offline)."""
