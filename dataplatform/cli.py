@@ -12,8 +12,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from dataplatform.core.audit import terminal_safe
 from dataplatform.core.home import HOME_ENV, Home, resolve_home
 from dataplatform.core.takedown import KINDS as TAKEDOWN_KINDS
+from dataplatform.core.warehouse import CorruptPartitionError
 
 DEMO_DATES = ["2025-01-01", "2025-01-02", "2025-01-03"]
 
@@ -82,7 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "export": _export,
         "takedown": _takedown,
     }[args.command]
-    return handler(home, args)
+    try:
+        return handler(home, args)
+    except CorruptPartitionError as error:
+        # One line that names the file and what rewrites it, not a traceback.
+        print(terminal_safe(str(error)), file=sys.stderr)
+        return 2
 
 
 def _sample_data(home: Home, args: argparse.Namespace) -> int:
@@ -176,7 +183,7 @@ def _demo(home: Home, args: argparse.Namespace) -> int:
     matched, problems = compare_with_truth(home, home.root / "sample_truth.json")
     print(f"\n== sample truth: {matched} of {matched + len(problems)} rows ended as designed")
     for line in problems:
-        print(f"  {line}")
+        print(f"  {terminal_safe(line)}")
     print("\n== one ledger row per stage and reason: why each pair was dropped")
     _print_query(
         home,
@@ -194,7 +201,7 @@ def _demo(home: Home, args: argparse.Namespace) -> int:
         "  make ui                                   # Dagster UI at http://127.0.0.1:3000\n"
         "  .venv/bin/dataplatform funnel --date 2025-01-02\n"
         '  .venv/bin/dataplatform sql "SELECT reason, count(*) FROM rejections GROUP BY 1"\n'
-        f"  .venv/bin/dataplatform explain --duplicates-of {example or 'PAIR_ID'}\n"
+        f"  .venv/bin/dataplatform explain --duplicates-of {terminal_safe(example or 'PAIR_ID')}\n"
         "  .venv/bin/dataplatform takedown file --by url URL --reason '...'  # then: takedown apply"
     )
     return 0
@@ -223,7 +230,7 @@ def _print_documents(home: Home, dates: Sequence[str]) -> str | None:
     if not example:
         return None
     pair_id, original = example[0]
-    print(f"\n== dataplatform explain {pair_id}")
+    print(f"\n== dataplatform explain {terminal_safe(pair_id)}")
     print(audit.format_explanation(audit.explain(home, pair_id, STAGE_ORDER)))
     return original
 
@@ -275,15 +282,21 @@ def _print_budget(home: Home) -> None:
 
 
 def _funnel(home: Home, args: argparse.Namespace) -> int:
+    """The funnel; exit 1 when a stage's partition and ledger disagree, 2 when a file is
+    unreadable (``main`` prints which)."""
     from dataplatform.core.funnel import format_funnel, warehouse_funnel
     from dataplatform.core.stages import STAGE_ORDER
 
-    print(format_funnel(warehouse_funnel(home, STAGE_ORDER, args.date), top_reasons=6))
+    funnel = warehouse_funnel(home, STAGE_ORDER, args.date)
+    print(format_funnel(funnel, top_reasons=6))
     # Pairs taken down after curation left every table; they are counted apart.
     taken = warehouse_funnel(home, ["takedown"], args.date)[0].removed
     if taken:
         print(f"(and {taken} pair(s) taken down after curation: ledger stage takedown)")
-    return 0
+    inconsistent = [m for f in funnel for m in f.mismatches]
+    for m in inconsistent:
+        print(f"inconsistent: {terminal_safe(m.describe())}", file=sys.stderr)
+    return 1 if inconsistent else 0
 
 
 def _sql(home: Home, args: argparse.Namespace) -> int:
@@ -306,22 +319,33 @@ def _explain(home: Home, args: argparse.Namespace) -> int:
         else:
             journey = audit.explain(home, args.pair_id, STAGE_ORDER)
             print(audit.to_json(journey) if args.json else audit.format_explanation(journey))
-    except audit.AuditError as error:
+    except (audit.AuditError, CorruptPartitionError) as error:
         if args.json:
             print(audit.error_json(error))
-        print(error, file=sys.stderr)
+        print(terminal_safe(str(error)), file=sys.stderr)
         return 2
     return 0
 
 
 def _print_query(home: Home, query: str) -> None:
+    """The query's result as DuckDB shows it, every text column terminal-safe."""
+    import duckdb
+
     from dataplatform.core.warehouse import connect
 
     con = connect(home)
     try:
         relation = con.sql(query)
-        if relation is not None:
-            relation.show(max_width=160)
+        if relation is None:
+            return
+        varchar = duckdb.sqltype("VARCHAR")
+        con.create_function("terminal_safe", terminal_safe, [varchar], varchar)
+        columns = []
+        for name, kind in zip(relation.columns, relation.types, strict=True):
+            quoted = '"' + name.replace('"', '""') + '"'
+            text = str(kind) == "VARCHAR"
+            columns.append(f"terminal_safe({quoted}) AS {quoted}" if text else quoted)
+        relation.project(", ".join(columns)).show(max_width=160)
     finally:
         con.close()
 
@@ -380,7 +404,8 @@ def _export(home: Home, args: argparse.Namespace) -> int:
     register_export(home, Path(args.out))
     print(f"wrote {len(shards)} shard(s) to {args.out}")
     if skipped:
-        print(f"left out {len(skipped)} pair(s) named by a takedown request: {', '.join(skipped)}")
+        shown = terminal_safe(", ".join(skipped))
+        print(f"left out {len(skipped)} pair(s) named by a takedown request: {shown}")
     return 0
 
 
@@ -390,7 +415,7 @@ def _takedown(home: Home, args: argparse.Namespace) -> int:
     try:
         return _takedown_file(home, args) if args.action == "file" else _takedown_apply(home, args)
     except TakedownRequestError as exc:
-        print(exc, file=sys.stderr)
+        print(terminal_safe(str(exc)), file=sys.stderr)
         return 2
 
 
@@ -433,7 +458,7 @@ def _takedown_file(home: Home, args: argparse.Namespace) -> int:
     except Exception:
         path.write_bytes(before)
         raise
-    print(f"filed {request['id']} ({args.by} {value}) in {path}")
+    print(terminal_safe(f"filed {request['id']} ({args.by} {value}) in {path}"))
     print("run `dataplatform takedown apply` to remove matches from what is already written")
     return 0
 
@@ -448,19 +473,19 @@ def _takedown_apply(home: Home, args: argparse.Namespace) -> int:
     print(f"{len(requests)} request(s); {len(report.matches)} pair(s) removed")
     for m in report.matches:
         distance = "" if m.distance is None else f" at {m.distance} bits"
-        print(f"  {m.pair_id} ({m.date}) by {m.request.request_id}{distance}")
+        print(terminal_safe(f"  {m.pair_id} ({m.date}) by {m.request.request_id}{distance}"))
     for table, dates in sorted(report.partitions.items()):
         shown = ", ".join(f"{d} -{n}" for d, n in sorted(dates.items()))
-        print(f"  rewrote {table}: {shown}")
+        print(terminal_safe(f"  rewrote {table}: {shown}"))
     for shard, n in sorted(report.shards.items()):
-        print(f"  rewrote {shard}: -{n} sample(s)")
+        print(terminal_safe(f"  rewrote {shard}: -{n} sample(s)"))
     if report.matches:
         documents = refresh_documents(
             home, report.dates, [m.pair_id for m in report.matches], STAGE_ORDER
         )
         print(f"  re-rendered {len(documents)} dataset card(s) and review sheet(s)")
     status = "passed" if report.verified else "FAILED: " + "; ".join(report.remaining)
-    print(f"verification (every table and export scanned): {status}")
+    print(terminal_safe(f"verification (every table and export scanned): {status}"))
     print(f"receipt: {report.receipt}")
     return 0 if report.verified else 1
 

@@ -8,6 +8,9 @@ dates, through their views, where DuckDB pushes the filter into the Parquet scan
 stage is read from the one partition of the date the pair arrived on.
 
 ``explain`` and ``duplicates_of`` return dataclasses; ``format_*`` and ``to_json`` render them.
+Text for a terminal shows every control or invisible format character in the data as an escape
+(:func:`terminal_safe`), so an id or caption cannot move the cursor, clear the screen or reorder
+what is printed after it; JSON escapes them itself.
 """
 
 from __future__ import annotations
@@ -17,15 +20,20 @@ import difflib
 import json
 import posixpath
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+import duckdb
 
 from dataplatform.core.home import Home
 from dataplatform.core.warehouse import (
     LEDGER_TABLE,
     PART_FILE,
+    CorruptPartitionError,
     connect,
+    corrupt_file_in,
     has_partition,
     partition_dir,
 )
@@ -74,6 +82,48 @@ STAGE_SCORES: dict[str, tuple[str, ...]] = {
 MAX_CHAIN = 100  # a duplicate_of chain longer than this is reported as cut, not followed
 SIMILAR_IDS = 5
 _LOCATOR = re.compile(r"^(?P<source>.+?) (?P<locator>(?:line|key|row) \S+)$")
+# C0 and C1 controls and DEL (ESC sequences, CR, BEL, backspace, newline), and the format
+# characters that reorder or hide text: bidi marks, embeddings, overrides and isolates,
+# zero-width spaces and joiners, line and paragraph separators, the byte order mark.
+_TERMINAL_UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"
+)
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every control and invisible format character shown as its escape.
+
+    ESC becomes ``\\x1b``, CR ``\\r``, U+202E ``\\u202e``: data printed to a terminal reads as
+    the characters it holds and cannot rewrite the screen or reorder what follows it.
+    """
+    return _TERMINAL_UNSAFE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _NAMED_ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def _for_terminal(value: Any) -> Any:
+    """``value`` (a result dataclass, or anything inside one) with every string terminal-safe."""
+    if isinstance(value, str):
+        return terminal_safe(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(
+            value,
+            **{
+                f.name: _for_terminal(getattr(value, f.name))
+                for f in dataclasses.fields(value)
+                if f.init
+            },
+        )
+    if isinstance(value, list | tuple):
+        return type(value)(_for_terminal(v) for v in value)
+    if isinstance(value, dict):
+        return {_for_terminal(k): _for_terminal(v) for k, v in value.items()}
+    return value
 
 
 class AuditError(LookupError):
@@ -95,7 +145,7 @@ class UnknownPair(AuditError):
         self.pair_id = pair_id
         self.warehouse = str(home.warehouse)
         self.similar = similar
-        hint = f" Similar ids: {', '.join(similar)}." if similar else ""
+        hint = f" Similar ids: {terminal_safe(', '.join(similar))}." if similar else ""
         super().__init__(
             f"pair_id {pair_id!r} is not in the warehouse at {home.warehouse}: no stage table "
             f"and no ledger row has it.{hint}"
@@ -226,9 +276,10 @@ def explain(home: Home, pair_id: str, stages: Sequence[str]) -> Explanation:
     """The journey of ``pair_id`` through ``stages`` (pipeline order, ingest first).
 
     Raises WarehouseNotFound when nothing is materialized, UnknownPair (with similar ids) when
-    neither a table nor the ledger has the pair.
+    neither a table nor the ledger has the pair, CorruptPartitionError (naming the file and what
+    to re-materialize) when a file it reads cannot be read.
     """
-    with _Lookup(home, stages) as lookup:
+    with _Lookup(home, stages) as lookup, _unreadable_files_named(home):
         found = lookup.pair(pair_id)
         if found is None:
             raise UnknownPair(pair_id, home, lookup.similar_ids(pair_id))
@@ -250,11 +301,20 @@ def explain(home: Home, pair_id: str, stages: Sequence[str]) -> Explanation:
 
 def duplicates_of(home: Home, pair_id: str, stages: Sequence[str]) -> Copies:
     """Every ledger row naming ``pair_id`` as duplicate_of, and transitively their copies."""
-    with _Lookup(home, stages) as lookup:
+    with _Lookup(home, stages) as lookup, _unreadable_files_named(home):
         copies = lookup.copies(pair_id)
         if not copies and not lookup.exists(pair_id):
             raise UnknownPair(pair_id, home, lookup.similar_ids(pair_id))
         return Copies(pair_id=pair_id, warehouse=str(home.warehouse), copies=copies)
+
+
+@contextmanager
+def _unreadable_files_named(home: Home) -> Iterator[None]:
+    """A DuckDB error over a file that cannot be read, as the CorruptPartitionError naming it."""
+    try:
+        yield
+    except duckdb.Error as exc:
+        raise (corrupt_file_in(home, exc) or exc) from exc
 
 
 @dataclass(frozen=True)
@@ -706,7 +766,8 @@ def _chain_lines(chain: DuplicateChain) -> list[str]:
 
 
 def format_explanation(x: Explanation) -> str:
-    """The journey as text for a terminal."""
+    """The journey as text for a terminal (every string from the data terminal-safe)."""
+    x = _for_terminal(x)
     width = max((len(d.stage) for a in x.arrivals for d in a.decisions), default=10)
     lines = [f"pair {x.pair_id}", f"status: {describe_status(x.status)}"]
     for i, arrival in enumerate(x.arrivals, 1):
@@ -734,7 +795,8 @@ def format_explanation(x: Explanation) -> str:
 
 
 def format_copies(c: Copies, stages: Sequence[str]) -> str:
-    """The copies of a pair as text, grouped by the stage that removed them."""
+    """The copies of a pair as text, grouped by the stage that removed them (terminal-safe)."""
+    c = _for_terminal(c)
     if not c.copies:
         return f"no ledger row names {c.pair_id} as duplicate_of (warehouse {c.warehouse})"
     direct = sum(1 for copy in c.copies if copy.depth == 1)
@@ -768,10 +830,11 @@ def to_json(result: Explanation | Copies) -> str:
     return json.dumps(data, indent=2, default=str)
 
 
-def error_json(error: AuditError) -> str:
-    """An unknown pair or a missing warehouse as JSON, for callers that parse the output."""
+def error_json(error: AuditError | CorruptPartitionError) -> str:
+    """An unknown pair, a missing warehouse or an unreadable file as JSON, for callers that parse
+    the output."""
     data: dict[str, Any] = {"error": type(error).__name__, "message": str(error)}
-    for name in ("pair_id", "warehouse", "similar"):
+    for name in ("pair_id", "warehouse", "similar", "path", "asset", "date"):
         if hasattr(error, name):
             data[name] = getattr(error, name)
     return json.dumps(data, indent=2)
