@@ -11,21 +11,17 @@ from dataplatform.assets.reporting import (
     CHECK_ROWS_CONSERVED,
     OWNERS,
     conservation_check,
+    read_input,
     stage_metadata,
     table_column,
     unique_check,
+    write_stage,
 )
 from dataplatform.core.embedding_table import vectors_column
 from dataplatform.core.funnel import stage_funnel
 from dataplatform.core.plots import histogram_png, markdown_image
 from dataplatform.core.schema import ledger_row, ledger_table
 from dataplatform.core.score_filter import PERCENTILE, ScoreRule, cut_for, keep_mask
-from dataplatform.core.warehouse import (
-    read_partition,
-    refresh_catalog,
-    write_ledger,
-    write_partition,
-)
 from dataplatform.resources.clip import ClipResource
 from dataplatform.resources.warehouse import WarehouseResource
 
@@ -73,7 +69,7 @@ def clip_scored(
     """Embed every pair, store the embeddings and the score, and drop pairs under the threshold."""
     home = warehouse.resolve()
     date = context.partition_key
-    current = read_partition(home, PHASH_KEY.path[-1], date).sort_by("pair_id")
+    current = read_input(home, PHASH_KEY.path[-1], date).sort_by("pair_id")
     encoder = clip.encoder()
     smoke = clip.is_smoke()
     rule = (
@@ -93,20 +89,15 @@ def clip_scored(
 
     model_id = _identity_text(encoder.identity)
     embedded = current.filter(pa.array(readable))
-    write_partition(
-        home,
-        EMBEDDINGS,
-        date,
-        pa.table(
-            {
-                "pair_id": embedded.column("pair_id"),
-                "date": embedded.column("date"),
-                "image_embedding": vectors_column(image_emb[readable]),
-                "text_embedding": vectors_column(text_emb[readable]),
-                "clip_score": pa.array(scores[readable]),
-                "clip_model": pa.array([model_id] * embedded.num_rows, pa.string()),
-            }
-        ),
+    embeddings = pa.table(
+        {
+            "pair_id": embedded.column("pair_id"),
+            "date": embedded.column("date"),
+            "image_embedding": vectors_column(image_emb[readable]),
+            "text_embedding": vectors_column(text_emb[readable]),
+            "clip_score": pa.array(scores[readable]),
+            "clip_model": pa.array([model_id] * embedded.num_rows, pa.string()),
+        }
     )
     kept = (
         current.filter(pa.array(keep))
@@ -131,9 +122,7 @@ def clip_scored(
             for k in np.flatnonzero(readable & ~keep)
         ]
     )
-    output = write_partition(home, STAGE, date, kept)
-    write_ledger(home, STAGE, date, ledger)
-    refresh_catalog(home)
+    output = write_stage(home, STAGE, date, kept, ledger, {EMBEDDINGS: embeddings})
 
     funnel = stage_funnel(STAGE, date, current.num_rows, kept.num_rows, ledger)
     norms = np.linalg.norm(image_emb[readable], axis=1) if readable.any() else np.ones(0)

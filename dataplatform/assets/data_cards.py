@@ -10,9 +10,11 @@ from dataplatform.assets.reporting import (
     CHECK_ROWS_CONSERVED,
     OWNERS,
     conservation_check,
+    read_input,
     stage_metadata,
     table_column,
     unique_check,
+    write_stage,
 )
 from dataplatform.assets.review import review_sheet_metadata
 from dataplatform.assets.tokens import KEY as TOKENS_KEY
@@ -34,13 +36,7 @@ from dataplatform.core.takedown import (
     load_requests,
     takedown_dir,
 )
-from dataplatform.core.warehouse import (
-    document_path,
-    read_partition,
-    refresh_catalog,
-    write_ledger,
-    write_partition,
-)
+from dataplatform.core.warehouse import document_path
 from dataplatform.resources.warehouse import WarehouseResource
 
 STAGE = CARDS_TABLE
@@ -79,13 +75,11 @@ def data_cards(
         requests = load_requests(takedown_dir(home))
     except TakedownRequestError as exc:
         raise dg.Failure(description=str(exc)) from exc
-    current = read_partition(home, TOKENS_KEY.path[-1], date).sort_by("pair_id")
+    current = read_input(home, TOKENS_KEY.path[-1], date).sort_by("pair_id")
     kept, ledger = exclude_taken_down(current, requests, STAGE)
     runs = stage_runs(context, date)
     cards = build_cards(kept, runs, dataset_version(date, runs))
-    output = write_partition(home, STAGE, date, cards)
-    write_ledger(home, STAGE, date, ledger)
-    refresh_catalog(home)
+    output = write_stage(home, STAGE, date, cards, ledger)
 
     stages = [*LINEAGE, STAGE]
     partition_card = write_dataset_card(home, stages, date, runs)

@@ -9,21 +9,17 @@ from dataplatform.assets.reporting import (
     CHECK_ROWS_CONSERVED,
     OWNERS,
     conservation_check,
+    read_input,
+    read_input_history,
     require_earlier_partitions,
     stage_metadata,
     table_column,
     unique_check,
+    write_stage,
 )
 from dataplatform.core.exact_dedup import exact_deduplicate
 from dataplatform.core.funnel import stage_funnel
 from dataplatform.core.schema import ledger_row, ledger_table
-from dataplatform.core.warehouse import (
-    read_history,
-    read_partition,
-    refresh_catalog,
-    write_ledger,
-    write_partition,
-)
 from dataplatform.resources.warehouse import WarehouseResource
 
 STAGE = "exact_deduped"
@@ -53,9 +49,9 @@ def exact_deduped(
     home = warehouse.resolve()
     date = context.partition_key
     require_earlier_partitions(warehouse, STAGE, date)
-    current = read_partition(home, RAW_KEY.path[-1], date)
-    kept_history = read_history(home, STAGE, date, ["pair_id", "image_sha256", "date"])
-    ids_history = read_history(home, RAW_KEY.path[-1], date, ["pair_id", "date"])
+    current = read_input(home, RAW_KEY.path[-1], date)
+    kept_history = read_input_history(home, STAGE, date, ["pair_id", "image_sha256", "date"])
+    ids_history = read_input_history(home, RAW_KEY.path[-1], date, ["pair_id", "date"])
     result = exact_deduplicate(current, kept_history, ids_history)
 
     by_id = {row["pair_id"]: row for row in current.to_pylist()}
@@ -82,9 +78,7 @@ def exact_deduped(
             )
         )
     ledger = ledger_table(sorted(ledger_rows, key=lambda r: r["pair_id"]))
-    output = write_partition(home, STAGE, date, result.kept)
-    write_ledger(home, STAGE, date, ledger)
-    refresh_catalog(home)
+    output = write_stage(home, STAGE, date, result.kept, ledger)
 
     funnel = stage_funnel(STAGE, date, current.num_rows, result.kept.num_rows, ledger)
     kept_ids = table_column(kept_history, "pair_id") + table_column(result.kept, "pair_id")

@@ -9,22 +9,18 @@ from dataplatform.assets.reporting import (
     CHECK_ROWS_CONSERVED,
     OWNERS,
     conservation_check,
+    read_input,
+    read_input_history,
     require_earlier_partitions,
     stage_metadata,
     table_column,
     unique_check,
+    write_stage,
 )
 from dataplatform.core.funnel import stage_funnel
 from dataplatform.core.phash_dedup import kept_pairs_within, phash_deduplicate
 from dataplatform.core.phash_index import DEFAULT_PHASH_THRESHOLD
 from dataplatform.core.schema import ledger_row, ledger_table
-from dataplatform.core.warehouse import (
-    read_history,
-    read_partition,
-    refresh_catalog,
-    write_ledger,
-    write_partition,
-)
 from dataplatform.resources.warehouse import WarehouseResource
 
 STAGE = "phash_deduped"
@@ -59,8 +55,8 @@ def phash_deduped(
     home = warehouse.resolve()
     date = context.partition_key
     require_earlier_partitions(warehouse, STAGE, date)
-    current = read_partition(home, EXACT_KEY.path[-1], date)
-    history = read_history(home, STAGE, date, ["pair_id", "phash", "date"])
+    current = read_input(home, EXACT_KEY.path[-1], date)
+    history = read_input_history(home, STAGE, date, ["pair_id", "phash", "date"])
     result = phash_deduplicate(current, history, config.threshold)
 
     by_id = {row["pair_id"]: row for row in current.to_pylist()}
@@ -79,9 +75,7 @@ def phash_deduped(
             for dup in result.duplicates
         ]
     )
-    output = write_partition(home, STAGE, date, result.kept)
-    write_ledger(home, STAGE, date, ledger)
-    refresh_catalog(home)
+    output = write_stage(home, STAGE, date, result.kept, ledger)
 
     funnel = stage_funnel(STAGE, date, current.num_rows, result.kept.num_rows, ledger)
     near = kept_pairs_within(result.kept, history, config.threshold)

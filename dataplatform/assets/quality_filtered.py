@@ -14,9 +14,11 @@ from dataplatform.assets.reporting import (
     CHECK_ROWS_CONSERVED,
     OWNERS,
     conservation_check,
+    read_input,
     stage_metadata,
     table_column,
     unique_check,
+    write_stage,
 )
 from dataplatform.core.embedding_table import rows_for
 from dataplatform.core.funnel import stage_funnel
@@ -24,13 +26,7 @@ from dataplatform.core.plots import histogram_png, markdown_image
 from dataplatform.core.quality_rules import QualityThresholds, evaluate_table
 from dataplatform.core.quality_scoring import SCORE_NAMES, Scorers, score_partition
 from dataplatform.core.schema import ledger_row, ledger_table
-from dataplatform.core.warehouse import (
-    has_partition,
-    read_partition,
-    refresh_catalog,
-    write_ledger,
-    write_partition,
-)
+from dataplatform.core.warehouse import CorruptPartitionError, has_partition, read_partition
 from dataplatform.resources.quality import QualityResource
 from dataplatform.resources.warehouse import WarehouseResource
 
@@ -99,17 +95,18 @@ def quality_filtered(
     """Score aesthetics, NSFW, watermark, OCR and technical quality; drop what fails a threshold."""
     home = warehouse.resolve()
     date = context.partition_key
-    current = read_partition(home, CLIP_KEY.path[-1], date).sort_by("pair_id")
+    current = read_input(home, CLIP_KEY.path[-1], date).sort_by("pair_id")
     ids = table_column(current, "pair_id")
     scores, notes = _stored_or_new_scores(home, date, current, quality, config.rescore)
+    new_scores: dict[str, pa.Table] = {}
     if scores is None:
         scorers = _load_scorers(quality, current)
-        vectors = rows_for(ids, read_partition(home, EMBEDDINGS, date))
+        vectors = rows_for(ids, read_input(home, EMBEDDINGS, date))
         scores = score_partition(
             current.to_pylist(), vectors, home.landing, scorers, quality.batch_size
         )
-        notes = scorers.notes
-        write_partition(home, SCORES, date, scores)
+        notes = {**notes, **scorers.notes}
+        new_scores = {SCORES: scores}
     thresholds = QualityThresholds(
         **{f.name: getattr(config, f.name) for f in dataclasses.fields(QualityThresholds)}
     )
@@ -134,9 +131,7 @@ def quality_filtered(
             for k in np.flatnonzero(~keep)
         ]
     )
-    output = write_partition(home, STAGE, date, kept)
-    write_ledger(home, STAGE, date, ledger)
-    refresh_catalog(home)
+    output = write_stage(home, STAGE, date, kept, ledger, new_scores)
 
     funnel = stage_funnel(STAGE, date, current.num_rows, kept.num_rows, ledger)
     out_of_range = _out_of_range(scores)
@@ -164,10 +159,17 @@ def quality_filtered(
 
 
 def _stored_or_new_scores(home, date, current, quality, rescore):
-    """This day's stored scores when they cover exactly these pairs: thresholds re-apply free."""
+    """This day's stored scores when they cover exactly these pairs: thresholds re-apply free.
+
+    Stored scores that cannot be read are computed again (and rewritten) rather than failing
+    the stage, since re-materializing it is what rewrites them.
+    """
     if rescore or not has_partition(home, SCORES, date):
         return None, {}
-    stored = read_partition(home, SCORES, date).sort_by("pair_id")
+    try:
+        stored = read_partition(home, SCORES, date).sort_by("pair_id")
+    except CorruptPartitionError as exc:
+        return None, {"(stored scores)": f"{exc.path} cannot be read: rescored"}
     if stored.column("pair_id").to_pylist() != current.column("pair_id").to_pylist():
         return None, {}
     return stored, {"(all)": "scores re-used from quality_scores; set rescore to recompute"}

@@ -12,6 +12,7 @@ from dataplatform.assets.reporting import (
     stage_metadata,
     table_column,
     unique_check,
+    write_stage,
 )
 from dataplatform.core.funnel import stage_funnel
 from dataplatform.core.image_decode import DEFAULT_DRAFT_SIZE, DEFAULT_MAX_PIXELS
@@ -25,7 +26,6 @@ from dataplatform.core.takedown import (
     takedown_dir,
 )
 from dataplatform.core.text_normalize import DEFAULT_MAX_TEXT_CHARS
-from dataplatform.core.warehouse import refresh_catalog, write_ledger, write_partition
 from dataplatform.resources.licenses import LicensePolicyResource
 from dataplatform.resources.warehouse import WarehouseResource
 
@@ -89,9 +89,7 @@ def raw_pairs(
     ledger = pa.concat_tables(
         [t.cast(LEDGER_SCHEMA) for t in (result.rejected, taken_down, license_drops)]
     )
-    output = write_partition(home, STAGE, date, kept)
-    write_ledger(home, STAGE, date, ledger)
-    refresh_catalog(home)
+    output = write_stage(home, STAGE, date, kept, ledger)
     funnel = stage_funnel(STAGE, date, result.rows_in, kept.num_rows, ledger)
     statuses = table_column(kept, "license_status")
     extra = {

@@ -1,8 +1,9 @@
-"""Metadata and check results every stage reports the same way."""
+"""What every stage does the same way: read its input, commit its output, report metadata."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import dagster as dg
 import pyarrow as pa
@@ -11,11 +12,73 @@ from dataplatform.assets.partitions import START_DATE
 from dataplatform.assets.review import review_sheet_metadata
 from dataplatform.core.funnel import StageFunnel
 from dataplatform.core.home import Home
+from dataplatform.core.warehouse import (
+    SIDE_TABLES,
+    CorruptPartitionError,
+    Location,
+    commit_stage,
+    partition_file,
+    read_history,
+    read_partition,
+    refresh_catalog,
+)
 from dataplatform.resources.warehouse import WarehouseResource
 
 OWNERS = ["team:data-curation"]
 CHECK_ROWS_CONSERVED = "rows_conserved"
 CHECK_PAIR_ID_UNIQUE = "pair_id_unique"
+
+
+@contextmanager
+def unreadable_files_fail() -> Iterator[None]:
+    """A warehouse file that cannot be read fails the step, naming it and what rewrites it."""
+    try:
+        yield
+    except CorruptPartitionError as exc:
+        raise dg.Failure(
+            description=str(exc),
+            metadata={
+                "unreadable_file": dg.MetadataValue.path(exc.path),
+                "materialize": f"{exc.asset} for {exc.date}",
+            },
+        ) from exc
+
+
+def read_input(home: Home, table: str, date: str) -> pa.Table:
+    """The partition a stage reads; an unreadable file fails the step (see above)."""
+    with unreadable_files_fail():
+        return read_partition(home, table, date)
+
+
+def read_input_history(home: Home, table: str, before: str, columns: list[str]) -> pa.Table:
+    """``columns`` of ``table`` before ``before``; an unreadable file fails the step."""
+    with unreadable_files_fail():
+        return read_history(home, table, before, columns)
+
+
+def write_stage(
+    home: Home,
+    stage: str,
+    date: str,
+    kept: pa.Table,
+    ledger: pa.Table,
+    side_tables: Mapping[str, pa.Table] | None = None,
+) -> Location:
+    """Commit the stage's partition, its ledger and its side tables together; refresh the catalog.
+
+    Returns the partition's file. A side table must be declared in ``SIDE_TABLES`` as this
+    stage's, so that an unreadable file of it names the stage that rewrites it.
+    """
+    side = dict(side_tables or {})
+    undeclared = sorted(name for name in side if SIDE_TABLES.get(name) != stage)
+    if undeclared:
+        raise ValueError(
+            f"{stage} writes {', '.join(undeclared)}: declare them in warehouse.SIDE_TABLES"
+        )
+    with unreadable_files_fail():
+        commit_stage(home, date, {stage: kept, **side}, {stage: ledger})
+        refresh_catalog(home)
+    return partition_file(home, stage, date)
 
 
 def conservation_check(funnel: StageFunnel) -> dg.AssetCheckResult:
@@ -39,7 +102,7 @@ def unique_check(name: str, column: str, values: list, scope: str) -> dg.AssetCh
 
 
 def stage_metadata(
-    funnel: StageFunnel, output: Path, extra: dict | None = None, home: Home | None = None
+    funnel: StageFunnel, output: Location, extra: dict | None = None, home: Home | None = None
 ) -> dict:
     """Row counts, the stage's funnel and its reasons as a table, and a Markdown summary.
 

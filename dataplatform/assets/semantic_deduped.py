@@ -15,10 +15,13 @@ from dataplatform.assets.reporting import (
     CHECK_ROWS_CONSERVED,
     OWNERS,
     conservation_check,
+    read_input,
+    read_input_history,
     require_earlier_partitions,
     stage_metadata,
     table_column,
     unique_check,
+    write_stage,
 )
 from dataplatform.core.embedding_table import matrix_of, rows_for
 from dataplatform.core.funnel import stage_funnel
@@ -29,13 +32,6 @@ from dataplatform.core.semantic_index import (
     find_similar_between,
     find_similar_pairs,
     semantic_deduplicate,
-)
-from dataplatform.core.warehouse import (
-    read_history,
-    read_partition,
-    refresh_catalog,
-    write_ledger,
-    write_partition,
 )
 from dataplatform.resources.warehouse import WarehouseResource
 
@@ -85,8 +81,8 @@ def semantic_deduped(
     if smoke:
         context.log.warning(f"DATAPLATFORM_PROFILE=smoke: similarity threshold set to {threshold}")
 
-    current = read_partition(home, UPSTREAM.path[-1], date).sort_by("pair_id")
-    vectors = _embeddings_for(current, read_partition(home, EMBEDDINGS, date))
+    current = read_input(home, UPSTREAM.path[-1], date).sort_by("pair_id")
+    vectors = _embeddings_for(current, read_input(home, EMBEDDINGS, date))
     history = _kept_history(home, date)
     history_vectors = matrix_of(history.column("image_embedding"), vectors.shape[1])
     rank = _rank(current, config.keep_rule)
@@ -113,9 +109,7 @@ def semantic_deduped(
         )
     ledger = ledger_table(ledger_rows)
     kept = current.filter(pa.array(decision.keep))
-    output = write_partition(home, STAGE, date, kept)
-    write_ledger(home, STAGE, date, ledger)
-    refresh_catalog(home)
+    output = write_stage(home, STAGE, date, kept, ledger)
 
     kept_vectors = vectors[decision.keep]
     i, j, sim = find_similar_pairs(kept_vectors, threshold)
@@ -169,8 +163,8 @@ def _embeddings_for(current: pa.Table, embeddings: pa.Table) -> np.ndarray:
 
 def _kept_history(home, date: str) -> pa.Table:
     """Earlier days' kept pairs with their image embeddings."""
-    kept = read_history(home, STAGE, date, ["pair_id", "date"])
-    embeddings = read_history(home, EMBEDDINGS, date, ["pair_id", "date", "image_embedding"])
+    kept = read_input_history(home, STAGE, date, ["pair_id", "date"])
+    embeddings = read_input_history(home, EMBEDDINGS, date, ["pair_id", "date", "image_embedding"])
     con = duckdb.connect()
     con.register("kept", kept)
     con.register("emb", embeddings)

@@ -12,9 +12,12 @@ from dataplatform.assets.reporting import (
     CHECK_ROWS_CONSERVED,
     OWNERS,
     conservation_check,
+    read_input,
     stage_metadata,
     table_column,
     unique_check,
+    unreadable_files_fail,
+    write_stage,
 )
 from dataplatform.assets.semantic_deduped import KEY as SEMANTIC_KEY
 from dataplatform.assets.vq_tokenizer import KEY as TOKENIZER_KEY
@@ -26,12 +29,6 @@ from dataplatform.core.image_store import read_location
 from dataplatform.core.plots import markdown_image
 from dataplatform.core.schema import ledger_row, ledger_table
 from dataplatform.core.token_budget import budget, budget_plot_png, tokens_per_day
-from dataplatform.core.warehouse import (
-    read_partition,
-    refresh_catalog,
-    write_ledger,
-    write_partition,
-)
 from dataplatform.resources.tokenizer import TokenizerResource
 from dataplatform.resources.warehouse import WarehouseResource
 
@@ -81,7 +78,7 @@ def tokens(
         )
     home = warehouse.resolve()
     date = context.partition_key
-    current = read_partition(home, SEMANTIC_KEY.path[-1], date).sort_by("pair_id")
+    current = read_input(home, SEMANTIC_KEY.path[-1], date).sort_by("pair_id")
     model = tokenizer.load(home.root / "models" / TRAINED_DIR)
     rows = current.to_pylist()
     grids: dict[int, np.ndarray] = {}
@@ -146,11 +143,10 @@ def tokens(
     ledger = ledger_table(
         [ledger_row(rows[k], STAGE, "image_unreadable", detail) for k, detail in failures.items()]
     )
-    output = write_partition(home, STAGE, date, kept)
-    write_ledger(home, STAGE, date, ledger)
-    refresh_catalog(home)
+    output = write_stage(home, STAGE, date, kept, ledger)
 
-    rows_budget = budget(tokens_per_day(home, STAGE), config.target_tokens)
+    with unreadable_files_fail():
+        rows_budget = budget(tokens_per_day(home, STAGE), config.target_tokens)
     codebook = int(model.identity.get("codebook_size", 0))
     max_id = max((int(g.max()) for g in flat if g.size), default=-1)
     funnel = stage_funnel(STAGE, date, current.num_rows, kept.num_rows, ledger)
