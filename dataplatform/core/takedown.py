@@ -42,14 +42,13 @@ from dataplatform.core.phash_index import DEFAULT_PHASH_THRESHOLD
 from dataplatform.core.schema import LEDGER_SCHEMA, ledger_row, ledger_table
 from dataplatform.core.warehouse import (
     LEDGER_TABLE,
+    commit_stage,
     connect,
     has_ledger,
     read_ledger,
     read_partition,
     warehouse_tables,
     write_document,
-    write_ledger,
-    write_partition,
 )
 from dataplatform.core.webdataset_export import remove_samples, sample_key
 
@@ -401,28 +400,32 @@ def apply_takedowns(
             else []
         )
         previously = {pair_id: f"{stage}: {reason}" for stage, _, pair_id, reason in earlier}
-        _record_ledger(
-            home, ledger_rows(pairs, report.matches, TAKEDOWN_STAGE, previously=previously)
-        )
-        for stage in sorted({(st, d) for st, d, _, _ in earlier}):
-            ids = [p for st, d, p, _ in earlier if (st, d) == stage]
-            name = f"{LEDGER_TABLE} stage={stage[0]}"
-            report.partitions.setdefault(name, {})[stage[1]] = _rewrite_ledger(
-                home, stage[0], stage[1], ids
-            )
-        for table in tables:
-            if table == LEDGER_TABLE or "pair_id" not in _columns(con, table):
-                continue
-            dates = [
+        ledger_stages = sorted({(st, d) for st, d, _, _ in earlier})
+        table_dates = {
+            table: {
                 r[0]
                 for r in con.execute(
                     f'SELECT DISTINCT t.date FROM "{table}" t '
-                    "JOIN removed_ids USING (pair_id, date) ORDER BY 1"
+                    "JOIN removed_ids USING (pair_id, date)"
                 ).fetchall()
-            ]
-            for date in dates:
-                ids = [m.pair_id for m in report.matches if m.date == date]
-                report.partitions.setdefault(table, {})[date] = _rewrite(home, table, date, ids)
+            }
+            for table in tables
+            if table != LEDGER_TABLE and "pair_id" in _columns(con, table)
+        }
+        rows = ledger_rows(pairs, report.matches, TAKEDOWN_STAGE, previously=previously)
+        # Every rewrite of one ingest date, with its takedown rows, is one commit: a reader sees
+        # the date before the takedown or after it, never a table without its ledger rows.
+        for date in sorted({m.date for m in report.matches}):
+            ids = [m.pair_id for m in report.matches if m.date == date]
+            rewrite = _DateRewrite()
+            for stage in (st for st, d in ledger_stages if d == date):
+                stage_ids = [p for st, d, p, _ in earlier if (st, d) == (stage, date)]
+                rewrite.ledgers[stage], count = _rewrite_ledger(home, stage, date, stage_ids)
+                report.partitions.setdefault(f"{LEDGER_TABLE} stage={stage}", {})[date] = count
+            for table in (t for t, dates in table_dates.items() if date in dates):
+                rewrite.tables[table], count = _rewrite(home, table, date, ids)
+                report.partitions.setdefault(table, {})[date] = count
+            _commit_rewrite(home, date, rows.filter(pc.equal(rows.column("date"), date)), rewrite)
     finally:
         con.close()
     keys = {sample_key(m.pair_id) for m in report.matches}
@@ -513,36 +516,41 @@ def verify_removed(
     return remaining
 
 
-def _rewrite(home: Home, table: str, date: str, pair_ids: list[str]) -> int:
-    """Rewrite one partition (pairs of one ingest date) without ``pair_ids``."""
+@dataclass
+class _DateRewrite:
+    """One ingest date's partitions and ledgers without the removed pairs, committed together."""
+
+    tables: dict[str, pa.Table] = field(default_factory=dict)
+    ledgers: dict[str, pa.Table] = field(default_factory=dict)
+
+
+def _rewrite(home: Home, table: str, date: str, pair_ids: list[str]) -> tuple[pa.Table, int]:
+    """One partition (pairs of one ingest date) without ``pair_ids``, and how many left."""
     current = read_partition(home, table, date)
     removed = pa.array(pair_ids, pa.string())
     keep = pc.invert(pc.is_in(current.column("pair_id"), value_set=removed))
     kept = current.filter(keep)
-    write_partition(home, table, date, kept)
-    return current.num_rows - kept.num_rows
+    return kept, current.num_rows - kept.num_rows
 
 
-def _rewrite_ledger(home: Home, stage: str, date: str, pair_ids: list[str]) -> int:
-    """Rewrite one ledger partition without the non-takedown rows of ``pair_ids``."""
+def _rewrite_ledger(home: Home, stage: str, date: str, pair_ids: list[str]) -> tuple[pa.Table, int]:
+    """One ledger partition without the non-takedown rows of ``pair_ids``, and how many left."""
     current = read_ledger(home, stage, date)
     named = pc.is_in(current.column("pair_id"), value_set=pa.array(pair_ids, pa.string()))
     keep = pc.or_(pc.invert(named), pc.equal(current.column("reason"), TAKEDOWN_REASON))
     kept = current.filter(keep)
-    write_ledger(home, stage, date, kept)
-    return current.num_rows - kept.num_rows
+    return kept, current.num_rows - kept.num_rows
 
 
-def _record_ledger(home: Home, rows: pa.Table) -> None:
-    """Add ``rows`` to the takedown ledger of each date, keeping rows already recorded."""
-    for date in sorted(set(rows.column("date").to_pylist())):
-        new = rows.filter(pc.equal(rows.column("date"), date))
-        with _locked(home, date):
-            if has_ledger(home, TAKEDOWN_STAGE, date):
-                old = read_ledger(home, TAKEDOWN_STAGE, date).cast(LEDGER_SCHEMA)
-                known = pc.is_in(new.column("pair_id"), value_set=old.column("pair_id"))
-                new = pa.concat_tables([old, new.filter(pc.invert(known))])
-            write_ledger(home, TAKEDOWN_STAGE, date, new)
+def _commit_rewrite(home: Home, date: str, new: pa.Table, rewrite: _DateRewrite) -> None:
+    """Commit one date's rewrites with ``new`` added to its takedown ledger (rows already
+    recorded are kept)."""
+    with _locked(home, date):
+        if has_ledger(home, TAKEDOWN_STAGE, date):
+            old = read_ledger(home, TAKEDOWN_STAGE, date).cast(LEDGER_SCHEMA)
+            known = pc.is_in(new.column("pair_id"), value_set=old.column("pair_id"))
+            new = pa.concat_tables([old, new.filter(pc.invert(known))])
+        commit_stage(home, date, rewrite.tables, {**rewrite.ledgers, TAKEDOWN_STAGE: new})
 
 
 @contextmanager

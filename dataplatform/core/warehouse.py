@@ -243,6 +243,7 @@ def _commit_local(home: Home, commit: str, files: list[tuple[Location, pa.Table]
     assert isinstance(home.warehouse, Path)
     renames: list[tuple[Location, Location]] = []
     record = home.warehouse / COMMITS_FOLDER / f"{commit}.json"
+    pending = record.parent / f".{record.name}.tmp"
     committed = False
     try:
         for final, table in files:
@@ -255,7 +256,6 @@ def _commit_local(home: Home, commit: str, files: list[tuple[Location, pa.Table]
             )
             _fsync(temp)
         record.parent.mkdir(exist_ok=True)
-        pending = record.parent / f".{record.name}.tmp"
         pending.write_bytes(_record_body(home, commit, renames))
         _fsync(pending)
         os.replace(pending, record)  # the commit point
@@ -263,7 +263,7 @@ def _commit_local(home: Home, commit: str, files: list[tuple[Location, pa.Table]
         _fsync(record.parent)
     except BaseException:
         if not committed:
-            for temp, _ in renames:
+            for temp in [pending, *(t for t, _ in renames)]:
                 Path(temp).unlink(missing_ok=True)
         raise
     _move_local(record, renames)
