@@ -415,6 +415,19 @@ class _Lookup:
             arrivals.append(
                 self._journey(pair_id, origin, drops, has_takedown=True, ingested=False)
             )
+        if not arrivals:
+            # Only a later stage's ledger names the pair: the ingest table no longer has it (it
+            # was re-materialized since, from a changed landing), so the stages disagree.
+            entry, row = ledger[0]
+            origin = _origin_from_ledger(row)
+            decisions = [Decision(self.ingest, MISSING)] + [
+                Decision(s, DROPPED, entry=drops[(s, origin.date)])
+                if (s, origin.date) in drops
+                else Decision(s, NOT_REACHED)
+                for s in self.stages[1:]
+            ]
+            status = Status(INCONSISTENT, entry.stage, entry.date, entry)
+            arrivals.append(Arrival(origin, decisions, status))
         arrivals.sort(key=lambda a: (a.origin.date, a.origin.source or ""))
         if takedowns:
             first = takedowns[0][0]
@@ -664,6 +677,12 @@ def describe_status(status: Status) -> str:
         else:
             what = e.reason + (f" ({e.detail})" if e.detail else "")
         return f"removed at {e.stage} on {e.date}: {what}"
+    if status.state == INCONSISTENT and status.entry is not None:
+        e = status.entry
+        return (
+            f"inconsistent: the {e.stage} ledger of {e.date} names it ({e.reason}) but the "
+            f"ingest table does not have it; re-materialize {e.stage} for {e.date}"
+        )
     if status.state == INCONSISTENT:
         return (
             f"inconsistent: not in {status.stage} for {status.date} and no ledger row says why; "
