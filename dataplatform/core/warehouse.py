@@ -123,11 +123,13 @@ def commit_stage(
     """Write ``tables`` (name -> its ``date`` partition) and ``ledgers`` (stage -> its ledger for
     ``date``) as one commit; return the commit id stamped in every file's metadata.
 
-    After a crash at any moment, readers see every file of the commit or none. A stage's
-    partition and its ledger always come from one commit: when only one of them is given and the
-    other exists, the other is rewritten unchanged in the same commit. An empty table is still
-    written (with its schema), so that "materialized with no rows" and "never materialized" stay
-    distinguishable; re-committing replaces a partition, it never appends.
+    After a crash at any moment, readers (which recover first) see every file of the commit or
+    none of them. Isolation from a live commit is not promised: a reader that opens two files
+    while the writer renames them can get one of each; ``commit_id`` tells (``funnel`` checks).
+    A stage's partition and its ledger always come from one commit: when only one of them is
+    given and the other exists, the other is rewritten unchanged in the same commit. An empty
+    table is still written (with its schema), so that "materialized with no rows" and "never
+    materialized" stay distinguishable; re-committing replaces a partition, it never appends.
     """
     tables = dict(tables)
     ledgers = dict(ledgers or {})

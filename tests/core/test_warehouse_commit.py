@@ -318,3 +318,21 @@ def test_funnel_reports_a_partition_and_ledger_from_different_commits(tmp_path: 
     assert (mismatch.stage, mismatch.date, mismatch.partition_commit) == (STAGE, D, "other")
     assert mismatch.ledger_commit == commit_id(ledger_file(home, STAGE, D))
     assert f"materialize {STAGE} for {D}" in mismatch.describe()
+
+
+def test_writers_of_one_partition_take_turns_and_never_lose_a_temp_file(tmp_path: Path):
+    """Two processes' worth of writers (threads here): the clean-up of one never deletes a temp
+    file the other is still writing, and the last commit wins whole."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    home = Home(tmp_path)
+
+    def write(k: int) -> str:
+        return _commit(home, OLD if k % 2 else NEW)
+
+    with ThreadPoolExecutor(4) as pool:
+        commits = list(pool.map(write, range(24)))
+    seen, partition_commit, ledger_commit = _state(home)
+    assert partition_commit == ledger_commit == max(commits)  # ids sort in commit order
+    assert seen in (OLD, NEW)
+    assert _leftovers(home) == []
