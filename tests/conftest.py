@@ -41,7 +41,8 @@ class AuditLog:
     """Opens and connections seen while recording, from ``sys.addaudithook``.
 
     A hook cannot be removed once added, so one is installed for the session and records only
-    while a test's ``audit`` fixture is active. ``opens`` holds resolved paths as strings;
+    while a test's ``audit`` fixture is active. ``opens`` holds the paths as they resolved at
+    the moment of opening;
     ``connects`` holds the addresses handed to ``socket.connect``.
     """
 
@@ -54,8 +55,8 @@ class AuditLog:
         if not self.recording:
             return
         if event == "open" and args and isinstance(args[0], (str, bytes, Path)):
-            path = args[0]
-            self.opens.append(os.fsdecode(path) if not isinstance(path, Path) else str(path))
+            # Resolved now: a path swapped for a symlink later must count as what was opened.
+            self.opens.append(os.path.realpath(os.fsdecode(args[0])))
         elif event == "socket.connect" and len(args) >= 2:
             self.connects.append(args[1])
 
@@ -63,10 +64,9 @@ class AuditLog:
         """Opened paths under none of ``roots`` that are not Python's own library files."""
         allowed = [str(r.resolve()) for r in roots] + _LIBRARY_ROOTS
         outside = []
-        for raw in self.opens:
-            real = os.path.realpath(raw)
+        for real in self.opens:
             if not any(real == a or real.startswith(a.rstrip("/") + "/") for a in allowed):
-                outside.append(raw)
+                outside.append(real)
         return outside
 
 

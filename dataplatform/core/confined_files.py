@@ -66,7 +66,10 @@ def check_path_text(text: str) -> None:
     """Refuse a path string that no file system call should even see (NUL, over-long)."""
     if "\x00" in text:
         raise FileRefused("invalid_path", f"the path contains a NUL byte: {text!r}")
-    encoded = os.fsencode(text) if text.isascii() else text.encode("utf-8", "surrogateescape")
+    if any("\ud800" <= ch <= "\udfff" for ch in text if not ch.isascii()):
+        shown = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        raise FileRefused("invalid_path", f"the path is not valid UTF-8: {shown!r}")
+    encoded = text.encode("utf-8")
     if len(encoded) > MAX_PATH_BYTES:
         raise FileRefused(
             "invalid_path", f"the path is {len(encoded)} bytes, over {MAX_PATH_BYTES}"

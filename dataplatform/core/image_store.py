@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataplatform.core.confined_files import confined_path, open_confined
+from dataplatform.core.confined_files import FileRefused, open_confined
 from dataplatform.core.image_decode import ImageRejected
-from dataplatform.core.landing import ImageRef
+from dataplatform.core.landing import MAX_IMAGE_BYTES, ImageRef
 from dataplatform.core.remote_fetch import DEFAULT_FETCH_DEADLINE_S, MAX_REMOTE_BYTES, fetch
 
 TAR_MARK = "#bytes="
@@ -35,9 +35,15 @@ def ref_of(location: str, landing_root: Path) -> ImageRef:
         path, _, span = location.partition(TAR_MARK)
         offset, _, size = span.partition("+")
         return ImageRef(
-            kind="tar", path=str(landing_root / path), offset=int(offset), size=int(size)
+            kind="tar",
+            path=str(landing_root / path),
+            offset=int(offset),
+            size=int(size),
+            root=str(landing_root.resolve()),
         )
-    return ImageRef(kind="file", path=str(landing_root / location))
+    return ImageRef(
+        kind="file", path=str(landing_root / location), root=str(landing_root.resolve())
+    )
 
 
 def read_location(
@@ -51,8 +57,6 @@ def read_location(
     because later stages treat every unreadable image alike.
     """
     ref = ref_of(location, landing_root)
-    if ref.kind != "remote":
-        confined_path(landing_root.resolve(), ref.path)
     try:
         return read_ref(ref, timeout_s)
     except ImageRejected as exc:
@@ -68,11 +72,19 @@ def read_ref(ref: ImageRef, timeout_s: float = DEFAULT_FETCH_DEADLINE_S) -> byte
     hop's address checked, ``timeout_s`` as the deadline for the whole fetch, at most
     ``MAX_REMOTE_BYTES``) and raises ``ImageRejected`` with a ``fetch_*`` ledger reason.
     """
+    root = Path(ref.root) if ref.root else _ANYWHERE
     if ref.kind == "file":
-        with open_confined(_ANYWHERE, ref.path) as fh:
-            return fh.read()
+        with open_confined(root, ref.path) as fh:
+            data = fh.read(MAX_IMAGE_BYTES + 1)
+        if len(data) > MAX_IMAGE_BYTES:
+            raise FileRefused("image_too_large", f"{ref.path} is over {MAX_IMAGE_BYTES} bytes")
+        return data
     if ref.kind == "tar":
-        with open_confined(_ANYWHERE, ref.path) as fh:
+        if ref.size > MAX_IMAGE_BYTES:
+            raise FileRefused(
+                "image_too_large", f"{ref.path} member is {ref.size} bytes, over {MAX_IMAGE_BYTES}"
+            )
+        with open_confined(root, ref.path) as fh:
             fh.seek(ref.offset)
             data = fh.read(ref.size)
         if len(data) != ref.size:
@@ -83,6 +95,5 @@ def read_ref(ref: ImageRef, timeout_s: float = DEFAULT_FETCH_DEADLINE_S) -> byte
     raise ValueError(f"cannot read an image reference of kind {ref.kind!r}")
 
 
-# read_ref's paths were confined when discovery resolved them (or by read_location); what is
-# left to check at open time is the kind of file.
+# A ref without a root (built by hand) is still checked for its kind of file when opened.
 _ANYWHERE = Path("/")

@@ -145,7 +145,7 @@ def ingest_folder(date_dir: Path, date: str, options: IngestOptions | None = Non
     # A malformed DATAPLATFORM_ALLOW_NETWORKS is the deployment's error, not one row's: it
     # fails here, naming the variable, before anything is read.
     allowed_networks()
-    records = discover(date_dir) if date_dir.is_dir() else []
+    records = discover(date_dir, options.max_text_chars) if date_dir.is_dir() else []
     seen_ids: dict[str, LandingRecord] = {}
     to_decode: list[tuple[LandingRecord, str, str, bool]] = []
     rejected: list[dict] = []
@@ -156,6 +156,7 @@ def ingest_folder(date_dir: Path, date: str, options: IngestOptions | None = Non
             continue
         try:
             text, truncated = normalize_text(record.text, options.max_text_chars)
+            truncated = truncated or record.text_cut
         except Exception as exc:  # noqa: BLE001 - one odd caption is one ledger row
             detail = f"caption cannot be normalised: {type(exc).__name__}: {exc}"
             rejected.append(_ledger_row(record, pair_id, date, "unusable_text", detail))
@@ -187,7 +188,11 @@ def ingest_folder(date_dir: Path, date: str, options: IngestOptions | None = Non
         if isinstance(fact, tuple):
             rejected.append(_ledger_row(record, pair_id, date, *fact))
             continue
-        location = location_of(record.image, date_dir.parent)  # type: ignore[arg-type]
+        try:
+            location = location_of(record.image, date_dir.parent)  # type: ignore[arg-type]
+        except ValueError as exc:  # the file moved outside the landing root after discovery
+            rejected.append(_ledger_row(record, pair_id, date, "path_outside_landing", str(exc)))
+            continue
         kept_rows.append(_raw_row(record, pair_id, date, text, truncated, fact, location))
     kept_rows.sort(key=lambda r: r["pair_id"])
     return IngestResult(

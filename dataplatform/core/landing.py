@@ -7,14 +7,13 @@ folder, so rows in always equals rows kept plus rows rejected.
 
 from __future__ import annotations
 
-import codecs
 import csv
 import hashlib
 import io
 import json
+import math
 import os
 import re
-import tarfile
 import unicodedata
 import urllib.parse
 from collections import deque
@@ -23,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dataplatform.core.confined_files import (
@@ -33,6 +34,9 @@ from dataplatform.core.confined_files import (
     read_confined,
     regular_file,
 )
+from dataplatform.core.remote_fetch import MAX_REMOTE_BYTES
+from dataplatform.core.tar_headers import TarMember, list_members
+from dataplatform.core.text_normalize import DEFAULT_MAX_TEXT_CHARS, raw_text_cap
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif"}
 MANIFEST_SUFFIXES = {".jsonl", ".csv", ".parquet"}
@@ -48,7 +52,12 @@ MAX_MANIFEST_LINE_BYTES = 1 << 20
 MAX_TEXT_BYTES = 1 << 20  # sidecar captions, shard .txt and .json members
 MAX_JSON_DEPTH = 64
 MAX_PAIR_ID_CHARS = 256
-PARQUET_BATCH_ROWS = 4096
+MAX_FOLDER_DEPTH = 64
+# Local images and shard members are capped like remote ones: a sparse 3 GB "PNG" must not be
+# read into memory.
+MAX_IMAGE_BYTES = MAX_REMOTE_BYTES
+# Small batches: a few kilobytes of dictionary-encoded Parquet can expand to gigabytes.
+PARQUET_BATCH_ROWS = 256
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 
 
@@ -61,6 +70,7 @@ class ImageRef:
     offset: int = 0
     size: int = 0
     uri: str = ""
+    root: str = ""  # the folder ``path`` must stay inside when it is opened again
 
 
 @dataclass
@@ -76,6 +86,7 @@ class LandingRecord:
     extra: dict[str, Any] = field(default_factory=dict)
     error: tuple[str, str] | None = None  # (reason, detail) when the row itself is unusable
     locator: str = ""  # where in the source, for people: "line 21", "key 000000008", "row 3"
+    text_cut: bool = False  # the caption was cut at discovery (see ``raw_text_cap``)
 
     @property
     def where(self) -> str:
@@ -85,41 +96,44 @@ class LandingRecord:
 
 def derived_pair_id(date: str, source: str, row_key: str) -> str:
     """A stable id for a row that has none: the same file and row always give the same id."""
-    digest = hashlib.blake2b(f"{date}/{source}#{row_key}".encode(), digest_size=8).hexdigest()
+    key = f"{date}/{source}#{row_key}".encode("utf-8", "surrogatepass")
+    digest = hashlib.blake2b(key, digest_size=8).hexdigest()
     return f"p{digest}"
 
 
-def discover(date_dir: Path) -> list[LandingRecord]:
+def discover(date_dir: Path, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS) -> list[LandingRecord]:
     """Every input row under ``date_dir``, in stable order.
 
     Images that no manifest row or sidecar caption refers to become rows with reason
     ``orphan_image``, and unknown files ``unsupported_input``: nothing in the folder is
     silently ignored except hidden files and ``_``-prefixed markers such as ``_SUCCESS``.
     Every file is opened through ``confined_files``, so a symlink that leads outside the day
-    folder, a FIFO, a socket or a device is a ledger row, never a read.
+    folder, a FIFO, a socket or a device is a ledger row, never a read. Captions are cut to
+    ``raw_text_cap(max_text_chars)`` characters here already, so a row costs bounded memory
+    however large its caption.
     """
     root = date_dir.resolve()
-    entries = sorted(_walk(date_dir, root), key=lambda e: e.rel)
+    scope = _Scope(root=root, text_cap=raw_text_cap(max_text_chars))
+    entries = sorted(_walk(root), key=lambda e: e.rel)
     names = {e.rel for e in entries}
     records: list[LandingRecord] = []
-    referenced: set[str] = set()
     sidecar_texts: set[str] = set()
     sidecar_images: set[str] = set()
     for entry in entries:
         suffix = Path(entry.rel).suffix.lower()
         reader = _READERS.get(suffix)
         if entry.refusal is None and reader is not None:
-            records.extend(_read_source(reader, root, entry.rel))
+            records.extend(_read_source(reader, scope, entry.rel))
         elif suffix in IMAGE_SUFFIXES and _sidecar_of(entry.rel) in names:
             sidecar_texts.add(_sidecar_of(entry.rel))
             sidecar_texts.add(_relative_real(root, _sidecar_of(entry.rel)))
             sidecar_images.add(entry.rel)
-            records.append(_sidecar_record(root, entry))
+            records.append(_sidecar_record(scope, entry))
     # A refused file that a manifest row names is that row's ledger entry already.
     named = {os.path.normpath(r.image_uri) for r in records if r.image_uri}
-    for record in records:
-        if record.image is not None and record.image.kind == "file":
-            referenced.add(os.path.realpath(record.image.path))
+    referenced = {
+        os.path.realpath(r.image.path) for r in records if r.image and r.image.kind == "file"
+    }
     for entry in entries:
         suffix = Path(entry.rel).suffix.lower()
         if entry.rel in sidecar_texts | sidecar_images or (
@@ -142,6 +156,14 @@ def discover(date_dir: Path) -> list[LandingRecord]:
 
 
 @dataclass(frozen=True)
+class _Scope:
+    """What every reader of one day folder needs: the folder, and the caption cap."""
+
+    root: Path
+    text_cap: int
+
+
+@dataclass(frozen=True)
 class _Entry:
     """A name found in the day folder, and why it will not be read (``None``: it may be)."""
 
@@ -149,42 +171,51 @@ class _Entry:
     refusal: tuple[str, str] | None = None
 
 
-def _walk(date_dir: Path, root: Path) -> Iterator[_Entry]:
-    """Every visible name below ``date_dir``; symlinked folders are listed, never entered."""
-    problems: list[OSError] = []
-    for dirpath, dirnames, filenames in os.walk(date_dir, onerror=problems.append):
-        here = Path(dirpath)
-        visible = sorted(d for d in dirnames if not d.startswith((".", "_")))
-        dirnames[:] = [d for d in visible if not (here / d).is_symlink()]
-        for name in visible:
-            if (here / name).is_symlink():
-                rel = (here / name).relative_to(date_dir).as_posix()
-                yield _Entry(rel, _folder_link_refusal(root, rel))
-        for name in filenames:
-            if not name.startswith((".", "_")):
-                rel = (here / name).relative_to(date_dir).as_posix()
-                shown = _printable_name(rel)
-                if shown != rel:
-                    detail = f"the name {shown!r} is not valid UTF-8; rename the file"
-                    yield _Entry(shown, ("invalid_path", detail))
-                else:
-                    yield _Entry(rel, _file_refusal(root, rel))
-    for exc in problems:
-        rel = _relative_or_name(date_dir, exc.filename)
-        yield _Entry(rel, ("read_error", f"folder {rel} cannot be listed: {exc.strerror}"))
+def _walk(root: Path) -> Iterator[_Entry]:
+    """Every visible name below ``root``, without recursion; symlinked folders are not entered.
 
-
-def _printable_name(rel: str) -> str:
-    """``rel`` with undecodable bytes (surrogate escapes from the file system) replaced.
-
-    Such a name cannot be stored in a Parquet string column, so the file becomes a ledger row
-    under its replaced name instead of failing the partition's write.
+    Iterative with a depth cap, so a folder nested thousands deep is one ledger row, not a
+    ``RecursionError``.
     """
-    try:
-        rel.encode("utf-8")
-    except UnicodeEncodeError:
-        return rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return rel
+    stack: list[tuple[Path, int]] = [(root, 0)]
+    while stack:
+        folder, depth = stack.pop()
+        rel_folder = _rel(root, folder)
+        try:
+            with os.scandir(folder) as it:
+                children = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            yield _Entry(rel_folder, ("read_error", f"folder {rel_folder} cannot be listed: {exc}"))
+            continue
+        for child in children:
+            if child.name.startswith((".", "_")):
+                continue
+            path = Path(child.path)
+            rel = _rel(root, path)
+            shown = _printable(rel)
+            if shown != rel:
+                yield _Entry(shown, ("invalid_path", f"{shown!r} is not valid UTF-8; rename it"))
+                continue
+            try:
+                is_link = child.is_symlink()
+                is_folder = child.is_dir(follow_symlinks=False)
+            except OSError as exc:
+                yield _Entry(rel, ("read_error", f"{rel}: {exc}"))
+                continue
+            if is_link and os.path.isdir(path):
+                yield _Entry(rel, _folder_link_refusal(root, rel))
+            elif is_folder:
+                if depth + 1 >= MAX_FOLDER_DEPTH:
+                    detail = f"folder {rel} is nested deeper than {MAX_FOLDER_DEPTH} levels"
+                    yield _Entry(rel, ("invalid_path", detail))
+                else:
+                    stack.append((path, depth + 1))
+            else:
+                yield _Entry(rel, _file_refusal(root, rel))
+
+
+def _rel(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix() if path != root else "."
 
 
 def _file_refusal(root: Path, rel: str) -> tuple[str, str] | None:
@@ -202,18 +233,23 @@ def _folder_link_refusal(root: Path, rel: str) -> tuple[str, str]:
         return (refused.reason, refused.detail)
     return (
         "symlinked_folder",
-        f"{rel} is a symlink to {real.relative_to(root).as_posix() or '.'}; symlinked folders "
-        "are not followed (their files would be read twice)",
+        f"{rel} is a symlink to {_rel(root, real)}; symlinked folders are not followed "
+        "(their files would be read twice)",
     )
 
 
-def _relative_or_name(date_dir: Path, filename: str | None) -> str:
-    if not filename:
-        return "."
-    try:
-        return Path(filename).relative_to(date_dir).as_posix()
-    except ValueError:
-        return str(filename)
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _printable(text: str) -> str:
+    """``text`` with lone surrogates (undecodable file-name bytes, ``"\\ud800"`` in JSON) replaced.
+
+    Such a string cannot be stored in a Parquet string column; storing it replaced keeps the
+    row, and callers that need the exact value (paths, ids) refuse it instead.
+    """
+    if text.isascii() or not _SURROGATES.search(text):
+        return text
+    return _SURROGATES.sub("\ufffd", text)
 
 
 def _relative_real(root: Path, rel: str) -> str:
@@ -226,7 +262,7 @@ def _sidecar_of(rel: str) -> str:
     return Path(rel).with_suffix(".txt").as_posix()
 
 
-def _sidecar_record(root: Path, entry: _Entry) -> LandingRecord:
+def _sidecar_record(scope: _Scope, entry: _Entry) -> LandingRecord:
     """An image with a ``.txt`` caption beside it; either file may be refused."""
     record = LandingRecord(
         source=entry.rel, row=0, manifest_id=None, image_uri=entry.rel, image=None, text=None
@@ -234,14 +270,21 @@ def _sidecar_record(root: Path, entry: _Entry) -> LandingRecord:
     if entry.refusal is not None:
         record.error = entry.refusal
         return record
+    root = scope.root
     try:
-        record.text = read_confined(root, root / _sidecar_of(entry.rel), MAX_TEXT_BYTES, cut=True)
+        raw = read_confined(root, root / _sidecar_of(entry.rel), MAX_TEXT_BYTES, cut=True)
     except FileRefused as refused:
         record.error = (refused.reason, f"caption file: {refused.detail}")
         return record
-    record.text = record.text.decode("utf-8", errors="replace")  # type: ignore[union-attr]
-    record.image = ImageRef(kind="file", path=os.path.realpath(root / entry.rel))
+    _set_text(record, raw.decode("utf-8", errors="replace"), scope.text_cap)
+    record.image = ImageRef(kind="file", path=os.path.realpath(root / entry.rel), root=str(root))
     return record
+
+
+def _set_text(record: LandingRecord, text: str | None, cap: int) -> None:
+    if text is not None and len(text) > cap:
+        text, record.text_cut = text[:cap], True
+    record.text = _printable(text) if text is not None else None
 
 
 def _file_row(rel: str, error: tuple[str, str], row: int = 0, locator: str = "") -> LandingRecord:
@@ -258,7 +301,7 @@ def _file_row(rel: str, error: tuple[str, str], row: int = 0, locator: str = "")
 
 
 def _read_source(
-    reader: Callable[[Path, str, BinaryIO], Iterator[LandingRecord]], root: Path, rel: str
+    reader: Callable[[_Scope, str, BinaryIO], Iterator[LandingRecord]], scope: _Scope, rel: str
 ) -> list[LandingRecord]:
     """All rows of one manifest or shard; a failure part-way keeps the rows read before it.
 
@@ -267,13 +310,13 @@ def _read_source(
     """
     records: list[LandingRecord] = []
     try:
-        with open_confined(root, root / rel) as fh:
-            for record in reader(root, rel, fh):
+        with open_confined(scope.root, scope.root / rel) as fh:
+            for record in reader(scope, rel, fh):
                 records.append(record)
     except FileRefused as refused:
         records.append(_file_row(rel, (refused.reason, refused.detail)))
     except Exception as exc:  # noqa: BLE001 - the rest of one file is one ledger row
-        row = records[-1].row + 1 if records else 0
+        row = max(r.row for r in records) + 1 if records else 0
         place = f"after {records[-1].where}" if records else "from its start"
         records.append(
             _file_row(
@@ -312,78 +355,104 @@ def _resolve_local(root: Path, ref: str) -> ImageRef | tuple[str, str]:
         if refused.reason == "missing_file":
             return ("missing_file", f"{ref!r} does not exist in the landing folder")
         return (refused.reason, refused.detail)
-    return ImageRef(kind="file", path=str(real))
+    return ImageRef(kind="file", path=str(real), root=str(root))
 
 
 def _record_from_mapping(
-    root: Path, rel: str, row: int, obj: dict[str, Any], locator: str
+    scope: _Scope, rel: str, row: int, obj: dict[str, Any], locator: str
 ) -> LandingRecord:
     """One manifest row; any surprise in its values is this row's ledger reason."""
     try:
-        return _mapping_record(root, rel, row, obj, locator)
+        return _mapping_record(scope, rel, row, obj, locator)
     except Exception as exc:  # noqa: BLE001 - one odd value never fails the folder
         return _malformed(rel, row, f"unusable row: {type(exc).__name__}: {exc}", locator)
 
 
 def _mapping_record(
-    root: Path, rel: str, row: int, obj: dict[str, Any], locator: str
+    scope: _Scope, rel: str, row: int, obj: dict[str, Any], locator: str
 ) -> LandingRecord:
-    image = obj.get("image")
-    manifest_id = obj.get("id")
-    manifest_id = None if manifest_id in (None, "") else str(manifest_id)
-    extra = {str(k): _jsonable(v) for k, v in obj.items() if k not in KNOWN_FIELDS}
     record = LandingRecord(
         source=rel,
         row=row,
-        manifest_id=manifest_id,
-        image_uri=None if image in (None, "") else str(image),
+        manifest_id=None,
+        image_uri=None,
         image=None,
-        text=obj.get("text"),
+        text=None,
         url=_opt_str(obj.get("url")),
         license=_opt_str(obj.get("license")),
-        extra=extra,
+        extra={_printable(str(k)): _storable(v) for k, v in obj.items() if k not in KNOWN_FIELDS},
         locator=locator,
     )
-    id_problem = _pair_id_problem(manifest_id)
+    manifest_id, id_problem = _pair_id(obj.get("id"))
+    image, image_problem = _field_text("image", obj.get("image"))
+    text, text_problem = _field_text("text", obj.get("text"))
+    record.manifest_id = manifest_id
+    record.image_uri = _printable(image) if image else None
+    _set_text(record, text, scope.text_cap)
     if id_problem is not None:
-        record.manifest_id = None
         record.error = ("invalid_pair_id", id_problem)
-        return record
-    if record.image_uri is None:
+    elif image_problem or text_problem:
+        record.error = ("malformed_manifest_line", f"{locator}: {image_problem or text_problem}")
+    elif not image:
         record.error = ("missing_image", "the row has no `image` field")
-        return record
-    resolved = _resolve_local(root, record.image_uri)
-    if isinstance(resolved, ImageRef):
-        record.image = resolved
     else:
-        record.error = resolved
+        resolved = _resolve_local(scope.root, image)
+        if isinstance(resolved, ImageRef):
+            record.image = resolved
+        else:
+            record.error = resolved
     return record
 
 
-def _pair_id_problem(manifest_id: str | None) -> str | None:
-    """Why a manifest's ``id`` cannot be a pair_id (printed, joined and indexed everywhere)."""
-    if manifest_id is None:
-        return None
-    if len(manifest_id) > MAX_PAIR_ID_CHARS:
-        return f"id is {len(manifest_id)} characters, over {MAX_PAIR_ID_CHARS}"
-    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in manifest_id):
-        return f"id contains control or format characters: {manifest_id!r}"
-    return None
+def _field_text(name: str, value: Any) -> tuple[str | None, str | None]:
+    """A string field's value, or the problem with it; numbers are their decimal text."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None, None
+    if isinstance(value, str):
+        return value, None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace"), None
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return str(value), None
+    return None, f"`{name}` is a {type(value).__name__}, not a string"
+
+
+def _pair_id(value: Any) -> tuple[str | None, str | None]:
+    """A manifest's ``id`` as a pair_id, or why it cannot be one (printed, joined, indexed)."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    text, problem = _field_text("id", value)
+    if problem is not None:
+        return None, problem
+    if text is None or text == "":
+        return None, None
+    if len(text) > MAX_PAIR_ID_CHARS:
+        return None, f"id is {len(text)} characters, over {MAX_PAIR_ID_CHARS}"
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in text):
+        return None, f"id contains control, format or surrogate characters: {_printable(text)!r}"
+    return text, None
 
 
 def _opt_str(value: Any) -> str | None:
-    if value is None or (isinstance(value, float) and value != value):
+    text, _ = _field_text("", value)
+    if text is None:
         return None
-    text = str(value).strip()
-    return text or None
+    return _printable(text.strip()) or None
 
 
-def _jsonable(value: Any) -> Any:
-    try:
-        json.dumps(value)
-        return value
-    except (TypeError, ValueError, RecursionError):
+def _storable(value: Any) -> Any:
+    """A manifest value as JSON that Parquet can store (strings without lone surrogates)."""
+    if isinstance(value, str):
+        return _printable(value)
+    if isinstance(value, dict):
+        return {_printable(str(k)): _storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return _printable(str(value))
 
 
 def _malformed(
@@ -401,37 +470,40 @@ def _malformed(
     )
 
 
-def _bounded_lines(fh: BinaryIO, limit: int) -> Iterator[tuple[int, bytes | None, int]]:
-    """``(index, line, length)`` for each line; ``line`` is ``None`` when over ``limit`` bytes.
+def _bounded_lines(fh: BinaryIO, limit: int) -> Iterator[tuple[int, str | None, int]]:
+    """``(index, line, length)`` for each line; ``line`` is ``None`` when over ``limit``.
 
-    An over-long line is skipped in chunks, never held whole: a manifest that is one 10 GB
-    line costs 64 KiB of memory.
+    Universal newlines (``\\n``, ``\\r\\n`` or a lone ``\\r``), UTF-8 with a BOM accepted and
+    undecodable bytes replaced. An over-long line is skipped in chunks, never held whole: a
+    manifest that is one 10 GB line costs 64 KiB of memory.
     """
+    text = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="replace", newline=None)
     index = 0
-    while True:
-        line = fh.readline(limit + 1)
-        if not line:
-            return
-        if len(line) > limit and not line.endswith(b"\n"):
-            length = len(line)
-            while True:
-                more = fh.readline(1 << 16)
-                length += len(more)
-                if not more or more.endswith(b"\n"):
-                    break
-            yield index, None, length
-        else:
-            if index == 0 and line.startswith(codecs.BOM_UTF8):
-                line = line[len(codecs.BOM_UTF8) :]
-            yield index, line, len(line)
-        index += 1
+    try:
+        while True:
+            line = text.readline(limit + 1)
+            if not line:
+                return
+            if len(line) > limit and not line.endswith("\n"):
+                length = len(line)
+                while True:
+                    more = text.readline(1 << 16)
+                    length += len(more)
+                    if not more or more.endswith("\n"):
+                        break
+                yield index, None, length
+            else:
+                yield index, line, len(line)
+            index += 1
+    finally:
+        text.detach()
 
 
 def _too_long(rel: str, index: int, length: int) -> LandingRecord:
     return _malformed(
         rel,
         index,
-        f"the line is {length} bytes, over {MAX_MANIFEST_LINE_BYTES}",
+        f"the line is {length} characters, over {MAX_MANIFEST_LINE_BYTES}",
         f"line {index + 1}",
         reason="manifest_line_too_long",
     )
@@ -471,12 +543,12 @@ def parse_json_object(text: str) -> tuple[dict[str, Any] | None, str, str]:
     return obj, "", ""
 
 
-def _read_jsonl(root: Path, rel: str, fh: BinaryIO) -> Iterator[LandingRecord]:
+def _read_jsonl(scope: _Scope, rel: str, fh: BinaryIO) -> Iterator[LandingRecord]:
     for row, raw, length in _bounded_lines(fh, MAX_MANIFEST_LINE_BYTES):
         if raw is None:
             yield _too_long(rel, row, length)
             continue
-        line = raw.decode("utf-8", errors="replace").strip()
+        line = raw.strip()
         if not line:
             continue
         locator = f"line {row + 1}"
@@ -484,10 +556,36 @@ def _read_jsonl(root: Path, rel: str, fh: BinaryIO) -> Iterator[LandingRecord]:
         if obj is None:
             yield _malformed(rel, row, detail, locator, reason=reason)
             continue
-        yield _record_from_mapping(root, rel, row, obj, locator)
+        yield _record_from_mapping(scope, rel, row, obj, locator)
 
 
-def _read_csv(root: Path, rel: str, fh: BinaryIO) -> Iterator[LandingRecord]:
+def ends_inside_quotes(line: str, inside: bool) -> bool:
+    """Whether a CSV record is still inside a quoted field at the end of ``line``.
+
+    A quote opens a quoted field only at the start of a field; inside one, ``""`` is an escaped
+    quote and a lone quote closes it. A quote in the middle of an unquoted field
+    (``5" screen``) is a literal character and opens nothing.
+    """
+    if '"' not in line:
+        return inside
+    at_field_start = not inside
+    i, n = 0, len(line)
+    while i < n:
+        ch = line[i]
+        if inside:
+            if ch == '"':
+                if i + 1 < n and line[i + 1] == '"':
+                    i += 1
+                else:
+                    inside = False
+        elif ch == '"' and at_field_start:
+            inside = True
+        at_field_start = ch == "," and not inside
+        i += 1
+    return inside
+
+
+def _read_csv(scope: _Scope, rel: str, fh: BinaryIO) -> Iterator[LandingRecord]:
     lines = _bounded_lines(fh, MAX_MANIFEST_LINE_BYTES)
     first = next(lines, None)
     if first is None:
@@ -496,27 +594,28 @@ def _read_csv(root: Path, rel: str, fh: BinaryIO) -> Iterator[LandingRecord]:
         yield _too_long(rel, 0, first[2])
         return
     try:
-        header = next(csv.reader([first[1].decode("utf-8", errors="replace")]), [])
+        header = next(csv.reader([first[1]]), [])
     except csv.Error as exc:
         yield _malformed(rel, 0, f"unreadable CSV header: {exc}", "line 1")
         return
-    pending: deque[tuple[int, bytes | None, int]] = deque()
+    pending: deque[tuple[int, str | None, int]] = deque()
 
-    def take() -> tuple[int, bytes | None, int] | None:
+    def take() -> tuple[int, str | None, int] | None:
         return pending.popleft() if pending else next(lines, None)
 
     while (line := take()) is not None:
-        start, raw, length = line
-        if raw is None:
+        start, chunk, length = line
+        if chunk is None:
             yield _too_long(rel, start, length)
             continue
-        chunk = raw.decode("utf-8", errors="replace")
         consumed = [line]
-        # Extend over lines while a quoted field is still open (an odd number of quotes).
+        inside = ends_inside_quotes(chunk, False)
+        # A quoted field may span lines; one that never closes within this many lines (or
+        # bytes) is a broken row, not the start of a caption that swallows the file.
         while (
-            chunk.count('"') % 2 == 1
+            inside
             and len(consumed) <= MAX_CSV_RECORD_LINES
-            and len(chunk) <= MAX_MANIFEST_LINE_BYTES
+            and len(chunk) <= (MAX_MANIFEST_LINE_BYTES)
         ):
             more = take()
             if more is None:
@@ -524,32 +623,37 @@ def _read_csv(root: Path, rel: str, fh: BinaryIO) -> Iterator[LandingRecord]:
             consumed.append(more)
             if more[1] is None:
                 break
-            chunk += more[1].decode("utf-8", errors="replace")
+            chunk += more[1]
+            inside = ends_inside_quotes(more[1], True)
         if not chunk.strip():
             continue
         problem = None
         values: list[str] = []
-        if chunk.count('"') % 2 == 1:
+        if inside:
             problem = "unbalanced quote"
         else:
             try:
-                values = next(csv.reader(io.StringIO(chunk), strict=True))
+                parsed = list(csv.reader(io.StringIO(chunk), strict=True))
             except csv.Error as exc:
                 problem = str(exc)
             else:
-                if len(values) != len(header):
-                    problem = f"{len(values)} fields, header has {len(header)}"
+                if len(parsed) != 1:
+                    problem = f"{len(parsed)} records where one was expected"
+                else:
+                    values = parsed[0]
+                    if len(values) != len(header):
+                        problem = f"{len(values)} fields, header has {len(header)}"
         if problem is not None:
             yield _malformed(rel, start, problem, f"line {start + 1}")
             # A broken quote must not take the following lines down with it.
             pending.extendleft(reversed(consumed[1:]))
             continue
         yield _record_from_mapping(
-            root, rel, start, dict(zip(header, values, strict=True)), f"line {start + 1}"
+            scope, rel, start, dict(zip(header, values, strict=True)), f"line {start + 1}"
         )
 
 
-def _read_parquet(root: Path, rel: str, fh: BinaryIO) -> Iterator[LandingRecord]:
+def _read_parquet(scope: _Scope, rel: str, fh: BinaryIO) -> Iterator[LandingRecord]:
     try:
         parquet = pq.ParquetFile(fh)
     except Exception as exc:  # noqa: BLE001 - an unreadable manifest is one ledger row
@@ -557,9 +661,19 @@ def _read_parquet(root: Path, rel: str, fh: BinaryIO) -> Iterator[LandingRecord]
         return
     row = 0
     for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
-        for obj in batch.to_pylist():
-            yield _record_from_mapping(root, rel, row, obj, f"row {row}")
+        for obj in _capped(batch, scope.text_cap).to_pylist():
+            yield _record_from_mapping(scope, rel, row, obj, f"row {row}")
             row += 1
+
+
+def _capped(batch: pa.RecordBatch, cap: int) -> pa.RecordBatch:
+    """String cells cut to ``cap`` characters before they become Python objects."""
+    columns = []
+    for column in batch.columns:
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            column = pc.utf8_slice_codeunits(column, 0, cap)
+        columns.append(column)
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 
 
 def webdataset_key(name: str) -> tuple[str, str]:
@@ -579,64 +693,54 @@ def _is_image_ext(ext: str) -> bool:
     return "." + ext.rsplit(".", 1)[-1] in IMAGE_SUFFIXES
 
 
-def _read_tar(root: Path, rel: str, fh: BinaryIO) -> Iterator[LandingRecord]:
+def _read_tar(scope: _Scope, rel: str, fh: BinaryIO) -> Iterator[LandingRecord]:
     """img2dataset / WebDataset shards: members ``<key>.<ext>`` grouped as WebDataset groups them.
 
     Every member is accounted for: it belongs to a kept sample (its image, caption, metadata, or
     another field listed in ``extra["shard_members"]``) or it is a ledger row of its own
-    (duplicated name, no extension, a link, a second image, a truncated body). A shard that
-    cannot be read to its end keeps the samples before the break and adds one row for the rest.
+    (duplicated name, no extension, a link, a sparse member, a second image, a truncated body).
+    A shard that cannot be read to its end keeps the samples before the break and adds one row
+    for the rest. Headers are read by ``tar_headers``, not ``tarfile`` (see there why).
     """
     size = os.fstat(fh.fileno()).st_size
-    path = str(confined_path(root, root / rel))
-    members: list[tarfile.TarInfo] = []
-    broken: str | None = None
-    try:
-        tar = tarfile.open(fileobj=fh, mode="r:")  # noqa: SIM115 - closed below
-    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
-        yield _malformed(rel, 0, f"unreadable tar shard: {type(exc).__name__}: {exc}")
+    path = str(confined_path(scope.root, scope.root / rel))
+    listing = list_members(fh, size)
+    if not listing.members and listing.broken is not None:
+        yield _malformed(rel, 0, f"unreadable tar shard: {listing.broken}")
         return
-    try:
-        while (member := tar.next()) is not None:
-            members.append(member)
-    except (tarfile.TarError, OSError, EOFError, ValueError, UnicodeError) as exc:
-        broken = f"{type(exc).__name__}: {exc}"
-    end = tar.offset
-    tar.close()
-    if broken is None and end < size:
-        fh.seek(end)
-        if fh.read(2 * tarfile.BLOCKSIZE).strip(b"\0"):
-            broken = "bytes after the last readable member are not a tar header"
-    records = _shard_records(rel, fh, size, path, members)
+    records = _shard_records(scope, rel, fh, size, path, listing.members)
     yield from records
-    if broken is not None:
+    if listing.broken is not None:
         yield _file_row(
             rel,
-            ("truncated_shard", f"{rel} cannot be read from byte {end} of {size}: {broken}"),
+            (
+                "truncated_shard",
+                f"{rel} cannot be read from byte {listing.broken_at} of {size}: {listing.broken}",
+            ),
             row=len(records),
-            locator=f"byte {end}",
+            locator=f"byte {listing.broken_at}",
         )
 
 
 def _shard_records(
-    rel: str, fh: BinaryIO, size: int, path: str, members: list[tarfile.TarInfo]
+    scope: _Scope, rel: str, fh: BinaryIO, size: int, path: str, members: list[TarMember]
 ) -> list[LandingRecord]:
-    last_of: dict[str, int] = {}
+    last_of: dict[bytes, int] = {}
     for i, m in enumerate(members):
-        last_of[m.name] = i
-    groups: dict[str, dict[str, tarfile.TarInfo]] = {}
-    refused: list[tuple[tarfile.TarInfo, str, str]] = []
+        last_of[m.raw_name] = i
+    groups: dict[str, dict[str, TarMember]] = {}
+    refused: list[tuple[TarMember, str, str]] = []
     for i, m in enumerate(members):
-        if m.isdir():
+        if m.kind == "folder":
             continue  # structure, not data: img2dataset writes none
-        if last_of[m.name] != i:
+        if last_of[m.raw_name] != i:
             refused.append(
                 (m, "duplicate_shard_member", "a later member of the same name replaces it")
             )
-        elif not m.isfile():
-            refused.append(
-                (m, "unsupported_shard_member", "links and special members are not followed")
-            )
+        elif m.name is None:
+            refused.append((m, "invalid_path", "the member name is not valid UTF-8"))
+        elif m.kind != "file":
+            refused.append((m, "unsupported_shard_member", f"a {m.kind} member is not read"))
         elif not webdataset_key(m.name)[0]:
             refused.append(
                 (m, "shard_member_without_extension", "no <key>.<extension> name to group it by")
@@ -646,30 +750,31 @@ def _shard_records(
             groups.setdefault(key, {})[ext] = m
     records = []
     for row, key in enumerate(sorted(groups)):
-        record, extra_images = _sample_record(rel, fh, size, path, row, key, groups[key])
+        record, extra_images = _sample_record(scope, rel, fh, size, path, row, key, groups[key])
         records.append(record)
         refused.extend(extra_images)
     for m, reason, detail in refused:
         records.append(
             _file_row(
                 rel,
-                (reason, f"member {m.name!r}: {detail}"),
+                (reason, f"member {m.shown_name!r}: {detail}"),
                 row=len(records),
-                locator=f"member {m.name}",
+                locator=f"member {m.shown_name}",
             )
         )
     return records
 
 
 def _sample_record(
+    scope: _Scope,
     rel: str,
     fh: BinaryIO,
     size: int,
     path: str,
     row: int,
     key: str,
-    parts: dict[str, tarfile.TarInfo],
-) -> tuple[LandingRecord, list[tuple[tarfile.TarInfo, str, str]]]:
+    parts: dict[str, TarMember],
+) -> tuple[LandingRecord, list[tuple[TarMember, str, str]]]:
     locator = f"key {key}"
     images = sorted((e for e in parts if _is_image_ext(e)), key=lambda e: ("." in e, e))
     image = parts[images[0]] if images else None
@@ -682,6 +787,9 @@ def _sample_record(
         if m.offset_data + m.size > size:
             detail = f"member {m.name!r} claims {m.size} bytes but the shard ends at byte {size}"
             return _malformed(rel, row, detail, locator, "truncated_shard"), extra_images
+    if image is not None and image.size > MAX_IMAGE_BYTES:
+        detail = f"member {image.name!r} is {image.size} bytes, over {MAX_IMAGE_BYTES}"
+        return _malformed(rel, row, detail, locator, "image_too_large"), extra_images
     meta: dict[str, Any] = {}
     if "json" in parts:
         raw = _member_bytes(fh, parts["json"], MAX_TEXT_BYTES)
@@ -692,46 +800,48 @@ def _sample_record(
         if obj is None:
             return _malformed(rel, row, f"{key}.json: {detail}", locator, reason), extra_images
         meta = obj
-    if "txt" in parts:
-        text: Any = (_member_bytes(fh, parts["txt"], MAX_TEXT_BYTES, cut=True) or b"").decode(
-            "utf-8", "replace"
-        )
-    else:
-        text = meta.get("caption")
-    extra = {
-        str(k): _jsonable(v) for k, v in meta.items() if k not in KNOWN_FIELDS | {"caption", "key"}
-    }
-    extra["shard_key"] = key
-    used = {"txt", "json", *images}
-    others = sorted(parts[e].name for e in parts if e not in used)
-    if others:
-        extra["shard_members"] = others
     record = LandingRecord(
         source=rel,
         row=row,
-        manifest_id=_opt_str(meta.get("id")),
+        manifest_id=None,
         image_uri=f"{rel}#{image.name}" if image else None,
-        image=ImageRef(kind="tar", path=path, offset=image.offset_data, size=image.size)
+        image=ImageRef(
+            kind="tar", path=path, offset=image.offset_data, size=image.size, root=str(scope.root)
+        )
         if image
         else None,
-        text=text,
+        text=None,
         url=_opt_str(meta.get("url")),
         license=_opt_str(meta.get("license")),
-        extra=extra,
+        extra={
+            _printable(str(k)): _storable(v)
+            for k, v in meta.items()
+            if k not in KNOWN_FIELDS | {"caption", "key"}
+        },
         locator=locator,
     )
-    id_problem = _pair_id_problem(record.manifest_id)
+    record.extra["shard_key"] = key
+    used = {"txt", "json", *images}
+    others = sorted(parts[e].name for e in parts if e not in used)
+    if others:
+        record.extra["shard_members"] = others
+    if "txt" in parts:
+        raw_text = _member_bytes(fh, parts["txt"], MAX_TEXT_BYTES, cut=True) or b""
+        text, text_problem = raw_text.decode("utf-8", "replace"), None
+    else:
+        text, text_problem = _field_text("caption", meta.get("caption"))
+    _set_text(record, text, scope.text_cap)
+    record.manifest_id, id_problem = _pair_id(meta.get("id"))
     if id_problem is not None:
-        record.manifest_id = None
         record.error = ("invalid_pair_id", id_problem)
+    elif text_problem is not None:
+        record.error = ("malformed_manifest_line", f"{key}.json: {text_problem}")
     elif image is None:
         record.error = ("missing_image", f"shard key {key} has no image member")
     return record, extra_images
 
 
-def _member_bytes(
-    fh: BinaryIO, member: tarfile.TarInfo, limit: int, cut: bool = False
-) -> bytes | None:
+def _member_bytes(fh: BinaryIO, member: TarMember, limit: int, cut: bool = False) -> bytes | None:
     """A member's body, at most ``limit`` bytes: cut there, or ``None`` if over and not ``cut``."""
     fh.seek(member.offset_data)
     data = fh.read(min(member.size, limit + 1))
@@ -740,7 +850,7 @@ def _member_bytes(
     return data
 
 
-_READERS: dict[str, Callable[[Path, str, BinaryIO], Iterator[LandingRecord]]] = {
+_READERS: dict[str, Callable[[_Scope, str, BinaryIO], Iterator[LandingRecord]]] = {
     ".jsonl": _read_jsonl,
     ".csv": _read_csv,
     ".parquet": _read_parquet,

@@ -12,6 +12,11 @@ RAW_CAP_FACTOR = 8
 _WHITESPACE = re.compile(r"\s+")
 
 
+def raw_text_cap(max_chars: int) -> int:
+    """How many raw characters are ever looked at for a caption kept at ``max_chars``."""
+    return max_chars * RAW_CAP_FACTOR
+
+
 def normalize_text(text: str | None, max_chars: int = DEFAULT_MAX_TEXT_CHARS) -> tuple[str, bool]:
     """NFC, control characters dropped, whitespace runs collapsed, capped at ``max_chars``.
 
@@ -24,7 +29,7 @@ def normalize_text(text: str | None, max_chars: int = DEFAULT_MAX_TEXT_CHARS) ->
     # Cap before the per-character work: a 50 MB caption must cost what a long one does.
     # Normalisation only ever shortens (NFC composes, controls go, whitespace collapses) by a
     # bounded factor for real text, so this many raw characters always covers the kept prefix.
-    raw_cap = max_chars * RAW_CAP_FACTOR
+    raw_cap = raw_text_cap(max_chars)
     precut = len(text) > raw_cap
     if precut:
         text = text[:raw_cap]

@@ -113,7 +113,7 @@ def test_symlinked_sidecar_manifest_shard_and_image_are_refused_unopened(
     assert "symlink" in by_source["pairs.jsonl"].error[1]
     assert all(SECRET not in str(r.text) and SECRET not in r.error[1] for r in records)
     assert audit.opened_outside(day) == []
-    assert not any(str(secret) in os.path.realpath(p) for p in audit.opens)
+    assert str(secret) not in audit.opens
 
 
 def test_symlink_that_stays_inside_is_followed(day: Path):
@@ -161,7 +161,7 @@ def test_fifos_sockets_and_devices_are_refused_before_opening(day: Path, audit):
     )
     assert "is a FIFO" in details["pairs.jsonl"] and "is a socket" in details["s.tar"]
     fifos = {str((day / n).resolve()) for n in ("pairs.jsonl", "cup.txt", "pipe.jpg")}
-    assert not fifos & {os.path.realpath(p) for p in audit.opens}
+    assert not fifos & set(audit.opens)
 
 
 def test_device_inside_the_day_folder_is_refused(day: Path):
@@ -371,7 +371,6 @@ def test_truncated_shard_keeps_the_pairs_before_the_break(day: Path):
         ("key 000002", None),
         ("key 000003", None),
         ("key 000004", "truncated_shard"),
-        (f"byte {offsets['000004.txt'][0]}", "truncated_shard"),  # and what came after
     ]
     result = _ingest(day)
     assert result.kept.num_rows == 5
@@ -561,4 +560,231 @@ def test_later_stages_read_only_inside_the_landing_root(tmp_path: Path, secret: 
             read_location(location, landing)
     with pytest.raises(OSError, match="not_a_regular_file"):
         read_location(f"{DATE}/fifo.jpg", landing)
-    assert not any(os.path.realpath(p) == str(secret) for p in audit.opens)
+    assert str(secret) not in audit.opens
+
+
+# --- what a review attack found: strings, CSV quotes, tar headers, races, sizes ---------------
+
+
+def test_lone_surrogates_anywhere_are_rows_not_a_failed_write(day: Path):
+    (day / "a.jpg").write_bytes(_jpeg())
+    lines = [
+        '{"id": "\\ud800", "image": "a.jpg", "text": "hi"}',
+        '{"id": "u", "image": "a.jpg", "text": "hi", "url": "http://x/\\ud800", '
+        '"k\\udcff": "\\ud800"}',
+        '{"id": "t", "image": "\\udcff.jpg", "text": "\\ud800"}',
+    ]
+    (day / "m.jsonl").write_text("\n".join(lines))
+    jpg = _jpeg()
+    (day / "s.tar").write_bytes(
+        _raw_member(b"000001.jpg", jpg)
+        + _raw_member(b"000001.json", b'{"id": "\\udcff"}')
+        + _raw_member(b"\xff.jpg", jpg)  # a member name that is not UTF-8
+        + b"\0" * 1024
+    )
+    os.symlink(day / "a.jpg", os.path.join(os.fsencode(day), b"link\xff"))
+    result = _ingest(day)
+    reasons = dict(
+        zip(
+            result.rejected.column("source").to_pylist(),
+            result.rejected.column("reason").to_pylist(),
+            strict=True,
+        )
+    )
+    assert reasons == {
+        "link\ufffd": "invalid_path",
+        "m.jsonl line 1": "invalid_pair_id",
+        "m.jsonl line 3": "invalid_path",
+        "s.tar key 000001": "invalid_pair_id",
+        "s.tar member \ufffd.jpg": "invalid_path",
+    }
+    (kept,) = result.kept.to_pylist()
+    assert kept["pair_id"] == "u" and kept["url"] == "http://x/\ufffd"
+    assert json.loads(kept["extra"]) == {"k\ufffd": "\ufffd"}
+
+
+def test_a_quote_inside_an_unquoted_csv_field_is_a_literal(day: Path):
+    (day / "a.jpg").write_bytes(_jpeg())
+    rows = ['1,a.jpg,5" screen'] + [f"{i},a.jpg,row{i}" for i in range(2, 40)]
+    rows += ['40,a.jpg,7" tv', '41,a.jpg,"quoted, with comma"', '42,a.jpg,"two\nlines"']
+    (day / "m.csv").write_text("id,image,text\n" + "\n".join(rows) + "\n")
+    result = _ingest(day)
+    assert result.rows_in == 42 and result.rejected.num_rows == 0
+    texts = dict(
+        zip(
+            result.kept.column("pair_id").to_pylist(),
+            result.kept.column("text").to_pylist(),
+            strict=True,
+        )
+    )
+    assert texts["1"] == '5" screen' and texts["40"] == '7" tv'
+    assert texts["41"] == "quoted, with comma" and texts["42"] == "two lines"
+
+
+def test_csv_with_carriage_return_line_endings(day: Path):
+    (day / "a.jpg").write_bytes(_jpeg())
+    (day / "m.csv").write_bytes(b"id,image,text\r1,a.jpg,one\r2,a.jpg,two\r")
+    result = _ingest(day)
+    assert sorted(result.kept.column("pair_id").to_pylist()) == ["1", "2"]
+
+
+def test_odd_value_types_get_a_reason_not_their_python_repr(day: Path):
+    (day / "a.jpg").write_bytes(_jpeg())
+    lines = [
+        '{"id": "list-text", "image": "a.jpg", "text": ["a", "b"]}',
+        '{"id": "dict-image", "image": {"p": "a.jpg"}, "text": "x"}',
+        '{"id": true, "image": "a.jpg", "text": "x"}',
+        '{"id": NaN, "image": "a.jpg", "text": "nan id gets a derived one"}',
+        '{"id": 7.0, "image": "a.jpg", "text": "float id"}',
+        '{"id": "num-text", "image": "a.jpg", "text": 42}',
+    ]
+    (day / "m.jsonl").write_text("\n".join(lines))
+    records = discover(day)
+    assert _errors(records) == {
+        ("m.jsonl", 0): "malformed_manifest_line",
+        ("m.jsonl", 1): "malformed_manifest_line",
+        ("m.jsonl", 2): "invalid_pair_id",
+    }
+    assert "`text` is a list" in records[0].error[1]
+    assert "`image` is a dict" in records[1].error[1]
+    assert [r.manifest_id for r in records[3:]] == [None, "7", "num-text"]
+    assert records[5].text == "42"
+
+
+def _raw_member(name: bytes, data: bytes) -> bytes:
+    """One GNU tar member with a name given as raw bytes (tarfile will not write bad UTF-8)."""
+    header = bytearray(_gnu_header("x", size=len(data)))
+    header[0:100] = name.ljust(100, b"\0")
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header) + data + b"\0" * (-len(data) % 512)
+
+
+def _gnu_header(
+    name: str, size_field: bytes | None = None, size: int = 0, typ: bytes = b"0"
+) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    buf = bytearray(info.tobuf(format=tarfile.GNU_FORMAT))
+    if size_field is not None:
+        buf[124:136] = size_field
+    buf[156:157] = typ
+    buf[148:156] = b" " * 8
+    buf[148:156] = b"%06o\0 " % sum(buf[:512])
+    return bytes(buf)
+
+
+@pytest.mark.timeout(30)
+def test_hostile_tar_headers_cost_bounded_work(day: Path):
+    jpg = _jpeg()
+    good = _gnu_header("000001.jpg", size=len(jpg)) + jpg + b"\0" * (-len(jpg) % 512)
+    negative = _gnu_header("000002.jpg", size_field=b"\xff" + (256**11 - 512).to_bytes(11, "big"))
+    (day / "negative.tar").write_bytes(good + negative + b"\0" * 1024)  # CVE-2025-8194 shape
+    digits = b"1" * 60_000
+    pax = _gnu_header("pax", size=len(digits), typ=b"x") + digits + b"\0" * (-len(digits) % 512)
+    (day / "pax_digits.tar").write_bytes(good + pax + b"\0" * 1024)  # CVE-2024-6232 shape
+    with open(day / "long_name.tar", "wb") as fh:  # a 2 GB long name, sparse on disk
+        fh.write(good + _gnu_header("././@LongLink", size=2_000_000_000, typ=b"L"))
+        fh.truncate(len(good) + 512 + 2_000_000_000 + 1024)
+    records = discover(day)
+    rows = [(r.source, r.locator, r.error[0] if r.error else None) for r in records]
+    assert rows == [
+        ("long_name.tar", "key 000001", None),
+        ("long_name.tar", f"byte {len(good)}", "truncated_shard"),
+        ("negative.tar", "key 000001", None),
+        ("negative.tar", f"byte {len(good)}", "truncated_shard"),
+        ("pax_digits.tar", "key 000001", None),
+        ("pax_digits.tar", f"byte {len(good)}", "truncated_shard"),
+    ]
+    assert "negative size" in records[3].error[1]
+    assert "over 65536" in records[1].error[1] and "PAX header" in records[5].error[1]
+
+
+def test_gnu_sparse_member_is_refused_not_misread(day: Path, tmp_path: Path):
+    import shutil
+    import subprocess
+
+    if shutil.which("tar") is None:
+        pytest.skip("GNU tar is not installed")
+    src = tmp_path / "src"
+    src.mkdir()
+    jpg = _jpeg()
+    with open(src / "000001.jpg", "wb") as fh:
+        fh.write(jpg)
+        fh.seek(1 << 20)
+        fh.write(jpg)
+    (src / "000001.txt").write_text("sparse")
+    (src / "000002.jpg").write_bytes(jpg)
+    (src / "000002.txt").write_text("plain")
+    subprocess.run(
+        ["tar", "--sparse", "--format=gnu", "-cf", str(day / "s.tar"), "-C", str(src), "."],
+        check=True,
+    )
+    records = discover(day)
+    rows = {(r.locator, r.error[0] if r.error else None) for r in records}
+    assert ("member ./000001.jpg", "unsupported_shard_member") in rows
+    assert ("key ./000002", None) in rows
+    assert ("key ./000001", "missing_image") in rows
+
+
+def test_an_image_swapped_for_a_symlink_after_discovery_is_not_read(
+    day: Path, secret: Path, audit, monkeypatch
+):
+    from dataplatform.core import ingest
+
+    (day / "a.jpg").write_bytes(_jpeg())
+    (day / "a.txt").write_text("a cup")
+    real_discover = ingest.discover
+
+    def discover_then_swap(*args, **kwargs):
+        records = real_discover(*args, **kwargs)
+        (day / "a.jpg").unlink()
+        os.symlink(secret, day / "a.jpg")
+        return records
+
+    monkeypatch.setattr(ingest, "discover", discover_then_swap)
+    result = _ingest(day)
+    assert _reasons(result) == {"a.jpg": "path_outside_landing"}
+    assert SECRET[:8] not in result.rejected.column("detail")[0].as_py()
+    assert str(secret) not in audit.opens, [p for p in audit.opens if "site-packages" not in p]
+
+
+def test_a_tiny_parquet_that_expands_to_gigabytes_is_cut_per_cell(day: Path):
+    (day / "a.jpg").write_bytes(_jpeg())
+    big = "y" * 200_000
+    table = pa.table(
+        {"image": ["a.jpg"] * 2000, "text": pa.array([big] * 2000).dictionary_encode()}
+    )
+    pq.write_table(table, day / "m.parquet", compression="zstd")
+    assert (day / "m.parquet").stat().st_size < 100_000
+    records = discover(day)
+    cap = DEFAULT_MAX_TEXT_CHARS * RAW_CAP_FACTOR
+    assert len(records) == 2000
+    assert all(len(r.text) == cap and r.text_cut for r in records)
+
+
+def test_local_images_over_the_cap_are_not_read_whole(day: Path, monkeypatch):
+    from dataplatform.core import image_store, landing
+
+    monkeypatch.setattr(image_store, "MAX_IMAGE_BYTES", 10_000)
+    monkeypatch.setattr(landing, "MAX_IMAGE_BYTES", 10_000)
+    with open(day / "a.jpg", "wb") as fh:
+        fh.write(_jpeg())
+        fh.truncate(3_000_000_000)  # sparse: a 3 GB "JPEG" that costs no disk
+    (day / "a.txt").write_text("huge")
+    _tar(day / "s.tar", [("000001.jpg", _jpeg() + b"\0" * 20_000), ("000001.txt", b"big member")])
+    result = _ingest(day)
+    assert _reasons(result) == {"a.jpg": "image_too_large", "s.tar key 000001": "image_too_large"}
+
+
+def test_folders_nested_deeper_than_the_cap_are_one_row(day: Path):
+    from dataplatform.core.landing import MAX_FOLDER_DEPTH
+
+    deep = day
+    for _ in range(MAX_FOLDER_DEPTH + 5):
+        deep = deep / "a"
+    deep.mkdir(parents=True)
+    (deep / "x.jpg").write_bytes(_jpeg())
+    records = discover(day)
+    assert [r.error[0] for r in records] == ["invalid_path"]
+    assert f"deeper than {MAX_FOLDER_DEPTH}" in records[0].error[1]
