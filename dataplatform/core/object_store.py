@@ -139,15 +139,17 @@ class ObjectStore:
         return f"{self.protocol}://{key}"
 
 
-_STORES: dict[tuple[str, int], ObjectStore] = {}
+_STORES: dict[tuple[str, int, tuple[str | None, ...]], ObjectStore] = {}
 
 
 def open_store(url: str) -> ObjectStore:
-    """The store of ``url``'s bucket, checked once per process (a forked child opens its own)."""
+    """The store of ``url``'s bucket, checked once per process (a forked child opens its own)
+    and per endpoint setting (a client never outlives the server address it was made for)."""
     parts = urlsplit(url)
-    key = (f"{parts.scheme}://{parts.netloc}", os.getpid())
+    bucket_url = f"{parts.scheme}://{parts.netloc}"
+    key = (bucket_url, os.getpid(), tuple(os.environ.get(n) for n in ENDPOINT_ENVS))
     if key not in _STORES:
-        store = ObjectStore(key[0], _filesystem(url))
+        store = ObjectStore(bucket_url, _filesystem(url))
         _check_access(store)
         _STORES[key] = store
     return _STORES[key]
