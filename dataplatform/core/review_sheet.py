@@ -449,7 +449,9 @@ def _thumbnails(
         try:
             data = read_location(location, home.landing)
         except (OSError, ValueError) as exc:
-            return _Image(missing=f"cannot read the image: {type(exc).__name__}")
+            # A refusal carries its ledger reason (missing_file, path_outside_landing, ...).
+            why = getattr(exc, "reason", None) or type(exc).__name__
+            return _Image(missing=f"cannot read the image: {why}")
         try:
             return _Image(uri=jpeg_data_uri(thumbnail_jpeg(data, limits.thumbnail_px)))
         except ThumbnailError as exc:

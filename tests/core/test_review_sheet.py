@@ -362,7 +362,7 @@ def test_removed_rows_are_grouped_by_reason_with_scores_and_capped(home):
     (gone,) = [c for c in p.cards("removed") if c.attrs["data-reason"] == "image_unreadable"]
     assert imgs_in(p, gone) == []
     (placeholder,) = [e for e in p.find("div", cls="placeholder") if gone in e.ancestors]
-    assert placeholder.text == "cannot read the image: FileNotFoundError"
+    assert placeholder.text == "cannot read the image: missing_file"
 
     reasons = {
         r.attrs["data-reason"]: r.text
