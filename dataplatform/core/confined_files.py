@@ -24,19 +24,16 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
+from dataplatform.core.rejection import Rejection
+
 # Linux's NAME_MAX and PATH_MAX: longer names fail in the kernel with ENAMETOOLONG anyway,
 # but checking first gives a reason instead of an errno.
 MAX_NAME_BYTES = 255
 MAX_PATH_BYTES = 4096
 
 
-class FileRefused(OSError):
-    """A file the landing will not read, with the ledger reason and a detail for people."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+class FileRefused(Rejection, OSError):
+    """A file the landing will not read; an ``OSError`` too, as callers of file I/O expect."""
 
 
 class MissingFile(FileRefused, FileNotFoundError):

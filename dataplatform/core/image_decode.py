@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dataplatform.core.phash import phash_of_image, to_hex
+from dataplatform.core.rejection import Rejection
 
 # 178 MP: twice Pillow's own warning limit; above it a single image costs gigabytes to decode.
 DEFAULT_MAX_PIXELS = 178_956_970
@@ -24,13 +25,8 @@ DEFAULT_MAX_PIXELS = 178_956_970
 DEFAULT_DRAFT_SIZE = 256
 
 
-class ImageRejected(Exception):
+class ImageRejected(Rejection):
     """An image that cannot enter the warehouse, with the ledger reason and a detail."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)

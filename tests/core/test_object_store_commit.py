@@ -7,19 +7,11 @@ its own clean-up, which is what a dead process leaves behind.
 
 from __future__ import annotations
 
-import pyarrow as pa
 import pytest
 
 from dataplatform.core.home import Home
 from dataplatform.core.object_store import open_store
-from dataplatform.core.schema import ledger_row, ledger_table
 from dataplatform.core.warehouse import (
-    commit_id,
-    commit_stage,
-    ledger_file,
-    partition_file,
-    read_ledger,
-    read_partition,
     recover,
 )
 from tests.core.test_object_store import (  # noqa: F401 - s3_endpoint, s3_home: moto fixtures
@@ -28,12 +20,8 @@ from tests.core.test_object_store import (  # noqa: F401 - s3_endpoint, s3_home:
     s3_endpoint,
     s3_home,
 )
+from tests.core.test_warehouse_commit import NEW, OLD, SIDE, STAGE, D, _commit, _state
 
-D = "2025-01-01"
-STAGE = "s"
-SIDE = "embeddings"
-OLD = {"kept": ["a", "b"], "ledger": ["c"], "side": ["a"]}
-NEW = {"kept": ["a", "d", "e"], "ledger": ["b", "c"], "side": ["d", "e", "f"]}
 FILES = [
     f"{STAGE}/date={D}/part-0.parquet",
     f"{SIDE}/date={D}/part-0.parquet",
@@ -43,32 +31,6 @@ FILES = [
 
 class Crash(Exception):
     """The writer is dead: this request and every later one never happen."""
-
-
-def _kept(ids: list[str]) -> pa.Table:
-    return pa.table({"pair_id": pa.array(ids, pa.string()), "date": [D] * len(ids)})
-
-
-def _commit(home: Home, version: dict) -> str:
-    ledger = ledger_table(
-        [ledger_row({"pair_id": i, "date": D}, STAGE, "why", "-") for i in version["ledger"]]
-    )
-    return commit_stage(
-        home, D, {STAGE: _kept(version["kept"]), SIDE: _kept(version["side"])}, {STAGE: ledger}
-    )
-
-
-def _state(home: Home) -> tuple[dict, str | None, str | None]:
-    seen = {
-        "kept": sorted(read_partition(home, STAGE, D).column("pair_id").to_pylist()),
-        "ledger": sorted(read_ledger(home, STAGE, D).column("pair_id").to_pylist()),
-        "side": sorted(read_partition(home, SIDE, D).column("pair_id").to_pylist()),
-    }
-    return (
-        seen,
-        commit_id(partition_file(home, STAGE, D)),
-        commit_id(ledger_file(home, STAGE, D)),
-    )
 
 
 def _die_at(store, monkeypatch, at: int) -> list[str]:

@@ -6,9 +6,7 @@ and later days' pairs are still waiting for tokens.
 """
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -18,6 +16,7 @@ from dataplatform.core.home import Home
 from dataplatform.core.sample_data import build_sample_landing
 from dataplatform.core.warehouse import connect, read_partition
 from tests.assets.conftest import materialize_cards, materialize_day
+from tests.e2e.cli_runner import run_cli
 
 DAYS = ["2025-01-01", "2025-01-02", "2025-01-03"]
 
@@ -39,13 +38,7 @@ def sample(tmp_path_factory: pytest.TempPathFactory):
 
 
 def explain(home: Home, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dataplatform.cli", "--home", str(home.root), "explain", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "DATAPLATFORM_PROFILE": "smoke"},
-    )
+    return run_cli(home, "explain", *args)
 
 
 def explain_json(home: Home, *args: str) -> dict:

@@ -7,10 +7,7 @@ another tool could have left it.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,6 +17,7 @@ from dataplatform.core.audit import terminal_safe
 from dataplatform.core.home import Home
 from dataplatform.core.schema import ledger_row, ledger_table
 from dataplatform.core.warehouse import commit_stage
+from tests.e2e.cli_runner import run_cli
 
 DAY = "2025-01-01"
 EVIL = "id\x1b[2J\rgood\u202eevil"
@@ -38,16 +36,6 @@ def test_terminal_safe_escapes_controls_and_bidi_characters():
     )
     assert terminal_safe("line\nnext\ttab\b") == "line\\nnext\\ttab\\x08"
     assert terminal_safe("ünïcode, 日本, emoji 🐈 stay") == "ünïcode, 日本, emoji 🐈 stay"
-
-
-def cli(home: Home, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dataplatform.cli", "--home", str(home.root), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "DATAPLATFORM_PROFILE": "smoke"},
-    )
 
 
 @pytest.fixture
@@ -108,7 +96,7 @@ def home(tmp_path: Path) -> Home:
     ids=["explain", "explain-chain", "duplicates-of", "funnel", "sql"],
 )
 def test_cli_text_output_escapes_what_the_data_holds(home: Home, args: list[str]):
-    done = cli(home, *args)
+    done = run_cli(home, *args)
     assert done.returncode == 0, done.stderr
     assert UNSAFE.findall(done.stdout) == []
     assert UNSAFE.findall(done.stderr) == []
@@ -123,7 +111,7 @@ def test_cli_text_output_escapes_what_the_data_holds(home: Home, args: list[str]
 
 
 def test_an_unknown_id_is_escaped_on_stderr(home: Home):
-    done = cli(home, "explain", "id\x1b[2J")
+    done = run_cli(home, "explain", "id\x1b[2J")
     assert done.returncode == 2
     assert UNSAFE.findall(done.stderr) == []
     assert "id\\x1b[2J" in done.stderr  # the id asked about, and the similar one found
@@ -131,7 +119,7 @@ def test_an_unknown_id_is_escaped_on_stderr(home: Home):
 
 
 def test_json_output_stays_json_with_the_real_characters(home: Home):
-    done = cli(home, "explain", EVIL, "--json")
+    done = run_cli(home, "explain", EVIL, "--json")
     assert done.returncode == 0, done.stderr
     assert UNSAFE.findall(done.stdout) == []  # json.dumps escapes them (ensure_ascii)
     data = json.loads(done.stdout)

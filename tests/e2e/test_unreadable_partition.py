@@ -8,9 +8,6 @@ A partition and ledger from different commits make `funnel` exit 1 and say which
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -19,19 +16,10 @@ import pytest
 from dataplatform.core.home import Home
 from dataplatform.core.warehouse import COMMIT_KEY, commit_id, ledger_file, partition_file
 from tests.assets.conftest import DAYS, build_three_days, materialize_day
+from tests.e2e.cli_runner import run_cli
 
 DAY = DAYS[0]
 STAGES = ["raw_pairs", "exact_deduped"]
-
-
-def cli(home: Home, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dataplatform.cli", "--home", str(home.root), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "DATAPLATFORM_PROFILE": "smoke"},
-    )
 
 
 @pytest.fixture
@@ -54,14 +42,14 @@ def test_a_truncated_partition_is_named_by_the_cli_and_the_next_stage(home: Home
         ["explain", "a1"],
         ["explain", "--duplicates-of", "a1"],
     ):
-        done = cli(home, *args)
+        done = run_cli(home, *args)
         assert done.returncode == 2, (args, done.stdout, done.stderr)
         assert "Traceback" not in done.stderr
         (line,) = done.stderr.strip().splitlines()
         assert line.startswith(f"cannot read {path} (table exact_deduped, {DAY}): ")
         assert line.endswith(f"; {remedy} to rewrite it")
 
-    done = cli(home, "explain", "a1", "--json")
+    done = run_cli(home, "explain", "a1", "--json")
     assert done.returncode == 2
     error = json.loads(done.stdout)
     assert (error["error"], error["path"], error["asset"], error["date"]) == (
@@ -85,7 +73,7 @@ def test_a_truncated_partition_is_named_by_the_cli_and_the_next_stage(home: Home
 
     # Doing what it says mends the warehouse.
     assert materialize_day(home, DAY, selection=["exact_deduped", "phash_deduped"]).success
-    done = cli(home, "funnel")
+    done = run_cli(home, "funnel")
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
 
@@ -96,7 +84,7 @@ def test_a_partition_beside_another_commits_ledger_is_not_healthy(home: Home):
     pq.write_table(table.replace_schema_metadata({COMMIT_KEY: b"an-older-commit"}), ledger)
     partition_commit = commit_id(partition_file(home, "exact_deduped", DAY))
 
-    done = cli(home, "funnel")
+    done = run_cli(home, "funnel")
     assert done.returncode == 1
     expected = (
         f"exact_deduped {DAY}: partition from commit {partition_commit}, ledger from commit "
