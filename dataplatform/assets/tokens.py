@@ -27,6 +27,7 @@ from dataplatform.core.crop_policy import POLICIES, RESOLUTIONS, apply, plan
 from dataplatform.core.funnel import stage_funnel
 from dataplatform.core.image_store import read_location
 from dataplatform.core.plots import markdown_image
+from dataplatform.core.rejection import describe
 from dataplatform.core.schema import ledger_row, ledger_table
 from dataplatform.core.token_budget import budget, budget_plot_png, tokens_per_day
 from dataplatform.resources.tokenizer import TokenizerResource
@@ -100,7 +101,7 @@ def tokens(
                 read_location(row["image_location"], home.landing), config.resolution
             )
         except Exception as exc:  # noqa: BLE001 - one unreadable image is that row's problem
-            failures[k] = f"{type(exc).__name__}: {exc}"
+            failures[k] = describe(exc)
             continue
         # Planned on the original (upright) size, so the stored crop box is in source pixels;
         # applied to the decode, which may be a reduced JPEG draft.

@@ -38,6 +38,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dataplatform.core.image_decode import eight_bit
 from dataplatform.core.image_store import read_location
+from dataplatform.core.rejection import describe
 
 if TYPE_CHECKING:
     import torch
@@ -462,7 +463,7 @@ class _ImageDataset:
         try:
             data = read_location(self.locations[index], self.landing_root)
         except (OSError, ValueError) as exc:
-            return index, None, f"read_error: {type(exc).__name__}: {exc}"
+            return index, None, f"read_error: {describe(exc)}"
         try:
             pixels = self.preprocess(decode_rgb(data, self.draft_size))
         except UnidentifiedImageError:

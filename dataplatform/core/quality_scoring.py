@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from dataplatform.core.clip_model import decode_rgb
 from dataplatform.core.image_store import read_location
+from dataplatform.core.rejection import describe
 from dataplatform.core.technical_quality import technical_scores
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ def _score_batch(rows, indices, landing_root, scorers, out, errors) -> None:
                 read_location(row["image_location"], landing_root), DECODE_DRAFT_SIZE
             )
         except Exception as exc:  # noqa: BLE001 - one unreadable image is that row's problem
-            errors[k].append(f"decode: {type(exc).__name__}: {exc}")
+            errors[k].append(f"decode: {describe(exc)}")
             continue
         images[k] = image
         tech = technical_scores(image, row["width"], row["height"])

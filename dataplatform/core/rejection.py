@@ -15,3 +15,10 @@ class Rejection(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+def describe(exc: BaseException) -> str:
+    """A refusal as ``"reason: detail"``; any other error as ``"TypeName: message"``."""
+    if isinstance(exc, Rejection):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

@@ -163,7 +163,7 @@ def test_embed_images_gives_unit_rows_and_errors_in_place(checkpoint: Path, land
     good = [i for i in range(len(locations)) if i not in bad]
     assert [i for i, e in enumerate(errors) if e is not None] == [BROKEN, MISSING]
     assert errors[BROKEN].startswith("decode_error: ")
-    assert errors[MISSING].startswith("read_error: FileNotFoundError")
+    assert errors[MISSING].startswith("read_error: missing_file: ")
     assert "missing.jpg" in errors[MISSING]
     assert np.isnan(embeddings[sorted(bad)]).all()
     assert np.isfinite(embeddings[good]).all()
