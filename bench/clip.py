@@ -27,8 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dataplatform.core.clip_model import ClipEncoder, ClipSpec, load_encoder  # noqa: E402
-from dataplatform.core.synthetic_images import write_synthetic_landing  # noqa: E402
+from dataplatform.core.samples.synthetic_images import write_synthetic_landing  # noqa: E402
+from dataplatform.core.scoring.clip_model import ClipEncoder, ClipSpec, load_encoder  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 DATE = "2025-01-01"

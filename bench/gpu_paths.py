@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.clip import synthetic_images  # noqa: E402
-from dataplatform.core.clip_model import ClipSpec, clip_scores, load_encoder  # noqa: E402
+from dataplatform.core.scoring.clip_model import ClipSpec, clip_scores, load_encoder  # noqa: E402
 
 
 def main() -> int:
@@ -69,8 +69,8 @@ def main() -> int:
             failures.append("CLIP on CUDA disagrees with the CPU")
 
         from bench.tokens import photos
-        from dataplatform.core.crop_policy import apply, plan
-        from dataplatform.core.vq_tokenizer import (
+        from dataplatform.core.tokens.crop_policy import apply, plan
+        from dataplatform.core.tokens.vq_tokenizer import (
             VQConfig,
             load_tokenizer,
             save_tokenizer,
@@ -90,7 +90,7 @@ def main() -> int:
         if agree < 0.99:
             failures.append("VQ tokens on CUDA disagree with the CPU")
 
-        from dataplatform.core.watermark_model import build_watermark_model, load_watermark
+        from dataplatform.core.scoring.watermark_model import build_watermark_model, load_watermark
 
         weights = Path(tmp) / "watermark-random.pt"
         torch.manual_seed(0)

@@ -24,8 +24,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from dataplatform.core.tar_headers import list_members
-from dataplatform.core.text_normalize import DEFAULT_MAX_TEXT_CHARS, normalize_text
+from dataplatform.core.ingest.tar_headers import list_members
+from dataplatform.core.ingest.text_normalize import DEFAULT_MAX_TEXT_CHARS, normalize_text
 
 LIMIT_S = 20.0
 

@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from phash import plain_loop, synthetic_day  # noqa: E402
 
-from dataplatform.core.home import Home  # noqa: E402
-from dataplatform.core.phash_index import DEFAULT_PHASH_THRESHOLD  # noqa: E402
-from dataplatform.core.warehouse import connect  # noqa: E402
+from dataplatform.core.dedup.phash_index import DEFAULT_PHASH_THRESHOLD  # noqa: E402
+from dataplatform.core.store.home import Home  # noqa: E402
+from dataplatform.core.store.warehouse import connect  # noqa: E402
 
 DATE = "2025-01-01"
 

@@ -25,9 +25,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dataplatform.core.ingest import IngestOptions, available_cores, ingest_folder  # noqa: E402
-from dataplatform.core.phash import from_hex  # noqa: E402
-from dataplatform.core.synthetic_images import write_synthetic_landing  # noqa: E402
+from dataplatform.core.dedup.phash import from_hex  # noqa: E402
+from dataplatform.core.ingest.ingest_folder import IngestOptions, available_cores, ingest_folder  # noqa: E402
+from dataplatform.core.samples.synthetic_images import write_synthetic_landing  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 

@@ -19,7 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from dataplatform.core.phash_index import DEFAULT_PHASH_THRESHOLD, deduplicate, find_near_pairs
+from dataplatform.core.dedup.phash_index import (
+    DEFAULT_PHASH_THRESHOLD,
+    deduplicate,
+    find_near_pairs,
+)
 
 WORKERS = min(8, len(os.sched_getaffinity(0)))  # the same threads the index uses
 

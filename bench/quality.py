@@ -22,7 +22,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dataplatform.core.technical_quality import technical_scores  # noqa: E402
+from dataplatform.core.scoring.technical_quality import technical_scores  # noqa: E402
 
 SKIMAGE = Path(__import__("skimage").__file__).parent / "data"
 SKLEARN = Path(__import__("sklearn").__file__).parent / "datasets" / "images"
@@ -72,15 +72,15 @@ def main() -> None:
         lambda: [technical_scores(im) for im in images],
     )
 
-    from dataplatform.core.nsfw_nudenet import load_nudenet
-    from dataplatform.core.ocr_readability import load_ocr
+    from dataplatform.core.scoring.nsfw_nudenet import load_nudenet
+    from dataplatform.core.scoring.ocr_readability import load_ocr
 
     nudenet = load_nudenet()
     timed("NudeNet 320n (ONNX, CPU)", len(images), lambda: nudenet.score(images))
     ocr = load_ocr()
     timed("RapidOCR det+rec (ONNX, CPU)", len(images), lambda: ocr.read(images))
 
-    from dataplatform.core.watermark_model import build_watermark_model, load_watermark
+    from dataplatform.core.scoring.watermark_model import build_watermark_model, load_watermark
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "watermark_random.pt"
@@ -90,7 +90,7 @@ def main() -> None:
 
     head_path = HEAD / "sa_0_4_vit_b_32_linear.pth"
     if head_path.is_file():
-        from dataplatform.core.embedding_heads import load_head
+        from dataplatform.core.scoring.embedding_heads import load_head
 
         head = load_head(head_path)
         emb = np.random.default_rng(0).normal(size=(100_000, 512)).astype(np.float32)

@@ -25,7 +25,7 @@ import faiss
 import numpy as np
 from sklearn.metrics.pairwise import cosine_similarity
 
-from dataplatform.core.semantic_index import (
+from dataplatform.core.dedup.semantic_index import (
     AUTO_EXACT_MAX_PRODUCTS,
     DEFAULT_SIMILARITY_THRESHOLD,
     find_similar_pairs,
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     n, d, t = args.n, args.d, args.threshold
     logging.basicConfig(format="    %(message)s")
-    logging.getLogger("dataplatform.core.semantic_index").setLevel(logging.DEBUG)
+    logging.getLogger("dataplatform.core.dedup.semantic_index").setLevel(logging.DEBUG)
 
     print(
         f"python {platform.python_version()}, numpy {np.__version__}, faiss {faiss.__version__}, "

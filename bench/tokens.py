@@ -20,7 +20,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dataplatform.core.crop_policy import apply, plan  # noqa: E402
+from dataplatform.core.tokens.crop_policy import apply, plan  # noqa: E402
 
 SKIMAGE = Path(__import__("skimage").__file__).parent / "data"
 
@@ -40,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from dataplatform.core.vq_tokenizer import VQConfig, train_vqvae
+    from dataplatform.core.tokens.vq_tokenizer import VQConfig, train_vqvae
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     base = photos()

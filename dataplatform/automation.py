@@ -6,7 +6,7 @@ import dagster as dg
 
 from dataplatform.assets import ALL_ASSETS, STAGE_ASSETS
 from dataplatform.assets.partitions import daily_partitions
-from dataplatform.core.warehouse import partition_dates
+from dataplatform.core.store.warehouse import partition_dates
 from dataplatform.resources.warehouse import WarehouseResource
 
 JOB_NAME = "curate_daily"

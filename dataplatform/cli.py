@@ -12,10 +12,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from dataplatform.core.audit import terminal_safe
-from dataplatform.core.home import HOME_ENV, Home, resolve_home
-from dataplatform.core.takedown import KINDS as TAKEDOWN_KINDS
-from dataplatform.core.warehouse import CorruptPartitionError
+from dataplatform.core.records.audit import terminal_safe
+from dataplatform.core.records.takedown import KINDS as TAKEDOWN_KINDS
+from dataplatform.core.store.home import HOME_ENV, Home, resolve_home
+from dataplatform.core.store.warehouse import CorruptPartitionError
 
 DEMO_DATES = ["2025-01-01", "2025-01-02", "2025-01-03"]
 
@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _sample_data(home: Home, args: argparse.Namespace) -> int:
-    from dataplatform.core.sample_data import build_sample_landing
+    from dataplatform.core.samples.sample_data import build_sample_landing
 
     dates = args.dates.split(",")
     truth_path = home.root / "sample_truth.json"
@@ -163,8 +163,8 @@ def _materialize_cmd(home: Home, args: argparse.Namespace) -> int:
 
 
 def _demo(home: Home, args: argparse.Namespace) -> int:
-    from dataplatform.core.funnel import format_funnel, warehouse_funnel
-    from dataplatform.core.stages import STAGE_ORDER
+    from dataplatform.core.records.funnel import format_funnel, warehouse_funnel
+    from dataplatform.core.store.stages import STAGE_ORDER
 
     dates = args.dates.split(",")
     print(f"== dataplatform demo, home {home.root}")
@@ -178,7 +178,7 @@ def _demo(home: Home, args: argparse.Namespace) -> int:
     print("\n== funnel, all dates")
     print(format_funnel(warehouse_funnel(home, STAGE_ORDER), top_reasons=6))
     _print_budget(home)
-    from dataplatform.core.sample_audit import compare_with_truth
+    from dataplatform.core.samples.sample_audit import compare_with_truth
 
     matched, problems = compare_with_truth(home, home.root / "sample_truth.json")
     print(f"\n== sample truth: {matched} of {matched + len(problems)} rows ended as designed")
@@ -209,10 +209,10 @@ def _demo(home: Home, args: argparse.Namespace) -> int:
 
 def _print_documents(home: Home, dates: Sequence[str]) -> str | None:
     """Where the data cards, dataset cards and review sheets are, and one pair explained."""
-    from dataplatform.core import audit
-    from dataplatform.core.review_sheet import review_path
-    from dataplatform.core.stages import STAGE_ORDER
-    from dataplatform.core.warehouse import connect, document_path
+    from dataplatform.core.records import audit
+    from dataplatform.core.records.review_sheet import review_path
+    from dataplatform.core.store.stages import STAGE_ORDER
+    from dataplatform.core.store.warehouse import connect, document_path
 
     con = connect(home)
     try:
@@ -237,8 +237,8 @@ def _print_documents(home: Home, dates: Sequence[str]) -> str | None:
 
 def _choose_profile() -> None:
     """Real CLIP weights when this machine has them; otherwise the smoke profile, said plainly."""
-    from dataplatform.core.clip_model import ClipWeightsUnavailable
-    from dataplatform.core.profile import PROFILE_ENV, SMOKE, is_smoke
+    from dataplatform.core.scoring.clip_model import ClipWeightsUnavailable
+    from dataplatform.core.store.profile import PROFILE_ENV, SMOKE, is_smoke
     from dataplatform.resources.clip import ClipResource
 
     if is_smoke():
@@ -267,7 +267,7 @@ def _choose_profile() -> None:
 
 def _print_budget(home: Home) -> None:
     """The token budget: images and tokens per day and in total, as `tokens` reports it."""
-    from dataplatform.core.token_budget import budget, tokens_per_day
+    from dataplatform.core.tokens.token_budget import budget, tokens_per_day
 
     per_day = tokens_per_day(home)
     if not per_day:
@@ -284,8 +284,8 @@ def _print_budget(home: Home) -> None:
 def _funnel(home: Home, args: argparse.Namespace) -> int:
     """The funnel; exit 1 when a stage's partition and ledger disagree, 2 when a file is
     unreadable (``main`` prints which)."""
-    from dataplatform.core.funnel import format_funnel, warehouse_funnel
-    from dataplatform.core.stages import STAGE_ORDER
+    from dataplatform.core.records.funnel import format_funnel, warehouse_funnel
+    from dataplatform.core.store.stages import STAGE_ORDER
 
     funnel = warehouse_funnel(home, STAGE_ORDER, args.date)
     print(format_funnel(funnel, top_reasons=6))
@@ -306,8 +306,8 @@ def _sql(home: Home, args: argparse.Namespace) -> int:
 
 def _explain(home: Home, args: argparse.Namespace) -> int:
     """A pair's journey, or its copies; exit 2 when the pair or the warehouse is not there."""
-    from dataplatform.core import audit
-    from dataplatform.core.stages import STAGE_ORDER
+    from dataplatform.core.records import audit
+    from dataplatform.core.store.stages import STAGE_ORDER
 
     if (args.pair_id is None) == (args.duplicates_of is None):
         print("explain: give a PAIR_ID or --duplicates-of PAIR_ID (one of them)", file=sys.stderr)
@@ -331,7 +331,7 @@ def _print_query(home: Home, query: str) -> None:
     """The query's result as DuckDB shows it, every text column terminal-safe."""
     import duckdb
 
-    from dataplatform.core.warehouse import connect
+    from dataplatform.core.store.warehouse import connect
 
     con = connect(home)
     try:
@@ -354,15 +354,15 @@ def _export(home: Home, args: argparse.Namespace) -> int:
     """Token shards of (tokens, text, pair_id), sized for streaming, one day or all."""
     import numpy as np
 
-    from dataplatform.core.takedown import (
+    from dataplatform.core.records.takedown import (
         TakedownRequestError,
         load_requests,
         match_pairs,
         register_export,
         takedown_dir,
     )
-    from dataplatform.core.warehouse import partition_dates, read_partition
-    from dataplatform.core.webdataset_export import export_shards
+    from dataplatform.core.store.warehouse import partition_dates, read_partition
+    from dataplatform.core.tokens.webdataset_export import export_shards
 
     dates = [args.date] if args.date else partition_dates(home, "tokens")
     if not dates or (args.date and args.date not in partition_dates(home, "tokens")):
@@ -410,7 +410,7 @@ def _export(home: Home, args: argparse.Namespace) -> int:
 
 
 def _takedown(home: Home, args: argparse.Namespace) -> int:
-    from dataplatform.core.takedown import TakedownRequestError
+    from dataplatform.core.records.takedown import TakedownRequestError
 
     try:
         return _takedown_file(home, args) if args.action == "file" else _takedown_apply(home, args)
@@ -424,7 +424,7 @@ def _takedown_file(home: Home, args: argparse.Namespace) -> int:
     import datetime as dt
     import hashlib
 
-    from dataplatform.core.takedown import load_requests, takedown_dir
+    from dataplatform.core.records.takedown import load_requests, takedown_dir
 
     folder = takedown_dir(home)
     folder.mkdir(parents=True, exist_ok=True)
@@ -464,9 +464,9 @@ def _takedown_file(home: Home, args: argparse.Namespace) -> int:
 
 
 def _takedown_apply(home: Home, args: argparse.Namespace) -> int:
-    from dataplatform.core.documents import refresh_documents
-    from dataplatform.core.stages import STAGE_ORDER
-    from dataplatform.core.takedown import apply_takedowns, load_requests, takedown_dir
+    from dataplatform.core.records.documents import refresh_documents
+    from dataplatform.core.records.takedown import apply_takedowns, load_requests, takedown_dir
+    from dataplatform.core.store.stages import STAGE_ORDER
 
     requests = load_requests(takedown_dir(home))
     report = apply_takedowns(home, requests, [Path(e) for e in args.export])
@@ -491,7 +491,7 @@ def _takedown_apply(home: Home, args: argparse.Namespace) -> int:
 
 
 def _synthetic(home: Home, args: argparse.Namespace) -> int:
-    from dataplatform.core.synthetic_images import write_synthetic_landing
+    from dataplatform.core.samples.synthetic_images import write_synthetic_landing
 
     truth = write_synthetic_landing(
         home.landing_date(args.date),

@@ -8,15 +8,15 @@ same from a shell.
 
 import dagster as dg
 
-from dataplatform.core.documents import refresh_documents
-from dataplatform.core.stages import STAGE_ORDER
-from dataplatform.core.takedown import (
+from dataplatform.core.records.documents import refresh_documents
+from dataplatform.core.records.takedown import (
     TakedownRequestError,
     apply_takedowns,
     load_requests,
     requests_digest,
     takedown_dir,
 )
+from dataplatform.core.store.stages import STAGE_ORDER
 from dataplatform.resources.warehouse import WarehouseResource
 
 JOB_NAME = "apply_takedowns"

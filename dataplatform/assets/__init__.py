@@ -9,7 +9,7 @@ from dataplatform.assets.raw_pairs import raw_pairs
 from dataplatform.assets.semantic_deduped import semantic_deduped
 from dataplatform.assets.tokens import tokens
 from dataplatform.assets.vq_tokenizer import vq_tokenizer
-from dataplatform.core.stages import STAGE_ORDER
+from dataplatform.core.store.stages import STAGE_ORDER
 
 STAGE_ASSETS = [
     raw_pairs,
@@ -25,7 +25,9 @@ TOKEN_ASSETS = [vq_tokenizer, tokens]
 CARD_ASSETS = [data_cards]
 ALL_ASSETS = STAGE_ASSETS + TOKEN_ASSETS + CARD_ASSETS
 if [a.key.path[-1] for a in STAGE_ASSETS] + ["tokens", "data_cards"] != STAGE_ORDER:
-    raise RuntimeError("dataplatform.core.stages.STAGE_ORDER does not match the asset modules")
+    raise RuntimeError(
+        "dataplatform.core.store.stages.STAGE_ORDER does not match the asset modules"
+    )
 
 __all__ = [
     "ALL_ASSETS",

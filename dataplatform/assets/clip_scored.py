@@ -17,11 +17,11 @@ from dataplatform.assets.reporting import (
     unique_check,
     write_stage,
 )
-from dataplatform.core.embedding_table import vectors_column
-from dataplatform.core.funnel import stage_funnel
-from dataplatform.core.plots import histogram_png, markdown_image
-from dataplatform.core.schema import ledger_row, ledger_table
-from dataplatform.core.score_filter import PERCENTILE, ScoreRule, cut_for, keep_mask
+from dataplatform.core.records.funnel import stage_funnel
+from dataplatform.core.records.plots import histogram_png, markdown_image
+from dataplatform.core.scoring.embedding_table import vectors_column
+from dataplatform.core.scoring.score_filter import PERCENTILE, ScoreRule, cut_for, keep_mask
+from dataplatform.core.store.schema import ledger_row, ledger_table
 from dataplatform.resources.clip import ClipResource
 from dataplatform.resources.warehouse import WarehouseResource
 

@@ -19,7 +19,7 @@ from dataplatform.assets.reporting import (
 from dataplatform.assets.review import review_sheet_metadata
 from dataplatform.assets.tokens import KEY as TOKENS_KEY
 from dataplatform.assets.vq_tokenizer import KEY as TOKENIZER_KEY
-from dataplatform.core.data_cards import (
+from dataplatform.core.records.data_cards import (
     CARDS_TABLE,
     StageRun,
     build_cards,
@@ -27,16 +27,16 @@ from dataplatform.core.data_cards import (
     dataset_version,
     write_dataset_card,
 )
-from dataplatform.core.funnel import stage_funnel
-from dataplatform.core.plots import markdown_image
-from dataplatform.core.stages import STAGE_ORDER
-from dataplatform.core.takedown import (
+from dataplatform.core.records.funnel import stage_funnel
+from dataplatform.core.records.plots import markdown_image
+from dataplatform.core.records.takedown import (
     TakedownRequestError,
     exclude_taken_down,
     load_requests,
     takedown_dir,
 )
-from dataplatform.core.warehouse import document_path
+from dataplatform.core.store.stages import STAGE_ORDER
+from dataplatform.core.store.warehouse import document_path
 from dataplatform.resources.warehouse import WarehouseResource
 
 STAGE = CARDS_TABLE

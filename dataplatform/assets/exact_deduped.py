@@ -17,9 +17,9 @@ from dataplatform.assets.reporting import (
     unique_check,
     write_stage,
 )
-from dataplatform.core.exact_dedup import exact_deduplicate
-from dataplatform.core.funnel import stage_funnel
-from dataplatform.core.schema import ledger_row, ledger_table
+from dataplatform.core.dedup.exact_dedup import exact_deduplicate
+from dataplatform.core.records.funnel import stage_funnel
+from dataplatform.core.store.schema import ledger_row, ledger_table
 from dataplatform.resources.warehouse import WarehouseResource
 
 STAGE = "exact_deduped"

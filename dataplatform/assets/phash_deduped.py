@@ -17,10 +17,10 @@ from dataplatform.assets.reporting import (
     unique_check,
     write_stage,
 )
-from dataplatform.core.funnel import stage_funnel
-from dataplatform.core.phash_dedup import kept_pairs_within, phash_deduplicate
-from dataplatform.core.phash_index import DEFAULT_PHASH_THRESHOLD
-from dataplatform.core.schema import ledger_row, ledger_table
+from dataplatform.core.dedup.phash_dedup import kept_pairs_within, phash_deduplicate
+from dataplatform.core.dedup.phash_index import DEFAULT_PHASH_THRESHOLD
+from dataplatform.core.records.funnel import stage_funnel
+from dataplatform.core.store.schema import ledger_row, ledger_table
 from dataplatform.resources.warehouse import WarehouseResource
 
 STAGE = "phash_deduped"

@@ -20,13 +20,13 @@ from dataplatform.assets.reporting import (
     unique_check,
     write_stage,
 )
-from dataplatform.core.embedding_table import rows_for
-from dataplatform.core.funnel import stage_funnel
-from dataplatform.core.plots import histogram_png, markdown_image
-from dataplatform.core.quality_rules import QualityThresholds, evaluate_table
-from dataplatform.core.quality_scoring import SCORE_NAMES, Scorers, score_partition
-from dataplatform.core.schema import ledger_row, ledger_table
-from dataplatform.core.warehouse import CorruptPartitionError, has_partition, read_partition
+from dataplatform.core.records.funnel import stage_funnel
+from dataplatform.core.records.plots import histogram_png, markdown_image
+from dataplatform.core.scoring.embedding_table import rows_for
+from dataplatform.core.scoring.quality_rules import QualityThresholds, evaluate_table
+from dataplatform.core.scoring.quality_scoring import SCORE_NAMES, Scorers, score_partition
+from dataplatform.core.store.schema import ledger_row, ledger_table
+from dataplatform.core.store.warehouse import CorruptPartitionError, has_partition, read_partition
 from dataplatform.resources.quality import QualityResource
 from dataplatform.resources.warehouse import WarehouseResource
 
@@ -176,10 +176,10 @@ def _stored_or_new_scores(home, date, current, quality, rescore):
 
 
 def _load_scorers(quality: QualityResource, current: pa.Table) -> Scorers:
-    from dataplatform.core.embedding_heads import head_matches, load_head
-    from dataplatform.core.nsfw_nudenet import load_nudenet
-    from dataplatform.core.ocr_readability import load_ocr
-    from dataplatform.core.watermark_model import load_watermark
+    from dataplatform.core.scoring.embedding_heads import head_matches, load_head
+    from dataplatform.core.scoring.nsfw_nudenet import load_nudenet
+    from dataplatform.core.scoring.ocr_readability import load_ocr
+    from dataplatform.core.scoring.watermark_model import load_watermark
 
     scorers = Scorers()
     scorers.nudenet = load_nudenet() if quality.use_nudenet else None

@@ -14,18 +14,18 @@ from dataplatform.assets.reporting import (
     unique_check,
     write_stage,
 )
-from dataplatform.core.funnel import stage_funnel
-from dataplatform.core.image_decode import DEFAULT_DRAFT_SIZE, DEFAULT_MAX_PIXELS
-from dataplatform.core.ingest import STAGE, IngestOptions, ingest_folder
-from dataplatform.core.license_policy import apply_license_policy
-from dataplatform.core.schema import LEDGER_SCHEMA
-from dataplatform.core.takedown import (
+from dataplatform.core.ingest.image_decode import DEFAULT_DRAFT_SIZE, DEFAULT_MAX_PIXELS
+from dataplatform.core.ingest.ingest_folder import STAGE, IngestOptions, ingest_folder
+from dataplatform.core.ingest.license_policy import apply_license_policy
+from dataplatform.core.ingest.text_normalize import DEFAULT_MAX_TEXT_CHARS
+from dataplatform.core.records.funnel import stage_funnel
+from dataplatform.core.records.takedown import (
     TakedownRequestError,
     exclude_taken_down,
     load_requests,
     takedown_dir,
 )
-from dataplatform.core.text_normalize import DEFAULT_MAX_TEXT_CHARS
+from dataplatform.core.store.schema import LEDGER_SCHEMA
 from dataplatform.resources.licenses import LicensePolicyResource
 from dataplatform.resources.warehouse import WarehouseResource
 

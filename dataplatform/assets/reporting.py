@@ -10,9 +10,9 @@ import pyarrow as pa
 
 from dataplatform.assets.partitions import START_DATE
 from dataplatform.assets.review import review_sheet_metadata
-from dataplatform.core.funnel import StageFunnel
-from dataplatform.core.home import Home
-from dataplatform.core.warehouse import (
+from dataplatform.core.records.funnel import StageFunnel
+from dataplatform.core.store.home import Home
+from dataplatform.core.store.warehouse import (
     SIDE_TABLES,
     CorruptPartitionError,
     Location,

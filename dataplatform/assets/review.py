@@ -6,13 +6,13 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from dataplatform.core.home import Home
-from dataplatform.core.review_sheet import (
+from dataplatform.core.records.review_sheet import (
     render_partition_review,
     render_review_index,
     render_review_sheet,
 )
-from dataplatform.core.stages import STAGE_ORDER
+from dataplatform.core.store.home import Home
+from dataplatform.core.store.stages import STAGE_ORDER
 
 
 def review_sheet_metadata(

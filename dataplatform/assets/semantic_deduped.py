@@ -23,16 +23,16 @@ from dataplatform.assets.reporting import (
     unique_check,
     write_stage,
 )
-from dataplatform.core.embedding_table import matrix_of, rows_for
-from dataplatform.core.funnel import stage_funnel
-from dataplatform.core.profile import is_smoke
-from dataplatform.core.schema import ledger_row, ledger_table
-from dataplatform.core.semantic_index import (
+from dataplatform.core.dedup.semantic_index import (
     DEFAULT_SIMILARITY_THRESHOLD,
     find_similar_between,
     find_similar_pairs,
     semantic_deduplicate,
 )
+from dataplatform.core.records.funnel import stage_funnel
+from dataplatform.core.scoring.embedding_table import matrix_of, rows_for
+from dataplatform.core.store.profile import is_smoke
+from dataplatform.core.store.schema import ledger_row, ledger_table
 from dataplatform.resources.warehouse import WarehouseResource
 
 STAGE = "semantic_deduped"

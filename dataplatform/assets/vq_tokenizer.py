@@ -9,10 +9,10 @@ import numpy as np
 
 from dataplatform.assets.reporting import OWNERS
 from dataplatform.assets.semantic_deduped import KEY as SEMANTIC_KEY
-from dataplatform.core.clip_model import decode_rgb
-from dataplatform.core.crop_policy import apply, plan
-from dataplatform.core.image_store import read_location
-from dataplatform.core.warehouse import connect
+from dataplatform.core.ingest.image_store import read_location
+from dataplatform.core.scoring.clip_model import decode_rgb
+from dataplatform.core.store.warehouse import connect
+from dataplatform.core.tokens.crop_policy import apply, plan
 from dataplatform.resources.warehouse import WarehouseResource
 
 KEY = dg.AssetKey("vq_tokenizer")
@@ -66,7 +66,7 @@ def vq_tokenizer(
     context: dg.AssetExecutionContext, config: VQTrainConfig, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     """Train (or reuse) the platform's tokenizer; report held-out PSNR and codebook use."""
-    from dataplatform.core.vq_tokenizer import (
+    from dataplatform.core.tokens.vq_tokenizer import (
         VQConfig,
         auto_device,
         evaluate,

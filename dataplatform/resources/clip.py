@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from dataplatform.core import profile
-from dataplatform.core.clip_model import ClipSpec, load_encoder, smoke_spec
-from dataplatform.core.home import resolve_home
+from dataplatform.core.scoring.clip_model import ClipSpec, load_encoder, smoke_spec
+from dataplatform.core.store import profile
+from dataplatform.core.store.home import resolve_home
 
 if TYPE_CHECKING:
-    from dataplatform.core.clip_model import ClipEncoder
+    from dataplatform.core.scoring.clip_model import ClipEncoder
 
 MODELS_FOLDER = "models"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from dataplatform.core.license_policy import DEFAULT_ALLOW, LicensePolicy
+from dataplatform.core.ingest.license_policy import DEFAULT_ALLOW, LicensePolicy
 
 
 class LicensePolicyResource(dg.ConfigurableResource):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from dataplatform.core.vq_tokenizer import auto_device
+from dataplatform.core.tokens.vq_tokenizer import auto_device
 
 
 class TokenizerResource(dg.ConfigurableResource):
@@ -21,7 +21,7 @@ class TokenizerResource(dg.ConfigurableResource):
 
     def load(self, trained_dir: Path):
         """The configured tokenizer, else the one trained under ``trained_dir``."""
-        from dataplatform.core.vq_tokenizer import load_tokenizer
+        from dataplatform.core.tokens.vq_tokenizer import load_tokenizer
 
         path = self.resolve_path(trained_dir)
         if not path.exists():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from dataplatform.core.home import Home, resolve_home
-from dataplatform.core.warehouse import partition_dates
+from dataplatform.core.store.home import Home, resolve_home
+from dataplatform.core.store.warehouse import partition_dates
 
 
 class WarehouseResource(dg.ConfigurableResource):

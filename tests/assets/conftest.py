@@ -10,7 +10,7 @@ import pytest
 from PIL import ImageEnhance
 
 from dataplatform.assets import ALL_ASSETS, CARD_ASSETS, STAGE_ASSETS, TOKEN_ASSETS
-from dataplatform.core.home import Home
+from dataplatform.core.store.home import Home
 from dataplatform.resources import (
     ClipResource,
     LicensePolicyResource,

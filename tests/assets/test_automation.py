@@ -4,7 +4,7 @@ import json
 import dagster as dg
 
 from dataplatform.automation import landing_sensor
-from dataplatform.core.home import Home
+from dataplatform.core.store.home import Home
 from dataplatform.definitions import defs
 from dataplatform.resources import WarehouseResource
 from tests.assets.conftest import DAYS, materialize_day

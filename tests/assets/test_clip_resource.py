@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dataplatform.core.clip_model import SMOKE_MODEL_NAME, ClipSpec
+from dataplatform.core.scoring.clip_model import SMOKE_MODEL_NAME, ClipSpec
 from dataplatform.resources.clip import ClipResource
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +59,7 @@ def test_production_profile_uses_the_configured_model(
 
 def test_importing_the_resource_does_not_import_torch():
     code = (
-        "import dataplatform.resources.clip, dataplatform.core.clip_model, sys; "
+        "import dataplatform.resources.clip, dataplatform.core.scoring.clip_model, sys; "
         "assert 'torch' not in sys.modules, 'torch imported'; "
         "assert 'open_clip' not in sys.modules, 'open_clip imported'"
     )

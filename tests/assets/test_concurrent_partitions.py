@@ -26,8 +26,8 @@ from dataplatform.assets import (
     raw_pairs,
     semantic_deduped,
 )
-from dataplatform.core.home import Home
-from dataplatform.core.warehouse import (
+from dataplatform.core.store.home import Home
+from dataplatform.core.store.warehouse import (
     LEDGER_TABLE,
     PART_FILE,
     ledger_dir,

@@ -9,11 +9,11 @@ import pytest
 
 from dataplatform.assets import STAGE_ORDER
 from dataplatform.cli import main as cli
-from dataplatform.core.funnel import warehouse_funnel
-from dataplatform.core.home import Home
-from dataplatform.core.takedown import takedown_dir
-from dataplatform.core.warehouse import connect, read_ledger, read_partition
-from dataplatform.core.webdataset_export import read_shards
+from dataplatform.core.records.funnel import warehouse_funnel
+from dataplatform.core.records.takedown import takedown_dir
+from dataplatform.core.store.home import Home
+from dataplatform.core.store.warehouse import connect, read_ledger, read_partition
+from dataplatform.core.tokens.webdataset_export import read_shards
 from dataplatform.resources import (
     LicensePolicyResource,
 )

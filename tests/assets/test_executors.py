@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dataplatform.assets import ALL_ASSETS, STAGE_ASSETS
-from dataplatform.core.home import Home
+from dataplatform.core.store.home import Home
 from dataplatform.executors import (
     EXECUTOR_ENV,
     executor_from_env,

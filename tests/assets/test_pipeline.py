@@ -5,8 +5,8 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from dataplatform.core.home import Home
-from dataplatform.core.warehouse import connect, read_partition
+from dataplatform.core.store.home import Home
+from dataplatform.core.store.warehouse import connect, read_partition
 from dataplatform.definitions import defs
 from tests.assets.conftest import DAYS, build_three_days, materialize_day
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from PIL import ImageFilter
 
-from dataplatform.core.clip_model import build_smoke_checkpoint
-from dataplatform.core.home import Home
-from dataplatform.core.warehouse import connect, partition_dir, read_partition
+from dataplatform.core.scoring.clip_model import build_smoke_checkpoint
+from dataplatform.core.store.home import Home
+from dataplatform.core.store.warehouse import connect, partition_dir, read_partition
 from dataplatform.resources import ClipResource, QualityResource
 from tests.assets.conftest import materialize_day
 from tests.conftest import PEERDATA, encode, photo

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 import dataplatform.assets.review as review
-from dataplatform.core.home import Home
+from dataplatform.core.store.home import Home
 from tests.assets.conftest import DAYS, materialize_day
 
 

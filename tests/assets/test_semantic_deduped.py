@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataplatform.core.clip_model import SMOKE_MODEL_NAME, build_smoke_checkpoint
-from dataplatform.core.home import Home
-from dataplatform.core.warehouse import connect, read_partition
+from dataplatform.core.scoring.clip_model import SMOKE_MODEL_NAME, build_smoke_checkpoint
+from dataplatform.core.store.home import Home
+from dataplatform.core.store.warehouse import connect, read_partition
 from dataplatform.resources import ClipResource
 from tests.assets.conftest import DAYS, materialize_day
 

@@ -5,9 +5,9 @@ import json
 import dagster as dg
 import pytest
 
-from dataplatform.core.home import Home
-from dataplatform.core.takedown import takedown_dir
-from dataplatform.core.warehouse import read_ledger, read_partition
+from dataplatform.core.records.takedown import takedown_dir
+from dataplatform.core.store.home import Home
+from dataplatform.core.store.warehouse import read_ledger, read_partition
 from dataplatform.definitions import defs
 from dataplatform.resources import WarehouseResource
 from dataplatform.takedowns import takedown_sensor

@@ -8,10 +8,10 @@ import dagster as dg
 import numpy as np
 
 from dataplatform.assets import STAGE_ASSETS, TOKEN_ASSETS
-from dataplatform.core.crop_policy import plan
-from dataplatform.core.home import Home
-from dataplatform.core.warehouse import read_partition
-from dataplatform.core.webdataset_export import read_shards
+from dataplatform.core.store.home import Home
+from dataplatform.core.store.warehouse import read_partition
+from dataplatform.core.tokens.crop_policy import plan
+from dataplatform.core.tokens.webdataset_export import read_shards
 from dataplatform.resources import (
     TokenizerResource,
 )

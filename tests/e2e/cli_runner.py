@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from dataplatform.core.home import Home
+from dataplatform.core.store.home import Home
 
 
 def run_cli(home: Home, *args: str) -> subprocess.CompletedProcess:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import duckdb
 
-from dataplatform.core.home import Home
-from dataplatform.core.sample_audit import compare_with_truth
+from dataplatform.core.samples.sample_audit import compare_with_truth
+from dataplatform.core.store.home import Home
 
 BIN = Path(sys.executable).parent
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from dataplatform.core.home import Home
-from dataplatform.core.sample_data import build_sample_landing
-from dataplatform.core.warehouse import connect, read_partition
+from dataplatform.core.samples.sample_data import build_sample_landing
+from dataplatform.core.store.home import Home
+from dataplatform.core.store.warehouse import connect, read_partition
 from tests.assets.conftest import materialize_cards, materialize_day
 from tests.e2e.cli_runner import run_cli
 

@@ -22,10 +22,10 @@ from typing import NamedTuple
 import pyarrow.parquet as pq
 import pytest
 
-from dataplatform.core import audit
-from dataplatform.core.funnel import commit_mismatches, format_funnel, warehouse_funnel
-from dataplatform.core.home import Home
-from dataplatform.core.warehouse import (
+from dataplatform.core.records import audit
+from dataplatform.core.records.funnel import commit_mismatches, format_funnel, warehouse_funnel
+from dataplatform.core.store.home import Home
+from dataplatform.core.store.warehouse import (
     COMMIT_KEY,
     COMMITS_FOLDER,
     commit_id,
@@ -69,7 +69,7 @@ CHILD = textwrap.dedent(
 
     import dagster as dg
     from dataplatform.assets import STAGE_ASSETS
-    from dataplatform.core.home import Home
+    from dataplatform.core.store.home import Home
     from tests.assets.conftest import stage_resources
 
     result = dg.materialize(

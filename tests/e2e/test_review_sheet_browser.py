@@ -17,16 +17,16 @@ import pytest
 
 from dataplatform.assets import STAGE_ASSETS
 from dataplatform.assets.review import review_sheet_metadata
-from dataplatform.core.home import Home
-from dataplatform.core.review_sheet import (
+from dataplatform.core.records.review_sheet import (
     render_partition_review,
     render_review_sheet,
     review_path,
 )
-from dataplatform.core.sample_data import build_sample_landing
-from dataplatform.core.warehouse import read_ledger, read_partition
+from dataplatform.core.samples.sample_data import build_sample_landing
+from dataplatform.core.store.home import Home
+from dataplatform.core.store.warehouse import read_ledger, read_partition
 from tests.assets.conftest import materialize_day
-from tests.core.test_review_sheet import INJECTION, build_review_warehouse
+from tests.core.records.test_review_sheet import INJECTION, build_review_warehouse
 
 REQUIRE_ENV = "DATAPLATFORM_REQUIRE_BROWSER"
 ARTIFACTS_ENV = "DATAPLATFORM_TEST_ARTIFACTS"

@@ -13,10 +13,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from dataplatform.core.audit import terminal_safe
-from dataplatform.core.home import Home
-from dataplatform.core.schema import ledger_row, ledger_table
-from dataplatform.core.warehouse import commit_stage
+from dataplatform.core.records.audit import terminal_safe
+from dataplatform.core.store.home import Home
+from dataplatform.core.store.schema import ledger_row, ledger_table
+from dataplatform.core.store.warehouse import commit_stage
 from tests.e2e.cli_runner import run_cli
 
 DAY = "2025-01-01"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from dataplatform.core.home import Home
-from dataplatform.core.warehouse import COMMIT_KEY, commit_id, ledger_file, partition_file
+from dataplatform.core.store.home import Home
+from dataplatform.core.store.warehouse import COMMIT_KEY, commit_id, ledger_file, partition_file
 from tests.assets.conftest import DAYS, build_three_days, materialize_day
 from tests.e2e.cli_runner import run_cli
 

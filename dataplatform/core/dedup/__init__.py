@@ -1,0 +1,3 @@
+"""Global deduplication: SHA-256, perceptual hashes and their Hamming index, the semantic
+(embedding) index.
+"""

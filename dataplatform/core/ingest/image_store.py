@@ -1,0 +1,99 @@
+"""Where a pair's image bytes live after ingest, and reading them back.
+
+Later stages (CLIP, quality, tokens) read the original image again rather than a copy in the
+warehouse. ``raw_pairs`` records an ``image_location``: a path relative to the landing root for
+files, the member's byte range for tar shards, or the remote URI. Relative, so that a home can
+be moved or mounted elsewhere without rewriting tables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dataplatform.core.ingest.confined_files import FileRefused, open_confined
+from dataplatform.core.ingest.image_decode import ImageRejected
+from dataplatform.core.ingest.landing import MAX_IMAGE_BYTES, ImageRef
+from dataplatform.core.ingest.remote_fetch import DEFAULT_FETCH_DEADLINE_S, MAX_REMOTE_BYTES, fetch
+
+TAR_MARK = "#bytes="
+
+
+def location_of(ref: ImageRef, landing_root: Path) -> str:
+    """The portable location of ``ref``: landing-relative for local files and tar members."""
+    if ref.kind == "remote":
+        return ref.uri
+    relative = Path(ref.path).resolve().relative_to(landing_root.resolve()).as_posix()
+    if ref.kind == "tar":
+        return f"{relative}{TAR_MARK}{ref.offset}+{ref.size}"
+    return relative
+
+
+def ref_of(location: str, landing_root: Path) -> ImageRef:
+    if location.startswith(("http://", "https://")):
+        return ImageRef(kind="remote", uri=location)
+    if TAR_MARK in location:
+        path, _, span = location.partition(TAR_MARK)
+        offset, _, size = span.partition("+")
+        return ImageRef(
+            kind="tar",
+            path=str(landing_root / path),
+            offset=int(offset),
+            size=int(size),
+            root=str(landing_root.resolve()),
+        )
+    return ImageRef(
+        kind="file", path=str(landing_root / location), root=str(landing_root.resolve())
+    )
+
+
+def read_location(
+    location: str, landing_root: Path, timeout_s: float = DEFAULT_FETCH_DEADLINE_S
+) -> bytes:
+    """The bytes at ``location`` for a later stage; raises ``OSError`` on any failure.
+
+    A location comes from a warehouse table, but is still checked to stay inside the landing
+    root, so a rewritten or hand-edited table cannot make a stage read ``/etc/passwd``. A
+    refused or failed remote fetch is an ``OSError`` too, carrying its ``fetch_*`` reason,
+    because later stages treat every unreadable image alike.
+    """
+    ref = ref_of(location, landing_root)
+    try:
+        return read_ref(ref, timeout_s)
+    except ImageRejected as exc:
+        raise OSError(f"{exc.reason}: {exc.detail}") from exc
+
+
+def read_ref(ref: ImageRef, timeout_s: float = DEFAULT_FETCH_DEADLINE_S) -> bytes:
+    """The bytes ``ref`` points at.
+
+    Local files and tar members raise OSError on failure (``FileRefused`` with its ledger
+    reason for anything but a regular file: a FIFO swapped in after discovery must not block
+    the reader). A remote URI is fetched through ``remote_fetch.fetch`` (http(s) only, every
+    hop's address checked, ``timeout_s`` as the deadline for the whole fetch, at most
+    ``MAX_REMOTE_BYTES``) and raises ``ImageRejected`` with a ``fetch_*`` ledger reason.
+    """
+    root = Path(ref.root) if ref.root else _ANYWHERE
+    if ref.kind == "file":
+        with open_confined(root, ref.path) as fh:
+            data = fh.read(MAX_IMAGE_BYTES + 1)
+        if len(data) > MAX_IMAGE_BYTES:
+            raise FileRefused("image_too_large", f"{ref.path} is over {MAX_IMAGE_BYTES} bytes")
+        return data
+    if ref.kind == "tar":
+        if ref.size > MAX_IMAGE_BYTES:
+            raise FileRefused(
+                "image_too_large", f"{ref.path} member is {ref.size} bytes, over {MAX_IMAGE_BYTES}"
+            )
+        with open_confined(root, ref.path) as fh:
+            fh.seek(ref.offset)
+            data = fh.read(ref.size)
+        if len(data) != ref.size:
+            raise OSError(f"{ref.path}: shard ends after {len(data)} of {ref.size} bytes")
+        return data
+    if ref.kind == "remote":
+        return fetch(ref.uri, deadline_s=timeout_s, max_bytes=MAX_REMOTE_BYTES)
+    raise ValueError(f"cannot read an image reference of kind {ref.kind!r}")
+
+
+# A ref without a root (built by hand) is still checked for its kind of file when opened.
+_ANYWHERE = Path("/")

@@ -1,0 +1,1051 @@
+"""Static HTML review sheets: what one stage kept and removed on one day, with thumbnails.
+
+Thresholds (pHash distance, CLIP score, quality scores, semantic similarity) are calibrated by
+looking at samples, so a reviewer needs kept and removed images side by side. A sheet is one
+self-contained file, ``warehouse/review/date=<D>/<stage>.html``: thumbnails are ``data:`` URIs,
+there is no script and no remote resource, so it opens from disk and can be mailed. An index
+per date, ``index.html`` next to the sheets, links them with the day's funnel.
+
+Captions, details and URLs are untrusted web text: every string is HTML-escaped, and a
+Content-Security-Policy forbids scripts and remote loads should anything slip through.
+A taken-down pair shows its pair_id only, wherever it appears (kept, removed, or as the original
+of a duplicate cluster on a later day).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import html
+import os
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dataplatform.core.ingest.image_store import read_location
+from dataplatform.core.ingest.ingest_folder import STAGE as RAW_PAIRS
+from dataplatform.core.records.funnel import reason_counts
+from dataplatform.core.records.thumbnails import (
+    THUMBNAIL_PX,
+    ThumbnailError,
+    jpeg_data_uri,
+    thumbnail_jpeg,
+)
+from dataplatform.core.store.home import Home
+from dataplatform.core.store.schema import LEDGER_SCHEMA
+from dataplatform.core.store.warehouse import (
+    LEDGER_TABLE,
+    PART_FILE,
+    ledger_dir,
+    partition_dir,
+    table_glob,
+    write_document,
+)
+
+REVIEW_FOLDER = "review"
+INDEX_NAME = "index"
+# The stage and reason core.takedown writes; spelled out, not imported, so that takedown code
+# can import this module to render sheets again.
+TAKEDOWN = "takedown"
+# Stage columns shown on kept cards and summarised for the kept rows, in this order, when the
+# stage table has them. Later stages carry the earlier stages' scores.
+SCORE_COLUMNS = (
+    "clip_score",
+    "aesthetic_score",
+    "nsfw_score",
+    "watermark_score",
+    "ocr_confidence",
+    "ocr_text_area",
+    "blur_variance",
+    "clipped_fraction",
+    "shortest_side",
+    "aspect_ratio",
+    "token_count",
+)
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+@dataclass(frozen=True)
+class ReviewLimits:
+    """How much one sheet shows; a huge partition is sampled, deterministically, to these caps.
+
+    Remote images (``http(s)://`` locations) are not fetched by default: rendering must not
+    depend on, or hammer, other people's servers; they show a placeholder instead.
+    """
+
+    kept: int = 200
+    per_reason: int = 60
+    clusters: int = 60
+    copies_per_cluster: int = 8
+    thumbnail_px: int = THUMBNAIL_PX
+    workers: int = 4
+    fetch_remote: bool = False
+
+
+def review_path(home: Home, date: str, name: str) -> Path:
+    """Where the sheet ``name`` (a stage, or ``index``) of ``date`` is written."""
+    return home.warehouse / _relative(date, name)
+
+
+def render_partition_review(
+    home: Home, date: str, stages: Sequence[str], limits: ReviewLimits = ReviewLimits()
+) -> list[Path]:
+    """A sheet for each of ``stages`` materialized on ``date``, then the date's index."""
+    paths = [
+        render_review_sheet(home, stage, date, limits)
+        for stage in stages
+        if (partition_dir(home, stage, date) / PART_FILE).is_file()
+    ]
+    paths.append(render_review_index(home, date, stages))
+    return paths
+
+
+def render_review_sheet(
+    home: Home, stage: str, date: str, limits: ReviewLimits = ReviewLimits()
+) -> Path:
+    """Write the review sheet of ``stage`` on ``date`` and return its path."""
+    _check_name(stage, "stage")
+    _check_date(date)
+    kept_file = partition_dir(home, stage, date) / PART_FILE
+    if not kept_file.is_file():
+        raise FileNotFoundError(
+            f"{stage} has no partition {date} under {kept_file.parent}: materialize {stage} for "
+            f"{date} before rendering its review sheet"
+        )
+    sheet = _load_sheet(home, stage, date, kept_file, limits)
+    return write_document(home, _relative(date, stage), _sheet_html(sheet, limits))
+
+
+def render_review_index(home: Home, date: str, stages: Sequence[str]) -> Path:
+    """Write ``index.html`` for ``date``: each stage's funnel and a link to its sheet."""
+    _check_date(date)
+    rows = []
+    for stage in stages:
+        _check_name(stage, "stage")
+        kept_file = partition_dir(home, stage, date) / PART_FILE
+        if not kept_file.is_file():
+            rows.append((stage, None, None, {}))
+            continue
+        kept = pq.read_metadata(kept_file).num_rows
+        reasons = reason_counts(_ledger(home, stage, date, columns=["reason"]))
+        rows.append((stage, kept, sum(reasons.values()), reasons))
+    return write_document(home, _relative(date, INDEX_NAME), _index_html(date, rows))
+
+
+def review_dates_showing(home: Home, pair_ids: Iterable[str]) -> list[str]:
+    """Dates whose sheets show any of ``pair_ids``: re-render these after a takedown.
+
+    A pair appears on its own date and, as the kept original of a duplicate cluster, on the
+    date of every copy that names it in ``duplicate_of``.
+    """
+    wanted = pa.table({"pair_id": pa.array(sorted(set(pair_ids)), pa.string())})
+    con = duckdb.connect()
+    con.register("wanted", wanted)
+    dates: set[str] = set()
+    for table in _tables_with_files(home, [RAW_PAIRS, LEDGER_TABLE]):
+        source = _read_parquet(table_glob(home, table))
+        match = "x.pair_id = w.pair_id"
+        if table == LEDGER_TABLE:
+            match += " OR x.duplicate_of = w.pair_id"
+        rows = con.execute(
+            f"SELECT DISTINCT x.date FROM {source} x JOIN wanted w ON {match}"
+        ).fetchall()
+        dates.update(r[0] for r in rows)
+    con.close()
+    return sorted(dates)
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Image:
+    """What a card shows in place of the picture: a data URI, or why there is none."""
+
+    uri: str | None = None
+    missing: str | None = None
+
+
+@dataclass
+class _Pair:
+    pair_id: str
+    date: str
+    text: str | None = None
+    width: int | None = None
+    height: int | None = None
+    location: str | None = None
+    fields: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Cluster:
+    original: _Pair
+    copies: list[dict]
+    hidden_copies: int
+    later: list[tuple[str, str]]  # (stage, reason) where a later stage dropped the original
+
+
+@dataclass
+class _Sheet:
+    stage: str
+    date: str
+    kept_total: int
+    kept_sample: list[_Pair]
+    score_columns: list[str]
+    score_summary: list[tuple[str, float | None, float | None, float | None, int]]
+    ledger: list[dict]
+    by_reason: dict[str, list[dict]]
+    duplicate_reasons: set[str]
+    clusters: list[_Cluster]
+    cluster_total: int
+    images: dict[tuple[str, str], _Image]
+    sizes: dict[tuple[str, str], str]
+    taken_down: set[str]
+    taken_down_since: list[str]  # pairs of this date that a takedown removed after curation
+    rendered_at: str
+
+
+def _load_sheet(home: Home, stage: str, date: str, kept_file: Path, limits: ReviewLimits) -> _Sheet:
+    con = duckdb.connect()
+    kept_source = _read_parquet(kept_file)
+    names = pq.read_schema(kept_file).names
+    score_columns = [c for c in SCORE_COLUMNS if c in names]
+    kept_total = pq.read_metadata(kept_file).num_rows
+    kept_sample = _kept_sample(con, kept_source, names, score_columns, limits.kept)
+    score_summary = _score_summary(con, kept_source, score_columns)
+
+    ledger = _ledger(home, stage, date).to_pylist()
+    taken_down, taken_down_since = _taken_down(home, con, date)
+    duplicates = [r for r in ledger if r["duplicate_of"] is not None]
+    others = [r for r in ledger if r["duplicate_of"] is None]
+    by_reason: dict[str, list[dict]] = defaultdict(list)
+    for row in others:
+        by_reason[row["reason"]].append(row)
+    shown_by_reason = {
+        reason: _spread(sorted(rows, key=_score_order), limits.per_reason)
+        for reason, rows in by_reason.items()
+    }
+
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for row in duplicates:
+        groups[row["duplicate_of"]].append(row)
+    ordered = sorted(groups.items(), key=lambda kv: (_closeness(min(kv[1], key=_closeness)), kv[0]))
+    shown_groups = _spread(ordered, limits.clusters)
+
+    # Image locations live in raw_pairs. A removed row is the raw row of its own date (pair_ids
+    # may be reused on a later day); an original is the earliest raw row of that id on or
+    # before this date. raw_pairs' own rejects never made it into raw_pairs: no thumbnail.
+    removed_keys = (
+        []
+        if stage == RAW_PAIRS
+        else [(r["pair_id"], r["date"]) for rows in shown_by_reason.values() for r in rows]
+    )
+    removed_keys += [(r["pair_id"], r["date"]) for _, rows in shown_groups for r in rows]
+    kept_keys = [(p.pair_id, p.date) for p in kept_sample]
+    original_ids = [original for original, _ in shown_groups]
+    raw = _raw_rows(home, con, [k[0] for k in kept_keys + removed_keys] + original_ids)
+
+    for pair in kept_sample:
+        pair.location = raw.get((pair.pair_id, pair.date), {}).get("image_location")
+    originals = {pid: _original(raw, pid, date) for pid in original_ids}
+    later = _later_removals(home, con, [p for p in originals.values() if p.date])
+
+    clusters = []
+    for original_id, rows in shown_groups:
+        copies = sorted(rows, key=lambda r: (_closeness(r), r["pair_id"]))
+        clusters.append(
+            _Cluster(
+                original=originals[original_id],
+                copies=copies[: limits.copies_per_cluster],
+                hidden_copies=max(0, len(copies) - limits.copies_per_cluster),
+                later=later.get((original_id, originals[original_id].date), []),
+            )
+        )
+    con.close()
+
+    wanted: dict[tuple[str, str], str | None] = {}
+    for pair in kept_sample:
+        wanted[(pair.pair_id, pair.date)] = pair.location
+    for key in removed_keys:
+        wanted[key] = raw.get(key, {}).get("image_location")
+    for pair in originals.values():
+        wanted[(pair.pair_id, pair.date)] = pair.location
+    images = _thumbnails(home, wanted, taken_down, limits)
+
+    return _Sheet(
+        stage=stage,
+        date=date,
+        kept_total=kept_total,
+        kept_sample=kept_sample,
+        score_columns=score_columns,
+        score_summary=score_summary,
+        ledger=ledger,
+        by_reason=shown_by_reason,
+        duplicate_reasons={r["reason"] for r in duplicates},
+        clusters=clusters,
+        cluster_total=len(groups),
+        images=images,
+        sizes={key: _size(row["width"], row["height"]) for key, row in raw.items()},
+        taken_down=taken_down,
+        taken_down_since=taken_down_since,
+        rendered_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    )
+
+
+def _kept_sample(
+    con: duckdb.DuckDBPyConnection,
+    source: str,
+    names: list[str],
+    score_columns: list[str],
+    cap: int,
+) -> list[_Pair]:
+    """Up to ``cap`` kept rows, a hash sample of pair_id (stable, spread over the partition)."""
+    optional = ("text", "width", "height", "image_format", *score_columns)
+    columns = ["pair_id", "date", *(c for c in optional if c in names)]
+    rows = con.execute(
+        f"SELECT {', '.join(_quote(c) for c in columns)} FROM {source} "
+        f"ORDER BY md5(pair_id), pair_id LIMIT {int(cap)}"
+    ).fetchall()
+    pairs = []
+    for row in rows:
+        values = dict(zip(columns, row, strict=True))
+        pairs.append(
+            _Pair(
+                pair_id=values["pair_id"],
+                date=values["date"],
+                text=values.get("text"),
+                width=values.get("width"),
+                height=values.get("height"),
+                fields=values,
+            )
+        )
+    return sorted(pairs, key=lambda p: p.pair_id)
+
+
+def _score_summary(
+    con: duckdb.DuckDBPyConnection, source: str, columns: list[str]
+) -> list[tuple[str, float | None, float | None, float | None, int]]:
+    """(column, min, median, max, non-null count) over every kept row, not just the sample."""
+    summary = []
+    for column in columns:
+        c = _quote(column)
+        lo, mid, hi, n = con.execute(
+            f"SELECT min({c}), median({c}), max({c}), count({c}) FROM {source}"
+        ).fetchone()
+        summary.append((column, lo, mid, hi, int(n)))
+    return summary
+
+
+def _ledger(home: Home, stage: str, date: str, columns: list[str] | None = None) -> pa.Table:
+    path = ledger_dir(home, stage, date) / PART_FILE
+    if not path.is_file():
+        return (
+            pa.table({"reason": pa.array([], pa.string())})
+            if columns
+            else LEDGER_SCHEMA.empty_table()
+        )
+    return pq.read_table(path, columns=columns, partitioning=None)
+
+
+def _taken_down(
+    home: Home, con: duckdb.DuckDBPyConnection, date: str
+) -> tuple[set[str], list[str]]:
+    """Every pair_id ever taken down, and those of ``date`` a takedown removed from the tables.
+
+    Ingest refusals (reason ``takedown`` in raw_pairs' ledger) are on the raw_pairs sheet
+    already; a takedown applied later (stage ``takedown``) left no row in any stage table.
+    """
+    if not _tables_with_files(home, [LEDGER_TABLE]):
+        return set(), []
+    source = _read_parquet(table_glob(home, LEDGER_TABLE))
+    rows = con.execute(
+        f"SELECT DISTINCT pair_id, date, stage FROM {source} WHERE stage = ? OR reason = ?",
+        [TAKEDOWN, TAKEDOWN],
+    ).fetchall()
+    since = sorted({pid for pid, day, stage in rows if stage == TAKEDOWN and day == date})
+    return {r[0] for r in rows}, since
+
+
+def _raw_rows(
+    home: Home, con: duckdb.DuckDBPyConnection, pair_ids: list[str]
+) -> dict[tuple[str, str], dict]:
+    """raw_pairs rows of any date for ``pair_ids``, keyed by (pair_id, date)."""
+    if not pair_ids or not _tables_with_files(home, [RAW_PAIRS]):
+        return {}
+    con.register("wanted_ids", pa.table({"pair_id": pa.array(sorted(set(pair_ids)), pa.string())}))
+    source = _read_parquet(table_glob(home, RAW_PAIRS))
+    cursor = con.execute(
+        f"SELECT r.pair_id, r.date, r.text, r.width, r.height, r.image_location "
+        f"FROM {source} r JOIN wanted_ids w USING (pair_id)"
+    )
+    names = [d[0] for d in cursor.description]
+    rows = cursor.fetchall()
+    con.unregister("wanted_ids")
+    return {(row[0], row[1]): dict(zip(names, row, strict=True)) for row in rows}
+
+
+def _original(raw: dict[tuple[str, str], dict], pair_id: str, date: str) -> _Pair:
+    candidates = sorted(d for (pid, d) in raw if pid == pair_id and d <= date)
+    if not candidates:
+        return _Pair(pair_id=pair_id, date="")
+    row = raw[(pair_id, candidates[0])]
+    return _Pair(
+        pair_id=pair_id,
+        date=row["date"],
+        text=row["text"],
+        width=row["width"],
+        height=row["height"],
+        location=row["image_location"],
+    )
+
+
+def _later_removals(
+    home: Home, con: duckdb.DuckDBPyConnection, originals: list[_Pair]
+) -> dict[tuple[str, str], list[tuple[str, str]]]:
+    """Ledger rows of the originals themselves: a kept original may be dropped downstream."""
+    if not originals or not _tables_with_files(home, [LEDGER_TABLE]):
+        return {}
+    keys = pa.table(
+        {
+            "pair_id": pa.array([p.pair_id for p in originals], pa.string()),
+            "date": pa.array([p.date for p in originals], pa.string()),
+        }
+    )
+    con.register("originals", keys)
+    source = _read_parquet(table_glob(home, LEDGER_TABLE))
+    rows = con.execute(
+        f"SELECT l.pair_id, l.date, l.stage, l.reason FROM {source} l "
+        f"JOIN originals o USING (pair_id, date) ORDER BY l.stage, l.reason"
+    ).fetchall()
+    con.unregister("originals")
+    found: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+    for pair_id, day, stage, reason in rows:
+        found[(pair_id, day)].append((stage, reason))
+    return found
+
+
+def _thumbnails(
+    home: Home,
+    wanted: dict[tuple[str, str], str | None],
+    taken_down: set[str],
+    limits: ReviewLimits,
+) -> dict[tuple[str, str], _Image]:
+    """One thumbnail per distinct location, decoded in parallel (Pillow releases the GIL)."""
+    locations = sorted(
+        {loc for (pid, _), loc in wanted.items() if loc is not None and pid not in taken_down}
+    )
+
+    def one(location: str) -> _Image:
+        if location.startswith(("http://", "https://")) and not limits.fetch_remote:
+            return _Image(missing="remote image, not fetched")
+        try:
+            data = read_location(location, home.landing)
+        except (OSError, ValueError) as exc:
+            # A refusal carries its ledger reason (missing_file, path_outside_landing, ...).
+            why = getattr(exc, "reason", None) or type(exc).__name__
+            return _Image(missing=f"cannot read the image: {why}")
+        try:
+            return _Image(uri=jpeg_data_uri(thumbnail_jpeg(data, limits.thumbnail_px)))
+        except ThumbnailError as exc:
+            return _Image(missing=str(exc))
+
+    workers = max(1, min(limits.workers, len(locations), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        by_location = dict(zip(locations, pool.map(one, locations), strict=True))
+    images = {}
+    for key, location in wanted.items():
+        if key[0] in taken_down:
+            continue
+        images[key] = (
+            by_location[location]
+            if location is not None
+            else _Image(missing="no image location in raw_pairs")
+        )
+    return images
+
+
+def _spread(items: list, cap: int) -> list:
+    """``cap`` items evenly spaced over ``items`` (first and last included), in their order."""
+    if len(items) <= cap:
+        return list(items)
+    if cap <= 1:
+        return list(items[:cap])
+    step = (len(items) - 1) / (cap - 1)
+    return [items[round(i * step)] for i in range(cap)]
+
+
+def _score_order(row: dict) -> tuple:
+    for name in ("score", "distance", "similarity"):
+        if row[name] is not None:
+            return (0, row[name], row["pair_id"])
+    return (1, 0.0, row["pair_id"])
+
+
+def _closeness(row: dict) -> float:
+    """How sure a duplicate is, lowest first: the copies nearest the threshold lead."""
+    if row["similarity"] is not None:
+        return row["similarity"]
+    if row["distance"] is not None:
+        return -row["distance"]
+    return 0.0
+
+
+def _tables_with_files(home: Home, tables: list[str]) -> list[str]:
+    return [t for t in tables if glob.glob(table_glob(home, t))]
+
+
+def _read_parquet(path: str | Path) -> str:
+    quoted = str(path).replace("'", "''")
+    return f"read_parquet('{quoted}', union_by_name = true, hive_partitioning = false)"
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _relative(date: str, name: str) -> str:
+    return f"{REVIEW_FOLDER}/date={date}/{name}.html"
+
+
+def _check_name(name: str, what: str) -> None:
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"{what} {name!r} is not a table name (lowercase letters, digits, _)")
+
+
+def _check_date(date: str) -> None:
+    if not _DATE.fullmatch(date):
+        raise ValueError(f"date {date!r} is not YYYY-MM-DD")
+
+
+# --- HTML ---------------------------------------------------------------------------------
+
+_CSS = """
+:root { --kept: #1a7f37; --removed: #cf222e; --muted: #57606a; --line: #d0d7de; }
+* { box-sizing: border-box; }
+body { margin: 0; color: #1f2328; background: #f6f8fa;
+  font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", sans-serif; }
+header { background: #24292f; color: #fff; padding: 10px 24px; }
+header h1 { font-size: 18px; margin: 0; font-weight: 600; }
+header p { margin: 2px 0 0; color: #c9d1d9; font-size: 13px; }
+header a { color: #9ecbff; }
+nav.toc { font-size: 13px; margin-top: 6px; }
+nav.toc a { margin-right: 14px; }
+main { padding: 8px 24px 40px; }
+h2 { font-size: 17px; border-bottom: 1px solid var(--line); padding-bottom: 4px;
+  margin: 28px 0 10px; }
+h3 { font-size: 15px; margin: 20px 0 6px; }
+h3 code { font-size: 14px; }
+p.note, p.cap { color: var(--muted); margin: 4px 0 10px; font-size: 13px; }
+p.cap { color: #9a6700; }
+table { border-collapse: collapse; background: #fff; margin: 6px 0 14px; font-size: 13px; }
+th, td { border: 1px solid var(--line); padding: 3px 8px; text-align: left; vertical-align: top; }
+th { background: #eaeef2; font-weight: 600; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+.summary { display: flex; flex-wrap: wrap; gap: 0 28px; align-items: flex-start; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(186px, 1fr)); gap: 12px; }
+.card { background: #fff; border: 1px solid var(--line); border-top: 4px solid var(--muted);
+  border-radius: 6px; padding: 8px; margin: 0; min-width: 0; }
+.card.kept, .card.original { border-top-color: var(--kept); }
+.card.removed, .card.copy { border-top-color: var(--removed); }
+.card.taken-down { border-top-color: #000; }
+.thumb { display: block; width: 160px; height: 160px; margin: 0 auto 6px; object-fit: contain;
+  background: #eaeef2; }
+div.thumb { display: flex; align-items: center; justify-content: center; text-align: center;
+  padding: 10px; font-size: 12px; color: var(--muted); border: 2px dashed #afb8c1;
+  overflow-wrap: anywhere; }
+div.thumb.taken-down { background: #24292f; color: #fff; border-color: #24292f;
+  font-weight: 600; }
+.pid { font: 600 12px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
+  overflow-wrap: anywhere; }
+.meta, .detail { font-size: 12px; color: var(--muted); overflow-wrap: anywhere; margin: 2px 0; }
+.caption { font-size: 13px; margin: 4px 0; overflow-wrap: anywhere; display: -webkit-box;
+  -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow: hidden; }
+dl.scores { display: grid; grid-template-columns: 1fr auto; gap: 0 8px; font-size: 12px;
+  margin: 4px 0; }
+dl.scores dt { color: var(--muted); }
+dl.scores dd { margin: 0; text-align: right; font-variant-numeric: tabular-nums; }
+dl.scores dd.hit { color: var(--removed); font-weight: 600; }
+.badge { display: inline-block; font-size: 11px; padding: 0 6px; border-radius: 9px;
+  color: #fff; background: var(--muted); margin-right: 4px; }
+.badge.kept { background: var(--kept); }
+.badge.removed { background: var(--removed); }
+.clusters { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
+.cluster { display: flex; gap: 8px; align-items: stretch; max-width: 100%; overflow-x: auto;
+  background: #eaeef2; border: 1px solid var(--line); border-radius: 6px; padding: 6px; }
+.cluster .card { flex: 0 0 186px; }
+.cluster .arrow { align-self: center; font-size: 20px; color: var(--muted); }
+.cluster .more { align-self: center; color: var(--muted); font-size: 13px; }
+table.rejects td { max-width: 520px; overflow-wrap: anywhere; }
+.bar { display: flex; width: 240px; height: 12px; border-radius: 3px; overflow: hidden;
+  background: #eaeef2; margin-top: 3px; }
+.bar .k { background: var(--kept); }
+.bar .r { background: var(--removed); }
+"""
+
+# No script, no remote loads: images only from data: URIs, styles only from this page.
+_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
+def _e(value: object) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _num(value: float | int | None, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, int) or (float(value).is_integer() and abs(value) < 1e12):
+        return str(int(value))
+    return f"{value:.{digits}g}"
+
+
+def _page(title: str, heading: str, subtitle: str, nav: str, body: str) -> str:
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        '<link rel="icon" href="data:,">\n'
+        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        f"<header><h1>{heading}</h1><p>{subtitle}</p>{nav}</header>\n"
+        f"<main>\n{body}\n</main>\n</body>\n</html>\n"
+    )
+
+
+def _sheet_html(sheet: _Sheet, limits: ReviewLimits) -> str:
+    removed = len(sheet.ledger)
+    rows_in = sheet.kept_total + removed
+    nav = (
+        '<nav class="toc"><a href="index.html">all stages of this date</a>'
+        '<a href="#summary">summary</a><a href="#removed">removed by reason</a>'
+        '<a href="#clusters">duplicate clusters</a><a href="#kept">kept sample</a></nav>'
+    )
+    subtitle = (
+        f"{rows_in} in · {sheet.kept_total} kept · {removed} removed · rendered "
+        f"{_e(sheet.rendered_at)}. Green: kept. Red: removed. Black: taken down."
+    )
+    body = [
+        _summary_html(sheet, rows_in),
+        _removed_html(sheet, limits),
+        _clusters_html(sheet, limits),
+        _kept_html(sheet),
+    ]
+    return _page(
+        f"{sheet.stage} {sheet.date} review",
+        f"Review: <code>{_e(sheet.stage)}</code> · {_e(sheet.date)}",
+        subtitle,
+        nav,
+        "\n".join(body),
+    )
+
+
+_MEASURES = (
+    ("threshold", "threshold(s) in ledger"),
+    ("score", "score"),
+    ("distance", "distance"),
+    ("similarity", "similarity"),
+)
+
+
+def _summary_html(sheet: _Sheet, rows_in: int) -> str:
+    counts = (
+        '<table class="funnel"><tr><th>rows</th><th class="num">count</th></tr>'
+        f'<tr><td>in</td><td class="num" data-count="in">{rows_in}</td></tr>'
+        f'<tr><td>kept</td><td class="num" data-count="kept">{sheet.kept_total}</td></tr>'
+        f'<tr><td>removed</td><td class="num" data-count="removed">{len(sheet.ledger)}</td></tr>'
+        "</table>"
+    )
+    by_reason: dict[str, list[dict]] = defaultdict(list)
+    for row in sheet.ledger:
+        by_reason[row["reason"]].append(row)
+    # Only the measure columns that some ledger row fills: raw_pairs rejects have none.
+    measures = [
+        (column, title)
+        for column, title in _MEASURES
+        if any(r[column] is not None for r in sheet.ledger)
+    ]
+    reason_rows = []
+    for reason, n in _reason_counts(sheet.ledger).items():
+        rows = by_reason[reason]
+        anchor = "clusters" if reason in sheet.duplicate_reasons else f"reason-{reason}"
+        cells = "".join(f"<td>{_range(rows, column)}</td>" for column, _ in measures)
+        reason_rows.append(
+            f'<tr data-reason="{_e(reason)}"><td><a href="#{_e(anchor)}">{_e(reason)}</a></td>'
+            f'<td class="num">{n}</td>{cells}</tr>'
+        )
+    heads = "".join(f"<th>{title}</th>" for _, title in measures)
+    reasons = (
+        '<table class="reasons"><tr><th>removed: reason</th><th class="num">rows</th>'
+        f"{heads}</tr>{''.join(reason_rows)}</table>"
+        if reason_rows
+        else '<p class="note">Nothing removed.</p>'
+    )
+    scores = ""
+    if sheet.score_summary:
+        lines = "".join(
+            f'<tr><td>{_e(c)}</td><td class="num">{_num(lo)}</td><td class="num">{_num(mid)}'
+            f'</td><td class="num">{_num(hi)}</td><td class="num">{n}</td></tr>'
+            for c, lo, mid, hi, n in sheet.score_summary
+        )
+        scores = (
+            '<table class="kept-scores"><tr><th>kept: score</th><th class="num">min</th>'
+            '<th class="num">median</th><th class="num">max</th><th class="num">non-null</th>'
+            f"</tr>{lines}</table>"
+        )
+    return (
+        '<section id="summary"><h2>Summary</h2><div class="summary">'
+        f"{counts}{reasons}{scores}</div></section>"
+    )
+
+
+def _reason_counts(ledger: list[dict]) -> dict[str, int]:
+    return reason_counts(pa.table({"reason": pa.array([r["reason"] for r in ledger], pa.string())}))
+
+
+def _range(rows: list[dict], column: str) -> str:
+    values = sorted({r[column] for r in rows if r[column] is not None})
+    if not values:
+        return ""
+    if len(values) == 1:
+        return _num(values[0])
+    return f"{_num(values[0])} … {_num(values[-1])}"
+
+
+def _removed_html(sheet: _Sheet, limits: ReviewLimits) -> str:
+    parts = ['<section id="removed"><h2>Removed, by reason</h2>']
+    if sheet.taken_down_since:
+        parts.append(_taken_down_since_html(sheet.taken_down_since, limits.per_reason))
+    if sheet.stage == RAW_PAIRS:
+        parts.append(
+            '<p class="note">These rows never entered the warehouse (the bytes or the manifest '
+            "line were unusable), so there is no image to show; the detail says why.</p>"
+        )
+    if not sheet.by_reason and not sheet.taken_down_since:
+        parts.append(
+            '<p class="note">No removals here other than duplicates (see below).</p>'
+            if sheet.duplicate_reasons
+            else '<p class="note">Nothing removed.</p>'
+        )
+    for reason in _reason_counts(sheet.ledger):
+        if reason not in sheet.by_reason:
+            continue
+        rows = sheet.by_reason[reason]
+        total = sum(1 for r in sheet.ledger if r["reason"] == reason and r["duplicate_of"] is None)
+        scored = any(_score_order(r)[0] == 0 for r in rows)
+        order = "by score (or distance), lowest first" if scored else "by pair_id"
+        parts.append(
+            f'<h3 id="reason-{_e(reason)}"><code>{_e(reason)}</code> · {_rows(total)}</h3>'
+            f'<p class="note">Ordered {order}.</p>'
+        )
+        if len(rows) < total:
+            parts.append(
+                f'<p class="cap" data-not-shown="{total - len(rows)}">Showing {len(rows)} of '
+                f"{total}, evenly spread over the score range; {total - len(rows)} not shown.</p>"
+            )
+        if sheet.stage == RAW_PAIRS:
+            parts.append(_rejects_table(sheet, reason, rows))
+        else:
+            cards = "".join(_removed_card(sheet, r) for r in rows)
+            parts.append(f'<div class="grid" data-reason="{_e(reason)}">{cards}</div>')
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _taken_down_since_html(pair_ids: list[str], cap: int) -> str:
+    shown = _spread(pair_ids, cap)
+    parts = [
+        f'<div id="taken-down"><h3>taken down after curation · {_rows(len(pair_ids))}</h3>'
+        '<p class="note">A takedown removed these pairs of this date from the tables after the '
+        "stages ran; only their pair_ids are shown.</p>"
+    ]
+    if len(shown) < len(pair_ids):
+        hidden = len(pair_ids) - len(shown)
+        parts.append(
+            f'<p class="cap" data-not-shown="{hidden}">Showing {len(shown)} of {len(pair_ids)}; '
+            f"{hidden} not shown.</p>"
+        )
+    cards = "".join(_takedown_card(pid, "removed", TAKEDOWN) for pid in shown)
+    parts.append(f'<div class="grid" data-reason="{TAKEDOWN}">{cards}</div></div>')
+    return "".join(parts)
+
+
+def _rejects_table(sheet: _Sheet, reason: str, rows: list[dict]) -> str:
+    """Rows that never became pairs have no image: a table reads better than empty cards."""
+    lines = []
+    for row in rows:
+        attrs = f'data-pair-id="{_e(row["pair_id"])}" data-reason="{_e(reason)}"'
+        if row["pair_id"] in sheet.taken_down:
+            lines.append(
+                f'<tr class="removed taken-down" {attrs}><td class="pid">{_e(row["pair_id"])}'
+                '</td><td colspan="3"><span class="badge">taken down</span></td></tr>'
+            )
+            continue
+        caption = (
+            _e(row["text"])
+            if (row["text"] or "").strip()
+            else '<span class="meta">(no caption)</span>'
+        )
+        lines.append(
+            f'<tr class="removed" {attrs}><td class="pid">{_e(row["pair_id"])}</td>'
+            f'<td class="meta">{_e(row["source"])}</td><td>{_e(row["detail"])}</td>'
+            f"<td>{caption}</td></tr>"
+        )
+    return (
+        f'<table class="rejects" data-reason="{_e(reason)}"><tr><th>pair_id</th><th>source</th>'
+        f"<th>detail</th><th>caption</th></tr>{''.join(lines)}</table>"
+    )
+
+
+def _clusters_html(sheet: _Sheet, limits: ReviewLimits) -> str:
+    parts = ['<section id="clusters"><h2>Duplicate clusters</h2>']
+    if not sheet.clusters:
+        parts.append('<p class="note">No duplicates removed here.</p></section>')
+        return "\n".join(parts)
+    parts.append(
+        '<p class="note">Each group: the kept original (green; it may be from an earlier day) and '
+        "the copies removed as its duplicates (red), least certain first.</p>"
+    )
+    if len(sheet.clusters) < sheet.cluster_total:
+        hidden = sheet.cluster_total - len(sheet.clusters)
+        parts.append(
+            f'<p class="cap" data-not-shown="{hidden}">Showing {len(sheet.clusters)} of '
+            f"{sheet.cluster_total} clusters, evenly spread from the least to the most certain; "
+            f"{hidden} not shown.</p>"
+        )
+    parts.append('<div class="clusters">')
+    for cluster in sheet.clusters:
+        original = cluster.original
+        note = "".join(
+            f'<div class="detail">later removed at {_e(stage)}: {_e(reason)}</div>'
+            for stage, reason in cluster.later
+            if stage != TAKEDOWN and reason != TAKEDOWN
+        )
+        badge = f'<span class="badge kept">kept {_e(original.date or "?")}</span>'
+        first = (
+            _takedown_card(original.pair_id, "original")
+            if original.pair_id in sheet.taken_down
+            else _card(
+                "original",
+                original.pair_id,
+                sheet.images.get((original.pair_id, original.date))
+                or _Image(missing="original not found in raw_pairs"),
+                badge,
+                _size(original.width, original.height),
+                original.text,
+                "",
+                note,
+            )
+        )
+        copies = "".join(_copy_card(sheet, r) for r in cluster.copies)
+        more = (
+            f'<div class="more" data-not-shown="{cluster.hidden_copies}">'
+            f"+{cluster.hidden_copies} more copies not shown</div>"
+            if cluster.hidden_copies
+            else ""
+        )
+        parts.append(
+            f'<div class="cluster" data-original="{_e(original.pair_id)}">{first}'
+            f'<div class="arrow">⟵</div>{copies}{more}</div>'
+        )
+    parts.append("</div></section>")
+    return "\n".join(parts)
+
+
+def _kept_html(sheet: _Sheet) -> str:
+    total = sheet.kept_total
+    shown = len(sheet.kept_sample)
+    parts = [f'<section id="kept"><h2>Kept · {_rows(total)}</h2>']
+    if shown < total:
+        parts.append(
+            f'<p class="cap" data-not-shown="{total - shown}">Showing {shown} of {total}: a '
+            f"fixed sample by hash of pair_id, in pair_id order; {total - shown} not shown.</p>"
+        )
+    if not shown:
+        parts.append('<p class="note">Nothing kept.</p>')
+    cards = []
+    for pair in sheet.kept_sample:
+        if pair.pair_id in sheet.taken_down:
+            cards.append(_takedown_card(pair.pair_id, "kept"))
+            continue
+        scores = [
+            (c, _num(pair.fields.get(c)), False)
+            for c in sheet.score_columns
+            if pair.fields.get(c) is not None
+        ]
+        cards.append(
+            _card(
+                "kept",
+                pair.pair_id,
+                sheet.images[(pair.pair_id, pair.date)],
+                "",
+                _size(pair.width, pair.height, pair.fields.get("image_format")),
+                pair.text,
+                _scores(scores),
+                "",
+            )
+        )
+    parts.append(f'<div class="grid">{"".join(cards)}</div></section>')
+    return "\n".join(parts)
+
+
+def _removed_card(sheet: _Sheet, row: dict) -> str:
+    if row["pair_id"] in sheet.taken_down:
+        return _takedown_card(row["pair_id"], "removed", row["reason"])
+    image = sheet.images[(row["pair_id"], row["date"])]
+    scores = []
+    if row["score"] is not None:
+        scores.append(("score", _num(row["score"]), True))
+    for name in ("distance", "similarity"):
+        if row[name] is not None:
+            scores.append((name, _num(row[name], 5), True))
+    if row["threshold"] is not None:
+        scores.append(("threshold", _num(row["threshold"], 5), False))
+    size = sheet.sizes.get((row["pair_id"], row["date"]), "")
+    meta = " · ".join(_e(p) for p in (size, row["source"]) if p)
+    return _card(
+        "removed",
+        row["pair_id"],
+        image,
+        "",
+        meta,
+        row["text"],
+        _scores(scores),
+        f'<div class="detail">{_e(row["detail"])}</div>' if row["detail"] else "",
+        {"data-reason": row["reason"]},
+    )
+
+
+def _copy_card(sheet: _Sheet, row: dict) -> str:
+    attrs = {"data-duplicate-of": row["duplicate_of"], "data-reason": row["reason"]}
+    if row["pair_id"] in sheet.taken_down:
+        return _takedown_card(row["pair_id"], "copy", row["reason"], attrs)
+    scores = []
+    if row["similarity"] is not None:
+        scores.append(("cosine", _num(row["similarity"], 5), True))
+    if row["distance"] is not None:
+        label = "Hamming bits" if row["reason"] == "phash_duplicate" else "distance"
+        scores.append((label, _num(row["distance"]), True))
+    if row["threshold"] is not None:
+        scores.append(("threshold", _num(row["threshold"], 5), False))
+    raw = sheet.images.get((row["pair_id"], row["date"]))
+    return _card(
+        "copy",
+        row["pair_id"],
+        raw or _Image(missing="not found in raw_pairs"),
+        f'<span class="badge removed">{_e(row["reason"])}</span>',
+        sheet.sizes.get((row["pair_id"], row["date"]), ""),
+        row["text"],
+        _scores(scores),
+        "",
+        attrs,
+    )
+
+
+def _card(
+    kind: str,
+    pair_id: str,
+    image: _Image,
+    badge: str,
+    meta: str,
+    text: str | None,
+    scores: str,
+    extra: str,
+    attrs: dict[str, str] | None = None,
+) -> str:
+    attributes = "".join(f' {k}="{_e(v)}"' for k, v in (attrs or {}).items())
+    caption = (
+        f'<p class="caption" title="{_e(text)}">{_e(text)}</p>'
+        if (text or "").strip()
+        else '<p class="caption meta">(no caption)</p>'
+    )
+    return (
+        f'<figure class="card {kind}" data-pair-id="{_e(pair_id)}"{attributes}>'
+        f'{_thumb(image, pair_id)}<figcaption>{badge}<div class="pid">{_e(pair_id)}</div>'
+        f'<div class="meta">{meta}</div>{scores}{caption}{extra}</figcaption></figure>'
+    )
+
+
+def _takedown_card(
+    pair_id: str, kind: str, reason: str | None = None, attrs: dict[str, str] | None = None
+) -> str:
+    attributes = "".join(f' {k}="{_e(v)}"' for k, v in (attrs or {}).items())
+    if reason and "data-reason" not in (attrs or {}):
+        attributes += f' data-reason="{_e(reason)}"'
+    return (
+        f'<figure class="card {kind} taken-down" data-pair-id="{_e(pair_id)}"{attributes}>'
+        '<div class="thumb taken-down">taken down</div>'
+        f'<figcaption><div class="pid">{_e(pair_id)}</div></figcaption></figure>'
+    )
+
+
+def _thumb(image: _Image, pair_id: str) -> str:
+    if image.uri:
+        return f'<img class="thumb" src="{image.uri}" alt="{_e(pair_id)}">'
+    return f'<div class="thumb placeholder">{_e(image.missing or "no image")}</div>'
+
+
+_HIT = ' class="hit"'
+
+
+def _scores(items: list[tuple[str, str, bool]]) -> str:
+    if not items:
+        return ""
+    cells = "".join(
+        f"<dt>{_e(name)}</dt><dd{_HIT if hit else ''}>{_e(value)}</dd>"
+        for name, value, hit in items
+    )
+    return f'<dl class="scores">{cells}</dl>'
+
+
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
+
+
+def _size(width: int | None, height: int | None, fmt: str | None = None) -> str:
+    parts = []
+    if width and height:
+        parts.append(f"{width}×{height}")
+    if fmt:
+        parts.append(_e(fmt))
+    return " · ".join(parts)
+
+
+def _index_html(date: str, rows: list[tuple[str, int | None, int | None, dict[str, int]]]) -> str:
+    lines = []
+    for stage, kept, removed, reasons in rows:
+        if kept is None:
+            lines.append(
+                f'<tr data-stage="{_e(stage)}"><td><code>{_e(stage)}</code></td>'
+                '<td colspan="5" class="note">not materialized for this date</td></tr>'
+            )
+            continue
+        rows_in = kept + (removed or 0)
+        share = kept / rows_in if rows_in else 1.0
+        top = ", ".join(f"{_e(r)} {n}" for r, n in reasons.items()) or "–"
+        lines.append(
+            f'<tr data-stage="{_e(stage)}"><td><a href="{_e(stage)}.html"><code>{_e(stage)}'
+            f'</code></a></td><td class="num">{rows_in}</td><td class="num">{kept}</td>'
+            f'<td class="num">{removed}</td><td><div class="bar"><div class="k" style="width:'
+            f'{share * 100:.1f}%"></div><div class="r" style="width:{(1 - share) * 100:.1f}%">'
+            f"</div></div></td><td>{top}</td></tr>"
+        )
+    body = (
+        '<section id="stages"><h2>Stages</h2><table><tr><th>stage (review sheet)</th>'
+        '<th class="num">in</th><th class="num">kept</th><th class="num">removed</th>'
+        "<th>kept / removed</th><th>removed by reason</th></tr>"
+        + "".join(lines)
+        + "</table></section>"
+    )
+    return _page(
+        f"{date} review",
+        f"Review sheets · {_e(date)}",
+        "Each stage's sheet shows its kept and removed pairs with thumbnails and scores.",
+        "",
+        body,
+    )

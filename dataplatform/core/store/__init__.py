@@ -1,0 +1,3 @@
+"""Where everything is kept: the home, the warehouse (local or object store), table schemas and
+names, the run profile.
+"""

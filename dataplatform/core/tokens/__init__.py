@@ -1,0 +1,1 @@
+"""Discrete image tokens: the VQ tokenizer, the crop policy, the token budget, WebDataset export."""
