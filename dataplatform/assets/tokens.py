@@ -22,11 +22,11 @@ from dataplatform.assets.reporting import (
 from dataplatform.assets.semantic_deduped import KEY as SEMANTIC_KEY
 from dataplatform.assets.vq_tokenizer import KEY as TOKENIZER_KEY
 from dataplatform.assets.vq_tokenizer import TRAINED_DIR
+from dataplatform.core.ingest.image_decode import decode_rgb
 from dataplatform.core.ingest.image_store import read_location
 from dataplatform.core.ingest.rejection import describe
 from dataplatform.core.records.funnel import stage_funnel
 from dataplatform.core.records.plots import markdown_image
-from dataplatform.core.scoring.clip_model import decode_rgb
 from dataplatform.core.store.schema import ledger_row, ledger_table
 from dataplatform.core.tokens.crop_policy import POLICIES, RESOLUTIONS, apply, plan
 from dataplatform.core.tokens.token_budget import budget, budget_plot_png, tokens_per_day

@@ -9,8 +9,8 @@ import numpy as np
 
 from dataplatform.assets.reporting import OWNERS
 from dataplatform.assets.semantic_deduped import KEY as SEMANTIC_KEY
+from dataplatform.core.ingest.image_decode import decode_rgb
 from dataplatform.core.ingest.image_store import read_location
-from dataplatform.core.scoring.clip_model import decode_rgb
 from dataplatform.core.store.warehouse import connect
 from dataplatform.core.tokens.crop_policy import apply, plan
 from dataplatform.resources.warehouse import WarehouseResource

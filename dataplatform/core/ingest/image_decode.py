@@ -1,8 +1,11 @@
 """Defensive decoding of untrusted image bytes: facts about an image, or a reason it is unusable.
 
-Web images are hostile input: empty, truncated, mislabelled, decompression bombs. Every failure
-becomes an ``ImageRejected`` with a stable reason string for the ledger, never an uncaught
-exception, so one bad image never fails a partition.
+``inspect_image_bytes`` is ingest's decode (facts and pHash); ``decode_rgb`` is the pixel decode
+every later stage uses.
+
+Web images are hostile input: empty, truncated, mislabelled, decompression bombs. At ingest
+every failure becomes an ``ImageRejected`` with a stable reason string for the ledger, never an
+uncaught exception, so one bad image never fails a partition.
 """
 
 from __future__ import annotations
@@ -118,6 +121,26 @@ def eight_bit(image: Image.Image) -> Image.Image:
     if image.mode == "F":
         return Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
     return image
+
+
+def decode_rgb(data: bytes, draft_size: int | None = None) -> Image.Image:
+    """Untrusted bytes as an upright 8-bit RGB image: first frame, EXIF orientation applied.
+
+    The one pixel decode of every stage after ingest (CLIP, the quality scorers, the tokenizer),
+    so they all see the same pixels. With ``draft_size``, a JPEG is decoded at the smallest 1/2,
+    1/4 or 1/8 scale that is still at least that size on both sides: those stages resize to
+    their own input size anyway, and the DCT-domain scaling makes decoding a camera-sized JPEG
+    several times faster.
+    """
+    with warnings.catch_warnings():
+        # Ingest already rejected images over its pixel limit; Pillow's warning is noise here.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = Image.open(io.BytesIO(data))
+        if draft_size and image.format == "JPEG":
+            image.draft("RGB", (draft_size, draft_size))
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return eight_bit(image).convert("RGB")
 
 
 def _open_header(data: bytes) -> Image.Image:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import math
@@ -27,16 +26,15 @@ import os
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
-from dataplatform.core.ingest.image_decode import eight_bit
+from dataplatform.core.ingest.image_decode import decode_rgb
 from dataplatform.core.ingest.image_store import read_location
 from dataplatform.core.ingest.rejection import describe
 
@@ -471,24 +469,6 @@ class _ImageDataset:
         except Exception as exc:  # noqa: BLE001 - a hostile image must not fail the batch
             return index, None, f"decode_error: {type(exc).__name__}: {exc}"
         return index, pixels, None
-
-
-def decode_rgb(data: bytes, draft_size: int | None = None) -> Image.Image:
-    """Untrusted bytes as an upright 8-bit RGB image: first frame, EXIF orientation applied.
-
-    With ``draft_size``, a JPEG is decoded at the smallest 1/2, 1/4 or 1/8 scale that is still
-    at least that size on both sides: CLIP resizes to its input size anyway, and the DCT-domain
-    scaling makes decoding a camera-sized JPEG several times faster.
-    """
-    with warnings.catch_warnings():
-        # Ingest already rejected images over its pixel limit; Pillow's warning is noise here.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        image = Image.open(io.BytesIO(data))
-        if draft_size and image.format == "JPEG":
-            image.draft("RGB", (draft_size, draft_size))
-        image.load()
-        image = ImageOps.exif_transpose(image)
-        return eight_bit(image).convert("RGB")
 
 
 def _collate(items: list[tuple[int, Any, str | None]]) -> tuple[list[int], Any, list]:

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
+from dataplatform.core.ingest.image_decode import decode_rgb
 from dataplatform.core.ingest.image_store import read_location
 from dataplatform.core.ingest.rejection import describe
-from dataplatform.core.scoring.clip_model import decode_rgb
 from dataplatform.core.scoring.technical_quality import technical_scores
 
 if TYPE_CHECKING:
