@@ -20,7 +20,15 @@ from dataplatform.assets.reporting import (
 from dataplatform.core.records.funnel import stage_funnel
 from dataplatform.core.records.plots import histogram_png, markdown_image
 from dataplatform.core.scoring.embedding_table import vectors_column
-from dataplatform.core.scoring.score_filter import PERCENTILE, ScoreRule, cut_for, keep_mask
+from dataplatform.core.scoring.score_filter import (
+    ABSOLUTE,
+    DEFAULT_CLIP_THRESHOLD,
+    DEFAULT_KEEP_TOP_PERCENT,
+    PERCENTILE,
+    ScoreRule,
+    cut_for,
+    keep_mask,
+)
 from dataplatform.core.store.schema import ledger_row, ledger_table
 from dataplatform.resources.clip import ClipResource
 from dataplatform.resources.warehouse import WarehouseResource
@@ -35,11 +43,11 @@ SMOKE_RULE = ScoreRule(mode=PERCENTILE, keep_top_percent=90.0)
 
 
 class ClipScoreConfig(dg.Config):
-    mode: str = "absolute"
+    mode: str = ABSOLUTE
     """`absolute` keeps clip_score >= threshold; `percentile` keeps the top share of the day."""
-    threshold: float = 0.28
+    threshold: float = DEFAULT_CLIP_THRESHOLD
     """Cosine of image and text embeddings; LAION-400M kept >= 0.28 with ViT-B/32."""
-    keep_top_percent: float = 30.0
+    keep_top_percent: float = DEFAULT_KEEP_TOP_PERCENT
     """Share kept in percentile mode (DataComp's CLIP-score baseline keeps the top 30%)."""
 
 

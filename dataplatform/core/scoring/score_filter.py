@@ -13,13 +13,18 @@ import numpy as np
 
 ABSOLUTE = "absolute"
 PERCENTILE = "percentile"
+# Image-text cosine at or above which a pair is kept: LAION-400M's cut with ViT-B/32, the
+# architecture the CLIP resource loads by default. Another model needs its own cut.
+DEFAULT_CLIP_THRESHOLD = 0.28
+# Share kept in percentile mode: DataComp's CLIP-score baseline keeps the top 30% of its pool.
+DEFAULT_KEEP_TOP_PERCENT = 30.0
 
 
 @dataclass(frozen=True)
 class ScoreRule:
     mode: str = ABSOLUTE
-    threshold: float = 0.28
-    keep_top_percent: float = 30.0
+    threshold: float = DEFAULT_CLIP_THRESHOLD
+    keep_top_percent: float = DEFAULT_KEEP_TOP_PERCENT
 
     def __post_init__(self) -> None:
         if self.mode not in (ABSOLUTE, PERCENTILE):
