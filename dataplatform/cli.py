@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dataplatform.core.records.audit import terminal_safe
-from dataplatform.core.records.takedown import KINDS as TAKEDOWN_KINDS
+from dataplatform.core.records.takedown_requests import KINDS as TAKEDOWN_KINDS
 from dataplatform.core.store.home import HOME_ENV, Home, resolve_home
 from dataplatform.core.store.warehouse import CorruptPartitionError
 
@@ -354,12 +354,11 @@ def _export(home: Home, args: argparse.Namespace) -> int:
     """Token shards of (tokens, text, pair_id), sized for streaming, one day or all."""
     import numpy as np
 
-    from dataplatform.core.records.takedown import (
+    from dataplatform.core.records.takedown_apply import register_export
+    from dataplatform.core.records.takedown_requests import (
         TakedownRequestError,
-        load_requests,
+        load_takedowns,
         match_pairs,
-        register_export,
-        takedown_dir,
     )
     from dataplatform.core.store.warehouse import partition_dates, read_partition
     from dataplatform.core.tokens.webdataset_export import export_shards
@@ -371,7 +370,7 @@ def _export(home: Home, args: argparse.Namespace) -> int:
         return 1
 
     try:
-        requests = load_requests(takedown_dir(home))
+        requests = load_takedowns(home)
     except TakedownRequestError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -410,7 +409,7 @@ def _export(home: Home, args: argparse.Namespace) -> int:
 
 
 def _takedown(home: Home, args: argparse.Namespace) -> int:
-    from dataplatform.core.records.takedown import TakedownRequestError
+    from dataplatform.core.records.takedown_requests import TakedownRequestError
 
     try:
         return _takedown_file(home, args) if args.action == "file" else _takedown_apply(home, args)
@@ -424,7 +423,7 @@ def _takedown_file(home: Home, args: argparse.Namespace) -> int:
     import datetime as dt
     import hashlib
 
-    from dataplatform.core.records.takedown import load_requests, takedown_dir
+    from dataplatform.core.records.takedown_requests import load_takedowns, takedown_dir
 
     folder = takedown_dir(home)
     folder.mkdir(parents=True, exist_ok=True)
@@ -440,7 +439,7 @@ def _takedown_file(home: Home, args: argparse.Namespace) -> int:
         (folder / "images").mkdir(exist_ok=True)
         (folder / name).write_bytes(data)
         value = name
-    existing = load_requests(folder)
+    existing = load_takedowns(home)
     request = {
         "id": args.id or f"TD-{filed.replace('-', '')}-{len(existing) + 1}",
         "kind": args.by,
@@ -454,7 +453,7 @@ def _takedown_file(home: Home, args: argparse.Namespace) -> int:
     before = path.read_bytes() if path.exists() else b""
     path.write_bytes(before + (json.dumps(request) + "\n").encode())
     try:
-        load_requests(folder)
+        load_takedowns(home)
     except Exception:
         path.write_bytes(before)
         raise
@@ -465,10 +464,11 @@ def _takedown_file(home: Home, args: argparse.Namespace) -> int:
 
 def _takedown_apply(home: Home, args: argparse.Namespace) -> int:
     from dataplatform.core.records.documents import refresh_documents
-    from dataplatform.core.records.takedown import apply_takedowns, load_requests, takedown_dir
+    from dataplatform.core.records.takedown_apply import apply_takedowns
+    from dataplatform.core.records.takedown_requests import load_takedowns
     from dataplatform.core.store.stages import STAGE_ORDER
 
-    requests = load_requests(takedown_dir(home))
+    requests = load_takedowns(home)
     report = apply_takedowns(home, requests, [Path(e) for e in args.export])
     print(f"{len(requests)} request(s); {len(report.matches)} pair(s) removed")
     for m in report.matches:

@@ -9,12 +9,11 @@ same from a shell.
 import dagster as dg
 
 from dataplatform.core.records.documents import refresh_documents
-from dataplatform.core.records.takedown import (
+from dataplatform.core.records.takedown_apply import apply_takedowns
+from dataplatform.core.records.takedown_requests import (
     TakedownRequestError,
-    apply_takedowns,
-    load_requests,
+    load_takedowns,
     requests_digest,
-    takedown_dir,
 )
 from dataplatform.core.store.stages import STAGE_ORDER
 from dataplatform.resources.warehouse import WarehouseResource
@@ -28,7 +27,7 @@ def apply_takedown_requests(
 ) -> dg.Output[dict]:
     home = warehouse.resolve()
     try:
-        requests = load_requests(takedown_dir(home))
+        requests = load_takedowns(home)
     except TakedownRequestError as exc:
         raise dg.Failure(description=str(exc)) from exc
     report = apply_takedowns(home, requests)
@@ -75,7 +74,7 @@ def apply_takedowns_job() -> None:
     description="Starts apply_takedowns whenever the takedown request files change.",
 )
 def takedown_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource):
-    digest = requests_digest(takedown_dir(warehouse.resolve()))
+    digest = requests_digest(warehouse.resolve())
     if not digest:
         return dg.SkipReason("no takedown requests under landing/takedowns/")
     if digest == context.cursor:

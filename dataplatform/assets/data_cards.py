@@ -29,11 +29,10 @@ from dataplatform.core.records.data_cards import (
 )
 from dataplatform.core.records.funnel import stage_funnel
 from dataplatform.core.records.plots import markdown_image
-from dataplatform.core.records.takedown import (
+from dataplatform.core.records.takedown_requests import (
     TakedownRequestError,
     exclude_taken_down,
-    load_requests,
-    takedown_dir,
+    load_takedowns,
 )
 from dataplatform.core.store.stages import STAGE_ORDER
 from dataplatform.core.store.warehouse import document_path
@@ -72,7 +71,7 @@ def data_cards(
     home = warehouse.resolve()
     date = context.partition_key
     try:
-        requests = load_requests(takedown_dir(home))
+        requests = load_takedowns(home)
     except TakedownRequestError as exc:
         raise dg.Failure(description=str(exc)) from exc
     current = read_input(home, TOKENS_KEY.path[-1], date).sort_by("pair_id")

@@ -19,11 +19,10 @@ from dataplatform.core.ingest.ingest_folder import STAGE, IngestOptions, ingest_
 from dataplatform.core.ingest.license_policy import apply_license_policy
 from dataplatform.core.ingest.text_normalize import DEFAULT_MAX_TEXT_CHARS
 from dataplatform.core.records.funnel import stage_funnel
-from dataplatform.core.records.takedown import (
+from dataplatform.core.records.takedown_requests import (
     TakedownRequestError,
     exclude_taken_down,
-    load_requests,
-    takedown_dir,
+    load_takedowns,
 )
 from dataplatform.core.store.schema import LEDGER_SCHEMA
 from dataplatform.resources.licenses import LicensePolicyResource
@@ -71,7 +70,7 @@ def raw_pairs(
     date = context.partition_key
     policy = licenses.policy()
     try:
-        requests = load_requests(takedown_dir(home))
+        requests = load_takedowns(home)
     except TakedownRequestError as exc:
         raise dg.Failure(description=str(exc)) from exc
     options = IngestOptions(

@@ -10,7 +10,7 @@ import pytest
 from dataplatform.assets import STAGE_ORDER
 from dataplatform.cli import main as cli
 from dataplatform.core.records.funnel import warehouse_funnel
-from dataplatform.core.records.takedown import takedown_dir
+from dataplatform.core.records.takedown_requests import takedown_dir
 from dataplatform.core.store.home import Home
 from dataplatform.core.store.warehouse import connect, read_ledger, read_partition
 from dataplatform.core.tokens.webdataset_export import read_shards

@@ -5,7 +5,7 @@ import json
 import dagster as dg
 import pytest
 
-from dataplatform.core.records.takedown import takedown_dir
+from dataplatform.core.records.takedown_requests import takedown_dir
 from dataplatform.core.store.home import Home
 from dataplatform.core.store.warehouse import read_ledger, read_partition
 from dataplatform.definitions import defs

@@ -7,12 +7,11 @@ import pytest
 
 from dataplatform.core.dedup.phash import from_hex, hamming
 from dataplatform.core.ingest.image_decode import inspect_image_bytes
-from dataplatform.core.records.takedown import (
+from dataplatform.core.records.takedown_apply import apply_takedowns, register_export
+from dataplatform.core.records.takedown_requests import (
     TakedownRequestError,
-    apply_takedowns,
-    load_requests,
+    load_takedowns,
     match_pairs,
-    register_export,
     takedown_dir,
 )
 from dataplatform.core.store.home import Home
@@ -86,7 +85,7 @@ def test_requests_are_read_from_jsonl_and_csv(tmp_path: Path, images):
     (takedown_dir(home) / "more.csv").write_text(
         "id,kind,value,filed,reason\nTD-2,pair_id,p3,2025-01-03,owner asked\n"
     )
-    requests = load_requests(takedown_dir(home))
+    requests = load_takedowns(home)
     assert [(r.request_id, r.kind, r.value, r.filed) for r in requests] == [
         ("TD-2", "pair_id", "p3", "2025-01-03"),
         ("TD-1", "url", "https://x/y", D2),
@@ -113,7 +112,7 @@ def test_every_bad_request_is_named(tmp_path: Path):
         )
     )
     with pytest.raises(TakedownRequestError) as caught:
-        load_requests(folder)
+        load_takedowns(home)
     message = str(caught.value)
     assert "6 bad takedown request(s)" in message
     assert "r.jsonl:1: kind must be one of" in message
@@ -138,7 +137,7 @@ def test_matching_by_url_sha_pair_id_and_image_distance(tmp_path: Path, images):
             {"id": "P", "kind": "pair_id", "value": "p2", "filed": D2},
         ],
     )
-    requests = load_requests(folder)
+    requests = load_takedowns(home)
     matches = match_pairs(_pairs(images, ROWS), requests)
     cropped = hamming(from_hex(images["chelsea"].phash), from_hex(images["chelsea_crop"].phash))
     assert cropped == 4
@@ -196,7 +195,7 @@ def test_apply_removes_from_every_table_and_export_and_records_it(tmp_path: Path
             {"id": "TD-10", "kind": "pair_id", "value": "p1", "filed": D2},
         ],
     )
-    report = apply_takedowns(home, load_requests(takedown_dir(home)))
+    report = apply_takedowns(home, load_takedowns(home))
     assert [m.pair_id for m in report.matches] == ["p1", "p5"]
     assert report.partitions == {
         "embeddings": {D1: 1, D2: 1},
@@ -236,7 +235,7 @@ def test_apply_twice_changes_nothing_more(tmp_path: Path, images):
     home = Home(tmp_path / "home")
     _warehouse(home, images)
     _write_requests(home, [{"id": "T", "kind": "pair_id", "value": "p3", "filed": D2}])
-    requests = load_requests(takedown_dir(home))
+    requests = load_takedowns(home)
     assert [m.pair_id for m in apply_takedowns(home, requests).matches] == ["p3"]
     again = apply_takedowns(home, requests)
     assert again.matches == [] and again.partitions == {} and again.verified
@@ -249,7 +248,7 @@ def test_shard_rewrite_equals_a_fresh_export_without_the_samples(tmp_path: Path,
     _warehouse(home, images)
     _export(home, tmp_path / "export")
     _write_requests(home, [{"id": "T", "kind": "pair_id", "value": "p2", "filed": D2}])
-    apply_takedowns(home, load_requests(takedown_dir(home)))
+    apply_takedowns(home, load_takedowns(home))
     shard = tmp_path / "export" / "tokens-000000.tar"
     fresh = tmp_path / "fresh"
     export_shards(
