@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from dataplatform.core.dedup.phash_index import DEFAULT_PHASH_THRESHOLD
 from dataplatform.core.samples.sample_data import build_sample_landing
 from dataplatform.core.store.home import Home
 from dataplatform.core.store.warehouse import connect, read_partition
@@ -110,7 +111,7 @@ def test_phash_duplicate_reports_the_hamming_distance_of_the_stored_hashes(sampl
         assert (entry["stage"], entry["reason"]) == ("phash_deduped", "phash_duplicate")
         assert entry["duplicate_of"] == original_of(truth, key)
         assert entry["distance"] == phash_distance(home, key, entry["duplicate_of"])
-        assert entry["threshold"] == 8.0
+        assert entry["threshold"] == DEFAULT_PHASH_THRESHOLD
     # The demo's largest pHash edit that is still a duplicate: a re-encode 6 bits away.
     assert explain_json(home, "brick-02-jpeg_reencode")["status"]["entry"]["distance"] == 6.0
 

@@ -34,12 +34,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
+from dataplatform.core.dedup.phash_index import DEFAULT_PHASH_THRESHOLD
 from dataplatform.core.ingest.image_decode import eight_bit
 
-# An edit counts as a pHash duplicate at this Hamming distance or less; the phash stage is
-# expected to use the same threshold (imagededup's default for 64-bit hashes is 10; 8 is the
-# stricter value this project uses).
-PHASH_DUPLICATE_MAX_DISTANCE = 8
 # Originals must be further apart than this, so no two different photos look like copies.
 DISTINCT_MIN_DISTANCE = 12
 
@@ -524,7 +521,8 @@ class _Entry:
 
 
 def _phash_expected(distance: int) -> str:
-    if distance <= PHASH_DUPLICATE_MAX_DISTANCE:
+    """The truth follows the phash stage's default threshold, so the demo checks that default."""
+    if distance <= DEFAULT_PHASH_THRESHOLD:
         return "phash_duplicate"
     return "not_phash_detectable"
 
@@ -927,7 +925,7 @@ def _check_distinct(builder: _SampleBuilder) -> None:
     for first, second in combinations(survivors, 2):
         assert first.phash is not None and second.phash is not None
         distance = first.phash - second.phash
-        if distance <= PHASH_DUPLICATE_MAX_DISTANCE:
+        if distance <= DEFAULT_PHASH_THRESHOLD:
             raise RuntimeError(
                 f"sample rows {first.base}/{first.kind} and {second.base}/{second.kind} are "
                 f"{distance} apart in pHash but both are expected to survive; change the plan"

@@ -18,10 +18,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageOps
 
+from dataplatform.core.dedup.phash_index import DEFAULT_PHASH_THRESHOLD
 from dataplatform.core.samples.sample_data import (
     EDITS,
     MANIFEST_COLUMNS,
-    PHASH_DUPLICATE_MAX_DISTANCE,
     SampleItem,
     build_sample_landing,
     phash_of,
@@ -285,10 +285,10 @@ def test_edit_distances_match_the_expected_outcome(landing: Landing) -> None:
             continue
         distance = phash_of(landing.image_bytes(item)) - phash_of(landing.original_of(item))
         if item.expected == "phash_duplicate":
-            assert distance <= PHASH_DUPLICATE_MAX_DISTANCE - 2, item
+            assert distance <= DEFAULT_PHASH_THRESHOLD - 2, item
         else:
             assert item.expected == "not_phash_detectable", item
-            assert distance > PHASH_DUPLICATE_MAX_DISTANCE + 2, item
+            assert distance > DEFAULT_PHASH_THRESHOLD + 2, item
         outcomes[(item.kind, item.expected)] += 1
 
     assert outcomes == {
