@@ -10,14 +10,10 @@ from dataplatform.assets.reporting import (
     CHECK_PAIR_ID_UNIQUE,
     CHECK_ROWS_CONSERVED,
     OWNERS,
-    conservation_check,
+    finish_stage,
     read_input,
-    stage_metadata,
     table_column,
-    unique_check,
-    write_stage,
 )
-from dataplatform.core.records.funnel import stage_funnel
 from dataplatform.core.records.plots import histogram_png, markdown_image
 from dataplatform.core.scoring.embedding_table import vectors_column
 from dataplatform.core.scoring.score_filter import (
@@ -130,9 +126,6 @@ def clip_scored(
             for k in np.flatnonzero(readable & ~keep)
         ]
     )
-    output = write_stage(home, STAGE, date, kept, ledger, {EMBEDDINGS: embeddings})
-
-    funnel = stage_funnel(STAGE, date, current.num_rows, kept.num_rows, ledger)
     norms = np.linalg.norm(image_emb[readable], axis=1) if readable.any() else np.ones(0)
     histogram = histogram_png(
         scores[readable], value_range=(-1.0, 1.0), title="clip_score", marker=cut
@@ -144,27 +137,34 @@ def clip_scored(
         "cut": float(cut),
         "score_histogram": dg.MetadataValue.md(markdown_image(histogram, "clip_score histogram")),
     }
-    return dg.MaterializeResult(
-        metadata=stage_metadata(funnel, output, extra, home=home),
-        check_results=[
-            conservation_check(funnel),
-            unique_check(CHECK_PAIR_ID_UNIQUE, "pair_id", table_column(kept, "pair_id"), "the day"),
-            dg.AssetCheckResult(
-                check_name=CHECK_SCORE_RANGE,
-                passed=bool(np.all((scores[readable] >= -1.0001) & (scores[readable] <= 1.0001))),
-                metadata={
-                    "min": float(scores[readable].min()) if readable.any() else 0.0,
-                    "max": float(scores[readable].max()) if readable.any() else 0.0,
-                },
-                description="every clip_score is a cosine in [-1, 1]",
-            ),
-            dg.AssetCheckResult(
-                check_name=CHECK_EMBEDDING_NORMS,
-                passed=bool(np.all(np.abs(norms - 1.0) < 1e-3)),
-                metadata={"max_deviation": float(np.abs(norms - 1.0).max()) if norms.size else 0.0},
-                description="every stored image embedding has unit L2 norm",
-            ),
-        ],
+    checks = [
+        dg.AssetCheckResult(
+            check_name=CHECK_SCORE_RANGE,
+            passed=bool(np.all((scores[readable] >= -1.0001) & (scores[readable] <= 1.0001))),
+            metadata={
+                "min": float(scores[readable].min()) if readable.any() else 0.0,
+                "max": float(scores[readable].max()) if readable.any() else 0.0,
+            },
+            description="every clip_score is a cosine in [-1, 1]",
+        ),
+        dg.AssetCheckResult(
+            check_name=CHECK_EMBEDDING_NORMS,
+            passed=bool(np.all(np.abs(norms - 1.0) < 1e-3)),
+            metadata={"max_deviation": float(np.abs(norms - 1.0).max()) if norms.size else 0.0},
+            description="every stored image embedding has unit L2 norm",
+        ),
+    ]
+    side = {EMBEDDINGS: embeddings}
+    return finish_stage(
+        home,
+        STAGE,
+        date,
+        current.num_rows,
+        kept,
+        ledger,
+        side_tables=side,
+        metadata=extra,
+        checks=checks,
     )
 
 

@@ -9,12 +9,8 @@ from dataplatform.assets.reporting import (
     CHECK_PAIR_ID_UNIQUE,
     CHECK_ROWS_CONSERVED,
     OWNERS,
-    conservation_check,
+    finish_stage,
     read_input,
-    stage_metadata,
-    table_column,
-    unique_check,
-    write_stage,
 )
 from dataplatform.assets.review import review_sheet_metadata
 from dataplatform.assets.tokens import KEY as TOKENS_KEY
@@ -27,7 +23,6 @@ from dataplatform.core.records.data_cards import (
     dataset_version,
     write_dataset_card,
 )
-from dataplatform.core.records.funnel import stage_funnel
 from dataplatform.core.records.plots import markdown_image
 from dataplatform.core.records.takedown_requests import (
     TakedownRequestError,
@@ -78,50 +73,56 @@ def data_cards(
     kept, ledger = exclude_taken_down(current, requests, STAGE)
     runs = stage_runs(context, date)
     cards = build_cards(kept, runs, dataset_version(date, runs))
-    output = write_stage(home, STAGE, date, cards, ledger)
-
     stages = [*LINEAGE, STAGE]
-    partition_card = write_dataset_card(home, stages, date, runs)
-    overall_card = write_dataset_card(home, stages, None)
-    funnel = stage_funnel(STAGE, date, current.num_rows, cards.num_rows, ledger)
     missing = _incomplete(cards)
-    ui_card = card_markdown(
-        partition_card.card,
-        [markdown_image(png, name) for name, png in partition_card.plots.items()],
+    complete = dg.AssetCheckResult(
+        check_name=CHECK_CARDS_COMPLETE,
+        passed=not missing,
+        metadata={"incomplete": len(missing), "examples": ", ".join(missing[:10]) or "-"},
+        description=(
+            "every card has a source, a license status, a CLIP score, tokens and the run "
+            "of every stage"
+        ),
     )
-    extra = {
-        "dataset_version": cards.column("dataset_version")[0].as_py() if cards.num_rows else "-",
-        "dataset_card": dg.MetadataValue.md(ui_card),
-        "dataset_card_path": dg.MetadataValue.path(
-            str(document_path(home, f"{partition_card.folder}/card.md"))
-        ),
-        "dataset_card_json": dg.MetadataValue.path(
-            str(document_path(home, f"{partition_card.folder}/card.json"))
-        ),
-        "overall_card_path": dg.MetadataValue.path(
-            str(document_path(home, f"{overall_card.folder}/card.md"))
-        ),
-        "licenses": dg.MetadataValue.json(partition_card.card["licenses"]),
-        "stage_runs": dg.MetadataValue.json([r.as_dict() for r in runs]),
-        **review_sheet_metadata(home, stages, date),
-    }
-    return dg.MaterializeResult(
-        metadata=stage_metadata(funnel, output, extra),
-        check_results=[
-            conservation_check(funnel),
-            unique_check(
-                CHECK_PAIR_ID_UNIQUE, "pair_id", table_column(cards, "pair_id"), "the day"
+
+    def card_metadata() -> dict:
+        # The dataset cards count the committed partition, so they are written after it.
+        partition_card = write_dataset_card(home, stages, date, runs)
+        overall_card = write_dataset_card(home, stages, None)
+        ui_card = card_markdown(
+            partition_card.card,
+            [markdown_image(png, name) for name, png in partition_card.plots.items()],
+        )
+        return {
+            "dataset_version": (
+                cards.column("dataset_version")[0].as_py() if cards.num_rows else "-"
             ),
-            dg.AssetCheckResult(
-                check_name=CHECK_CARDS_COMPLETE,
-                passed=not missing,
-                metadata={"incomplete": len(missing), "examples": ", ".join(missing[:10]) or "-"},
-                description=(
-                    "every card has a source, a license status, a CLIP score, tokens and the run "
-                    "of every stage"
-                ),
+            "dataset_card": dg.MetadataValue.md(ui_card),
+            "dataset_card_path": dg.MetadataValue.path(
+                str(document_path(home, f"{partition_card.folder}/card.md"))
             ),
-        ],
+            "dataset_card_json": dg.MetadataValue.path(
+                str(document_path(home, f"{partition_card.folder}/card.json"))
+            ),
+            "overall_card_path": dg.MetadataValue.path(
+                str(document_path(home, f"{overall_card.folder}/card.md"))
+            ),
+            "licenses": dg.MetadataValue.json(partition_card.card["licenses"]),
+            "stage_runs": dg.MetadataValue.json([r.as_dict() for r in runs]),
+            # The cards link the review sheets of every stage, not of a stage of their own.
+            **review_sheet_metadata(home, stages, date),
+        }
+
+    return finish_stage(
+        home,
+        STAGE,
+        date,
+        current.num_rows,
+        cards,
+        ledger,
+        metadata=card_metadata,
+        checks=[complete],
+        review_sheet=False,
     )
 
 

@@ -7,18 +7,16 @@ from dataplatform.assets.raw_pairs import KEY as RAW_KEY
 from dataplatform.assets.reporting import (
     CHECK_PAIR_ID_UNIQUE,
     CHECK_ROWS_CONSERVED,
+    GLOBAL_SCOPE,
     OWNERS,
-    conservation_check,
+    finish_stage,
     read_input,
     read_input_history,
     require_earlier_partitions,
-    stage_metadata,
     table_column,
     unique_check,
-    write_stage,
 )
 from dataplatform.core.dedup.exact_dedup import exact_deduplicate
-from dataplatform.core.records.funnel import stage_funnel
 from dataplatform.core.store.schema import ledger_row, ledger_table
 from dataplatform.resources.warehouse import WarehouseResource
 
@@ -78,24 +76,20 @@ def exact_deduped(
             )
         )
     ledger = ledger_table(sorted(ledger_rows, key=lambda r: r["pair_id"]))
-    output = write_stage(home, STAGE, date, result.kept, ledger)
-
-    funnel = stage_funnel(STAGE, date, current.num_rows, result.kept.num_rows, ledger)
     kept_ids = table_column(kept_history, "pair_id") + table_column(result.kept, "pair_id")
     kept_sha = table_column(kept_history, "image_sha256") + table_column(
         result.kept, "image_sha256"
     )
-    return dg.MaterializeResult(
-        metadata=stage_metadata(
-            funnel, output, {"history_pairs": kept_history.num_rows}, home=home
-        ),
-        check_results=[
-            conservation_check(funnel),
-            unique_check(
-                CHECK_PAIR_ID_UNIQUE, "pair_id", kept_ids, "all kept pairs up to this day"
-            ),
-            unique_check(
-                CHECK_SHA_UNIQUE, "image_sha256", kept_sha, "all kept pairs up to this day"
-            ),
-        ],
+    sha_unique = unique_check(CHECK_SHA_UNIQUE, "image_sha256", kept_sha, GLOBAL_SCOPE)
+    return finish_stage(
+        home,
+        STAGE,
+        date,
+        current.num_rows,
+        result.kept,
+        ledger,
+        metadata={"history_pairs": kept_history.num_rows},
+        checks=[sha_unique],
+        pair_ids=kept_ids,
+        pair_id_scope=GLOBAL_SCOPE,
     )

@@ -7,19 +7,16 @@ from dataplatform.assets.partitions import PREVIOUS_DAY, daily_partitions
 from dataplatform.assets.reporting import (
     CHECK_PAIR_ID_UNIQUE,
     CHECK_ROWS_CONSERVED,
+    GLOBAL_SCOPE,
     OWNERS,
-    conservation_check,
+    finish_stage,
     read_input,
     read_input_history,
     require_earlier_partitions,
-    stage_metadata,
     table_column,
-    unique_check,
-    write_stage,
 )
 from dataplatform.core.dedup.phash_dedup import kept_pairs_within, phash_deduplicate
 from dataplatform.core.dedup.phash_index import DEFAULT_PHASH_THRESHOLD
-from dataplatform.core.records.funnel import stage_funnel
 from dataplatform.core.store.schema import ledger_row, ledger_table
 from dataplatform.resources.warehouse import WarehouseResource
 
@@ -75,31 +72,25 @@ def phash_deduped(
             for dup in result.duplicates
         ]
     )
-    output = write_stage(home, STAGE, date, result.kept, ledger)
-
-    funnel = stage_funnel(STAGE, date, current.num_rows, result.kept.num_rows, ledger)
     near = kept_pairs_within(result.kept, history, config.threshold)
-    kept_ids = table_column(history, "pair_id") + table_column(result.kept, "pair_id")
-    return dg.MaterializeResult(
-        metadata=stage_metadata(
-            funnel,
-            output,
-            {"threshold_bits": config.threshold, "history_pairs": history.num_rows},
-            home=home,
-        ),
-        check_results=[
-            conservation_check(funnel),
-            unique_check(
-                CHECK_PAIR_ID_UNIQUE, "pair_id", kept_ids, "all kept pairs up to this day"
-            ),
-            dg.AssetCheckResult(
-                check_name=CHECK_NO_NEAR_DUPLICATES,
-                passed=not near,
-                metadata={
-                    "pairs_within_threshold": len(near),
-                    "examples": "; ".join(f"{a}~{b} ({d})" for a, b, d in near[:10]) or "-",
-                },
-                description=f"no two kept pairs lie within {config.threshold} bits",
-            ),
-        ],
+    none_near = dg.AssetCheckResult(
+        check_name=CHECK_NO_NEAR_DUPLICATES,
+        passed=not near,
+        metadata={
+            "pairs_within_threshold": len(near),
+            "examples": "; ".join(f"{a}~{b} ({d})" for a, b, d in near[:10]) or "-",
+        },
+        description=f"no two kept pairs lie within {config.threshold} bits",
+    )
+    return finish_stage(
+        home,
+        STAGE,
+        date,
+        current.num_rows,
+        result.kept,
+        ledger,
+        metadata={"threshold_bits": config.threshold, "history_pairs": history.num_rows},
+        checks=[none_near],
+        pair_ids=table_column(history, "pair_id") + table_column(result.kept, "pair_id"),
+        pair_id_scope=GLOBAL_SCOPE,
     )

@@ -13,14 +13,10 @@ from dataplatform.assets.reporting import (
     CHECK_PAIR_ID_UNIQUE,
     CHECK_ROWS_CONSERVED,
     OWNERS,
-    conservation_check,
+    finish_stage,
     read_input,
-    stage_metadata,
     table_column,
-    unique_check,
-    write_stage,
 )
-from dataplatform.core.records.funnel import stage_funnel
 from dataplatform.core.records.plots import histogram_png, markdown_image
 from dataplatform.core.scoring.embedding_table import rows_for
 from dataplatform.core.scoring.quality_rules import QualityThresholds, evaluate_table
@@ -131,9 +127,6 @@ def quality_filtered(
             for k in np.flatnonzero(~keep)
         ]
     )
-    output = write_stage(home, STAGE, date, kept, ledger, new_scores)
-
-    funnel = stage_funnel(STAGE, date, current.num_rows, kept.num_rows, ledger)
     out_of_range = _out_of_range(scores)
     errors = [e for e in table_column(scores, "scorer_errors") if e]
     extra = {
@@ -143,18 +136,22 @@ def quality_filtered(
         "scorer_errors": len(errors),
         "histograms": dg.MetadataValue.md(_histograms(scores, thresholds)),
     }
-    return dg.MaterializeResult(
-        metadata=stage_metadata(funnel, output, extra, home=home),
-        check_results=[
-            conservation_check(funnel),
-            unique_check(CHECK_PAIR_ID_UNIQUE, "pair_id", table_column(kept, "pair_id"), "the day"),
-            dg.AssetCheckResult(
-                check_name=CHECK_SCORE_RANGES,
-                passed=not out_of_range,
-                metadata={"out_of_range": ", ".join(out_of_range) or "-"},
-                description="bounded scores (NSFW, watermark, OCR, exposure, aspect) in range",
-            ),
-        ],
+    in_range = dg.AssetCheckResult(
+        check_name=CHECK_SCORE_RANGES,
+        passed=not out_of_range,
+        metadata={"out_of_range": ", ".join(out_of_range) or "-"},
+        description="bounded scores (NSFW, watermark, OCR, exposure, aspect) in range",
+    )
+    return finish_stage(
+        home,
+        STAGE,
+        date,
+        current.num_rows,
+        kept,
+        ledger,
+        side_tables=new_scores,
+        metadata=extra,
+        checks=[in_range],
     )
 
 

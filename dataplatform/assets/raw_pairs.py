@@ -8,17 +8,13 @@ from dataplatform.assets.reporting import (
     CHECK_PAIR_ID_UNIQUE,
     CHECK_ROWS_CONSERVED,
     OWNERS,
-    conservation_check,
-    stage_metadata,
+    finish_stage,
     table_column,
-    unique_check,
-    write_stage,
 )
 from dataplatform.core.ingest.image_decode import DEFAULT_DRAFT_SIZE, DEFAULT_MAX_PIXELS
 from dataplatform.core.ingest.ingest_folder import STAGE, IngestOptions, ingest_folder
 from dataplatform.core.ingest.license_policy import apply_license_policy
 from dataplatform.core.ingest.text_normalize import DEFAULT_MAX_TEXT_CHARS
-from dataplatform.core.records.funnel import stage_funnel
 from dataplatform.core.records.takedown_requests import (
     TakedownRequestError,
     exclude_taken_down,
@@ -88,8 +84,6 @@ def raw_pairs(
     ledger = pa.concat_tables(
         [t.cast(LEDGER_SCHEMA) for t in (result.rejected, taken_down, license_drops)]
     )
-    output = write_stage(home, STAGE, date, kept, ledger)
-    funnel = stage_funnel(STAGE, date, result.rows_in, kept.num_rows, ledger)
     statuses = table_column(kept, "license_status")
     extra = {
         "landing": dg.MetadataValue.path(str(landing)),
@@ -98,10 +92,4 @@ def raw_pairs(
         "takedown_requests": len(requests),
         "taken_down_at_ingest": taken_down.num_rows,
     }
-    return dg.MaterializeResult(
-        metadata=stage_metadata(funnel, output, extra, home=home),
-        check_results=[
-            conservation_check(funnel),
-            unique_check(CHECK_PAIR_ID_UNIQUE, "pair_id", table_column(kept, "pair_id"), "the day"),
-        ],
-    )
+    return finish_stage(home, STAGE, date, result.rows_in, kept, ledger, metadata=extra)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import dagster as dg
@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from dataplatform.assets.partitions import START_DATE
 from dataplatform.assets.review import review_sheet_metadata
-from dataplatform.core.records.funnel import StageFunnel
+from dataplatform.core.records.funnel import StageFunnel, stage_funnel
 from dataplatform.core.store.home import Home
 from dataplatform.core.store.warehouse import (
     SIDE_TABLES,
@@ -27,6 +27,8 @@ from dataplatform.resources.warehouse import WarehouseResource
 OWNERS = ["team:data-curation"]
 CHECK_ROWS_CONSERVED = "rows_conserved"
 CHECK_PAIR_ID_UNIQUE = "pair_id_unique"
+# Where a global stage checks pair_id (and hash) uniqueness: its history and the day together.
+GLOBAL_SCOPE = "all kept pairs up to this day"
 
 
 @contextmanager
@@ -79,6 +81,44 @@ def write_stage(
         commit_stage(home, date, {stage: kept, **side}, {stage: ledger})
         refresh_catalog(home)
     return partition_file(home, stage, date)
+
+
+def finish_stage(
+    home: Home,
+    stage: str,
+    date: str,
+    rows_in: int,
+    kept: pa.Table,
+    ledger: pa.Table,
+    *,
+    side_tables: Mapping[str, pa.Table] | None = None,
+    metadata: Mapping[str, object] | Callable[[], Mapping[str, object]] | None = None,
+    checks: Sequence[dg.AssetCheckResult] = (),
+    pair_ids: list | None = None,
+    pair_id_scope: str = "the day",
+    review_sheet: bool = True,
+) -> dg.MaterializeResult:
+    """The tail every stage shares, in one place: commit, funnel, checks, metadata, result.
+
+    Commits the partition, ledger and side tables together (``write_stage``), counts the
+    funnel, and returns the ``MaterializeResult`` with the stage's metadata (``stage_metadata``,
+    plus ``metadata``, which may be a function when it needs the committed partition, as
+    dataset cards and the token tally do) and its checks: rows conserved and pair_id unique
+    (over ``pair_ids``, the day's kept ids unless a global stage passes history and day), then
+    the stage's own ``checks``. The asset keeps its decorator, and so its check specs, in view.
+    """
+    output = write_stage(home, stage, date, kept, ledger, side_tables)
+    funnel = stage_funnel(stage, date, rows_in, kept.num_rows, ledger)
+    extra = dict(metadata() if callable(metadata) else (metadata or {}))
+    ids = table_column(kept, "pair_id") if pair_ids is None else pair_ids
+    return dg.MaterializeResult(
+        metadata=stage_metadata(funnel, output, extra, home=home if review_sheet else None),
+        check_results=[
+            conservation_check(funnel),
+            unique_check(CHECK_PAIR_ID_UNIQUE, "pair_id", ids, pair_id_scope),
+            *checks,
+        ],
+    )
 
 
 def conservation_check(funnel: StageFunnel) -> dg.AssetCheckResult:

@@ -13,15 +13,13 @@ from dataplatform.assets.quality_filtered import KEY as QUALITY_KEY
 from dataplatform.assets.reporting import (
     CHECK_PAIR_ID_UNIQUE,
     CHECK_ROWS_CONSERVED,
+    GLOBAL_SCOPE,
     OWNERS,
-    conservation_check,
+    finish_stage,
     read_input,
     read_input_history,
     require_earlier_partitions,
-    stage_metadata,
     table_column,
-    unique_check,
-    write_stage,
 )
 from dataplatform.core.dedup.semantic_index import (
     DEFAULT_SIMILARITY_THRESHOLD,
@@ -29,7 +27,6 @@ from dataplatform.core.dedup.semantic_index import (
     find_similar_pairs,
     semantic_deduplicate,
 )
-from dataplatform.core.records.funnel import stage_funnel
 from dataplatform.core.scoring.embedding_table import matrix_of, rows_for
 from dataplatform.core.store.profile import is_smoke
 from dataplatform.core.store.schema import ledger_row, ledger_table
@@ -109,14 +106,11 @@ def semantic_deduped(
         )
     ledger = ledger_table(ledger_rows)
     kept = current.filter(pa.array(decision.keep))
-    output = write_stage(home, STAGE, date, kept, ledger)
-
     kept_vectors = vectors[decision.keep]
     i, j, sim = find_similar_pairs(kept_vectors, threshold)
     q, r, sim_h = find_similar_between(kept_vectors, history_vectors, threshold)
     violations = len(i) + len(q)
     size_counts = Counter(1 + n for n in cluster_sizes.values())
-    funnel = stage_funnel(STAGE, date, current.num_rows, kept.num_rows, ledger)
     extra = {
         "threshold": float(threshold),
         "keep_rule": config.keep_rule,
@@ -132,21 +126,23 @@ def semantic_deduped(
             ),
         ),
     }
-    kept_ids = hist_ids + table_column(kept, "pair_id")
-    return dg.MaterializeResult(
-        metadata=stage_metadata(funnel, output, extra, home=home),
-        check_results=[
-            conservation_check(funnel),
-            unique_check(
-                CHECK_PAIR_ID_UNIQUE, "pair_id", kept_ids, "all kept pairs up to this day"
-            ),
-            dg.AssetCheckResult(
-                check_name=CHECK_NO_SIMILAR_KEPT,
-                passed=violations == 0,
-                metadata={"pairs_above_threshold": violations},
-                description=f"no two kept pairs have image cosine >= {threshold}",
-            ),
-        ],
+    none_similar = dg.AssetCheckResult(
+        check_name=CHECK_NO_SIMILAR_KEPT,
+        passed=violations == 0,
+        metadata={"pairs_above_threshold": violations},
+        description=f"no two kept pairs have image cosine >= {threshold}",
+    )
+    return finish_stage(
+        home,
+        STAGE,
+        date,
+        current.num_rows,
+        kept,
+        ledger,
+        metadata=extra,
+        checks=[none_similar],
+        pair_ids=hist_ids + table_column(kept, "pair_id"),
+        pair_id_scope=GLOBAL_SCOPE,
     )
 
 

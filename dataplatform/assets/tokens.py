@@ -11,13 +11,9 @@ from dataplatform.assets.reporting import (
     CHECK_PAIR_ID_UNIQUE,
     CHECK_ROWS_CONSERVED,
     OWNERS,
-    conservation_check,
+    finish_stage,
     read_input,
-    stage_metadata,
-    table_column,
-    unique_check,
     unreadable_files_fail,
-    write_stage,
 )
 from dataplatform.assets.semantic_deduped import KEY as SEMANTIC_KEY
 from dataplatform.assets.vq_tokenizer import KEY as TOKENIZER_KEY
@@ -25,7 +21,6 @@ from dataplatform.assets.vq_tokenizer import TRAINED_DIR
 from dataplatform.core.ingest.image_decode import decode_rgb
 from dataplatform.core.ingest.image_store import read_location
 from dataplatform.core.ingest.rejection import describe
-from dataplatform.core.records.funnel import stage_funnel
 from dataplatform.core.records.plots import markdown_image
 from dataplatform.core.store.schema import ledger_row, ledger_table
 from dataplatform.core.tokens.crop_policy import POLICIES, RESOLUTIONS, apply, plan
@@ -144,57 +139,61 @@ def tokens(
     ledger = ledger_table(
         [ledger_row(rows[k], STAGE, "image_unreadable", detail) for k, detail in failures.items()]
     )
-    output = write_stage(home, STAGE, date, kept, ledger)
-
-    with unreadable_files_fail():
-        rows_budget = budget(tokens_per_day(home, STAGE), config.target_tokens)
     codebook = int(model.identity.get("codebook_size", 0))
     max_id = max((int(g.max()) for g in flat if g.size), default=-1)
-    funnel = stage_funnel(STAGE, date, current.num_rows, kept.num_rows, ledger)
-    extra = {
-        "tokenizer": identity,
-        "resolution": config.resolution,
-        "crop_policy": config.crop,
-        "tokens_this_day": int(sum(g.size for g in flat)),
-        "token_budget": dg.MetadataValue.table(
-            records=[
-                dg.TableRecord(
-                    {
-                        "scope": r.scope,
-                        "images": r.images,
-                        "tokens": r.tokens,
-                        "tokens_per_image": float(r.tokens_per_image),
-                        "progress": float(r.progress),
-                    }
-                )
-                for r in rows_budget
-            ],
-            schema=dg.TableSchema(
-                columns=[
-                    dg.TableColumn("scope", "string"),
-                    dg.TableColumn("images", "int"),
-                    dg.TableColumn("tokens", "int"),
-                    dg.TableColumn("tokens_per_image", "float"),
-                    dg.TableColumn("progress", "float"),
-                ]
+    ids_in_codebook = dg.AssetCheckResult(
+        check_name=CHECK_TOKEN_RANGE,
+        passed=max_id < codebook if codebook else True,
+        metadata={"max_token_id": max_id, "codebook_size": codebook},
+        description="every token id indexes the tokenizer's codebook",
+    )
+
+    def budget_metadata() -> dict:
+        # The tally counts this day's committed partition, so it runs after the commit.
+        with unreadable_files_fail():
+            rows_budget = budget(tokens_per_day(home, STAGE), config.target_tokens)
+        return {
+            "tokenizer": identity,
+            "resolution": config.resolution,
+            "crop_policy": config.crop,
+            "tokens_this_day": int(sum(g.size for g in flat)),
+            "token_budget": dg.MetadataValue.table(
+                records=[
+                    dg.TableRecord(
+                        {
+                            "scope": r.scope,
+                            "images": r.images,
+                            "tokens": r.tokens,
+                            "tokens_per_image": float(r.tokens_per_image),
+                            "progress": float(r.progress),
+                        }
+                    )
+                    for r in rows_budget
+                ],
+                schema=dg.TableSchema(
+                    columns=[
+                        dg.TableColumn("scope", "string"),
+                        dg.TableColumn("images", "int"),
+                        dg.TableColumn("tokens", "int"),
+                        dg.TableColumn("tokens_per_image", "float"),
+                        dg.TableColumn("progress", "float"),
+                    ]
+                ),
             ),
-        ),
-        "token_budget_plot": dg.MetadataValue.md(
-            markdown_image(budget_plot_png(rows_budget), "cumulative tokens vs target")
-        ),
-    }
-    return dg.MaterializeResult(
-        metadata=stage_metadata(funnel, output, extra, home=home),
-        check_results=[
-            conservation_check(funnel),
-            unique_check(CHECK_PAIR_ID_UNIQUE, "pair_id", table_column(kept, "pair_id"), "the day"),
-            dg.AssetCheckResult(
-                check_name=CHECK_TOKEN_RANGE,
-                passed=max_id < codebook if codebook else True,
-                metadata={"max_token_id": max_id, "codebook_size": codebook},
-                description="every token id indexes the tokenizer's codebook",
+            "token_budget_plot": dg.MetadataValue.md(
+                markdown_image(budget_plot_png(rows_budget), "cumulative tokens vs target")
             ),
-        ],
+        }
+
+    return finish_stage(
+        home,
+        STAGE,
+        date,
+        current.num_rows,
+        kept,
+        ledger,
+        metadata=budget_metadata,
+        checks=[ids_in_codebook],
     )
 
 
