@@ -8,21 +8,20 @@ the demo and the tests must run offline, and those wheels are already dependenci
 the DESIGN accepts (JSONL, CSV, Parquet manifests, a WebDataset shard, a captioned folder),
 every ingest rejection reason, the image oddities a decoder must survive, and exact and
 near-duplicates spread across partitions. It returns the truth list, one `SampleItem` per
-row, so that tests and the demo can assert exact outcomes per stage.
+row, so that tests and the demo can assert exact outcomes per stage. This module decides what
+lands where and what must become of it; `landing_writers` writes each format.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import importlib.util
 import io
 import json
 import random
 import struct
-import tarfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import date as Date
 from itertools import combinations
@@ -30,12 +29,19 @@ from pathlib import Path
 
 import imagehash
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
 from dataplatform.core.dedup.phash_index import DEFAULT_PHASH_THRESHOLD
 from dataplatform.core.ingest.image_decode import eight_bit
+from dataplatform.core.samples.landing_writers import (
+    LandingRow,
+    Placed,
+    write_captioned_folder,
+    write_csv_manifest,
+    write_jsonl_manifest,
+    write_parquet_manifest,
+    write_webdataset_shard,
+)
 
 # Originals must be further apart than this, so no two different photos look like copies.
 DISTINCT_MIN_DISTANCE = 12
@@ -65,13 +71,7 @@ REJECTION_REASONS: tuple[str, ...] = (
     "duplicate_pair_id",
 )
 
-MANIFEST_COLUMNS: tuple[str, ...] = ("id", "image", "text", "url", "license", "source_site")
 TRUTH_FILE_NAME = "sample_truth.json"
-JSONL_MANIFEST = "pairs.jsonl"
-CSV_MANIFEST = "pairs.csv"
-PARQUET_MANIFEST = "pairs.parquet"
-WEBDATASET_SHARD = "shard-00000.tar"
-CAPTIONED_FOLDER = "captioned"
 IMAGES_FOLDER = "images"
 
 
@@ -290,7 +290,17 @@ _COPIES: dict[str, dict[str, str]] = {
         "hflip": "parquet",
     },
 }
+# Each carrier's landing day (0, 1, 2) and writer, in the order the truth lists them.
 _CARRIER_DAY: dict[str, int] = {"jsonl": 0, "csv": 1, "folder": 1, "tar": 2, "parquet": 2}
+_WRITERS: dict[str, Callable[[Path, Sequence[LandingRow]], list[Placed]]] = {
+    "jsonl": write_jsonl_manifest,
+    "csv": write_csv_manifest,
+    "folder": write_captioned_folder,
+    "tar": write_webdataset_shard,
+    "parquet": write_parquet_manifest,
+}
+# Carriers that name a source site per record, in the order the site is drawn.
+_SITE_CARRIERS = ("jsonl", "csv", "parquet")
 
 _LICENSES: tuple[str | None, ...] = (
     "CC-BY-4.0",
@@ -303,8 +313,6 @@ _LICENSES: tuple[str | None, ...] = (
 )
 _SOURCE_SITES: tuple[str, ...] = ("photos.example.com", "wiki.example.org", "forum.example.net")
 _SEED = 20240101
-# A fixed tar member time, so that two builds give byte-identical shards.
-_TAR_MTIME = 1704067200
 _JPEG_QUALITY = 90
 _REENCODE_QUALITY = 60
 # A path that leaves the landing root, and a file there that exists once the build is done,
@@ -496,28 +504,18 @@ _ODDITIES: dict[str, tuple[str | None, str, str]] = {
 _ODDITY_CAPTIONS: dict[str, str] = {"one_pixel_png": "A single orange pixel."}
 
 
-@dataclass
-class _Entry:
-    """A row on its way into a carrier; the carrier fixes its key and source."""
+@dataclass(kw_only=True)
+class _Entry(LandingRow):
+    """A row on its way into a carrier, with the outcome it must reach; the carrier's writer
+    fixes its key and source."""
 
     base: str | None
     kind: str
     expected: str
-    key: str | None
-    text: str | None
-    url: str | None
-    license: str | None
-    image: str | None
-    payload: bytes | None = None
-    ext: str = "jpg"
-    raw_line: str | None = None
-    symlink_to: str | None = None
     # None: spread among the valid rows; "end": the last line; any other value: right after
     # the valid row with that key.
     place: str | None = None
     phash: imagehash.ImageHash | None = None
-    width: int | None = None
-    height: int | None = None
 
 
 def _phash_expected(distance: int) -> str:
@@ -791,121 +789,6 @@ class _SampleBuilder:
         return rows
 
 
-def _record(entry: _Entry, site: str, with_image: bool = True) -> dict[str, object]:
-    record: dict[str, object] = {"id": entry.key}
-    if with_image:
-        record["image"] = entry.image
-    record.update(text=entry.text, url=entry.url, license=entry.license, source_site=site)
-    return record
-
-
-def _write_file(date_dir: Path, relative: str, entry: _Entry) -> None:
-    path = date_dir / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if entry.symlink_to is not None:
-        path.symlink_to(entry.symlink_to)
-    elif entry.payload is not None:
-        path.write_bytes(entry.payload)
-
-
-def _write_manifest_images(date_dir: Path, rows: list[_Entry]) -> None:
-    for entry in rows:
-        if entry.image is not None and (entry.payload is not None or entry.symlink_to):
-            _write_file(date_dir, entry.image, entry)
-
-
-def _item(day: str, source: str, key: str, entry: _Entry) -> SampleItem:
-    return SampleItem(day, source, key, entry.base, entry.kind, entry.expected)
-
-
-def _write_jsonl(
-    date_dir: Path, day: str, rows: list[_Entry], rng: random.Random
-) -> list[SampleItem]:
-    _write_manifest_images(date_dir, rows)
-    lines, items = [], []
-    for line_number, entry in enumerate(rows, start=1):
-        if entry.raw_line is not None:
-            lines.append(entry.raw_line)
-            items.append(_item(day, JSONL_MANIFEST, f"line-{line_number}", entry))
-            continue
-        record = _record(entry, rng.choice(_SOURCE_SITES), with_image=entry.image is not None)
-        lines.append(json.dumps(record, ensure_ascii=False))
-        items.append(_item(day, JSONL_MANIFEST, str(entry.key), entry))
-    (date_dir / JSONL_MANIFEST).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return items
-
-
-def _write_csv(
-    date_dir: Path, day: str, rows: list[_Entry], rng: random.Random
-) -> list[SampleItem]:
-    _write_manifest_images(date_dir, rows)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(MANIFEST_COLUMNS)
-    items = []
-    for line_number, entry in enumerate(rows, start=2):
-        if entry.raw_line is not None:
-            buffer.write(entry.raw_line + "\n")
-            items.append(_item(day, CSV_MANIFEST, f"line-{line_number}", entry))
-            continue
-        record = _record(entry, rng.choice(_SOURCE_SITES))
-        writer.writerow(["" if value is None else value for value in record.values()])
-        items.append(_item(day, CSV_MANIFEST, str(entry.key), entry))
-    (date_dir / CSV_MANIFEST).write_text(buffer.getvalue(), encoding="utf-8")
-    return items
-
-
-def _write_parquet(
-    date_dir: Path, day: str, rows: list[_Entry], rng: random.Random
-) -> list[SampleItem]:
-    _write_manifest_images(date_dir, rows)
-    records = [_record(entry, rng.choice(_SOURCE_SITES)) for entry in rows]
-    schema = pa.schema([(name, pa.string()) for name in MANIFEST_COLUMNS])
-    pq.write_table(pa.Table.from_pylist(records, schema=schema), date_dir / PARQUET_MANIFEST)
-    return [_item(day, PARQUET_MANIFEST, str(entry.key), entry) for entry in rows]
-
-
-def _write_folder(date_dir: Path, day: str, rows: list[_Entry]) -> list[SampleItem]:
-    items = []
-    for number, entry in enumerate(rows, start=1):
-        stem = f"img_{number:04d}"
-        relative = f"{CAPTIONED_FOLDER}/{stem}.{entry.ext}"
-        _write_file(date_dir, relative, entry)
-        (date_dir / CAPTIONED_FOLDER / f"{stem}.txt").write_text(str(entry.text), encoding="utf-8")
-        items.append(_item(day, relative, stem, entry))
-    return items
-
-
-def _tar_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), _TAR_MTIME, 0o644
-    return info, io.BytesIO(data)
-
-
-def _write_tar(date_dir: Path, day: str, rows: list[_Entry]) -> list[SampleItem]:
-    """An img2dataset shard: per sample `<key>.jpg`, `<key>.txt`, `<key>.json`."""
-    items = []
-    with tarfile.open(date_dir / WEBDATASET_SHARD, "w", format=tarfile.USTAR_FORMAT) as shard:
-        for index, entry in enumerate(rows):
-            key = f"{0:05d}{index:04d}"
-            meta = {
-                "key": key,
-                "url": entry.url,
-                "caption": entry.text,
-                "license": entry.license,
-                "width": entry.width,
-                "height": entry.height,
-            }
-            for suffix, data in (
-                ("jpg", entry.payload or b""),
-                ("txt", str(entry.text).encode("utf-8")),
-                ("json", json.dumps(meta, ensure_ascii=False).encode("utf-8")),
-            ):
-                shard.addfile(*_tar_member(f"{key}.{suffix}", data))
-            items.append(_item(day, WEBDATASET_SHARD, key, entry))
-    return items
-
-
 def _check_distinct(builder: _SampleBuilder) -> None:
     """Fail the build if two different photos, or two rows that should both survive pHash
     dedup, are near-duplicates: the truth would then be wrong, not the pipeline."""
@@ -967,12 +850,19 @@ def build_sample_landing(landing_root: Path, dates: Sequence[str]) -> list[Sampl
     builder.add_broken()
     _check_distinct(builder)
 
-    manifest_rng = random.Random(_SEED + 1)
-    items = _write_jsonl(date_dirs[0], days[0], builder.ordered("jsonl"), manifest_rng)
-    items += _write_csv(date_dirs[1], days[1], builder.ordered("csv"), manifest_rng)
-    items += _write_folder(date_dirs[1], days[1], builder.ordered("folder"))
-    items += _write_tar(date_dirs[2], days[2], builder.ordered("tar"))
-    items += _write_parquet(date_dirs[2], days[2], builder.ordered("parquet"), manifest_rng)
+    rows = {carrier: builder.ordered(carrier) for carrier in _CARRIER_DAY}
+    site_rng = random.Random(_SEED + 1)
+    for carrier in _SITE_CARRIERS:
+        for entry in rows[carrier]:
+            if entry.raw_line is None:
+                entry.source_site = site_rng.choice(_SOURCE_SITES)
+    items: list[SampleItem] = []
+    for carrier, day in _CARRIER_DAY.items():
+        placed = _WRITERS[carrier](date_dirs[day], rows[carrier])
+        items += [
+            SampleItem(days[day], source, key, entry.base, entry.kind, entry.expected)
+            for (source, key), entry in zip(placed, rows[carrier], strict=True)
+        ]
 
     truth = json.dumps([asdict(item) for item in items], indent=2, ensure_ascii=False)
     (landing_root.parent / TRUTH_FILE_NAME).write_text(truth + "\n", encoding="utf-8")

@@ -19,9 +19,9 @@ import pytest
 from PIL import Image, ImageOps
 
 from dataplatform.core.dedup.phash_index import DEFAULT_PHASH_THRESHOLD
+from dataplatform.core.samples.landing_writers import MANIFEST_COLUMNS
 from dataplatform.core.samples.sample_data import (
     EDITS,
-    MANIFEST_COLUMNS,
     SampleItem,
     build_sample_landing,
     phash_of,
