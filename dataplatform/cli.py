@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from dataplatform.core.dedup.phash_index import DEFAULT_PHASH_THRESHOLD
 from dataplatform.core.records.audit import terminal_safe
 from dataplatform.core.records.takedown_requests import KINDS as TAKEDOWN_KINDS
 from dataplatform.core.store.home import HOME_ENV, Home, resolve_home
@@ -59,7 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--reason", default="", help="why (notice number, requester)")
     t.add_argument("--id", help="request id (default TD-<date>-<n>)")
     t.add_argument("--filed", help="date the request was filed (default today, UTC)")
-    t.add_argument("--max-distance", type=int, help="pHash bits for --by image/phash")
+    t.add_argument(
+        "--max-distance",
+        type=int,
+        help=f"pHash bits for --by image/phash (default {DEFAULT_PHASH_THRESHOLD}, as dedup)",
+    )
     t = actions.add_parser("apply", help="remove every requested pair from tables and exports")
     t.add_argument("--export", action="append", default=[], help="another export folder to clean")
 
@@ -93,10 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _sample_data(home: Home, args: argparse.Namespace) -> int:
-    from dataplatform.core.samples.sample_data import build_sample_landing
+    from dataplatform.core.samples.sample_data import TRUTH_FILE_NAME, build_sample_landing
 
     dates = args.dates.split(",")
-    truth_path = home.root / "sample_truth.json"
+    truth_path = home.root / TRUTH_FILE_NAME
     if truth_path.is_file():
         # Rebuild what an earlier run of this command wrote; anything else is left alone and the
         # builder refuses to write over it.
@@ -179,8 +184,9 @@ def _demo(home: Home, args: argparse.Namespace) -> int:
     print(format_funnel(warehouse_funnel(home, STAGE_ORDER), top_reasons=6))
     _print_budget(home)
     from dataplatform.core.samples.sample_audit import compare_with_truth
+    from dataplatform.core.samples.sample_data import TRUTH_FILE_NAME
 
-    matched, problems = compare_with_truth(home, home.root / "sample_truth.json")
+    matched, problems = compare_with_truth(home, home.root / TRUTH_FILE_NAME)
     print(f"\n== sample truth: {matched} of {matched + len(problems)} rows ended as designed")
     for line in problems:
         print(f"  {terminal_safe(line)}")
