@@ -27,6 +27,7 @@ from typing import Any
 
 import duckdb
 
+from dataplatform.core.scoring import scores as registry
 from dataplatform.core.store.home import Home
 from dataplatform.core.store.warehouse import (
     LEDGER_TABLE,
@@ -59,25 +60,19 @@ REMOVED = "removed"
 INCONSISTENT = "inconsistent"
 UNKNOWN = "unknown"  # a duplicate_of that names no pair in this warehouse
 
-# The columns each stage adds that explain its decision for a kept pair.
-STAGE_SCORES: dict[str, tuple[str, ...]] = {
+# The columns a stage without registered scores adds that explain its decision for a kept pair;
+# a scoring stage's are its registered scores shown in `explain` (``stage_columns``).
+_STAGE_COLUMNS: dict[str, tuple[str, ...]] = {
     "phash_deduped": ("phash",),
-    "clip_scored": ("clip_score", "clip_model"),
-    "quality_filtered": (
-        "aesthetic_score",
-        "nsfw_score",
-        "watermark_score",
-        "ocr_text",
-        "ocr_text_area",
-        "ocr_confidence",
-        "shortest_side",
-        "aspect_ratio",
-        "blur_variance",
-        "clipped_fraction",
-        "scorer_errors",
-    ),
     "tokens": ("token_count", "resolution", "crop_policy", "crop_box", "tokenizer"),
 }
+
+
+def stage_columns(stage: str) -> tuple[str, ...]:
+    """The columns ``stage`` adds that explain its decision for a kept pair."""
+    registered = tuple(s.name for s in registry.scores(stage, shown=registry.EXPLAIN))
+    return _STAGE_COLUMNS.get(stage, ()) + registered
+
 
 MAX_CHAIN = 100  # a duplicate_of chain longer than this is reported as cut, not followed
 SIMILAR_IDS = 5
@@ -477,7 +472,7 @@ class _Lookup:
 
     def _kept_scores(self, stage: str, path: str, pair_id: str) -> dict[str, Any] | None:
         """The stage's own columns for the pair in that partition, or None when it is absent."""
-        wanted = STAGE_SCORES.get(stage, ())
+        wanted = stage_columns(stage)
         present = set()
         if wanted:
             schema = self.con.execute("SELECT * FROM read_parquet($path) LIMIT 0", {"path": path})

@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from dataplatform.core.records.funnel import warehouse_funnel
 from dataplatform.core.records.plots import histogram_png
+from dataplatform.core.scoring.scores import CARD, DATASET_CARD, Score, scores
 from dataplatform.core.store.home import Home
 from dataplatform.core.store.warehouse import connect, write_document
 from dataplatform.core.tokens.token_budget import budget, tokens_per_day
@@ -29,19 +30,9 @@ CARDS_TABLE = "data_cards"
 CARD_FOLDER = "dataset_cards"
 ALL_SCOPE = "all"
 
-# Every score a pair carries into training: (column, value range for plots or None).
-SCORES: dict[str, tuple[float, float] | None] = {
-    "clip_score": (-1.0, 1.0),
-    "aesthetic_score": (1.0, 10.0),
-    "nsfw_score": (0.0, 1.0),
-    "watermark_score": (0.0, 1.0),
-    "ocr_confidence": (0.0, 1.0),
-    "ocr_text_area": (0.0, 1.0),
-    "blur_variance": None,
-    "clipped_fraction": (0.0, 1.0),
-}
-# Columns copied as they are from the tokens table into the card table.
-CARD_COLUMNS = (
+# Columns copied as they are from the tokens table into the card table, around the registered
+# scores a card shows (``card_columns``).
+_LEADING_COLUMNS = (
     "pair_id",
     "date",
     "url",
@@ -55,11 +46,8 @@ CARD_COLUMNS = (
     "width",
     "height",
     "phash",
-    "clip_model",
-    *SCORES,
-    "ocr_text",
-    "shortest_side",
-    "aspect_ratio",
+)
+_TRAILING_COLUMNS = (
     "resolution",
     "crop_policy",
     "crop_box",
@@ -67,6 +55,16 @@ CARD_COLUMNS = (
     "token_count",
     "tokenizer",
 )
+
+
+def card_scores() -> tuple[Score, ...]:
+    """The scores the dataset card summarises and plots, in registration order."""
+    return scores(shown=DATASET_CARD)
+
+
+def card_columns() -> tuple[str, ...]:
+    """Every column of the card table copied from the tokens table, in table order."""
+    return (*_LEADING_COLUMNS, *(s.name for s in scores(shown=CARD)), *_TRAILING_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -96,7 +94,7 @@ def dataset_version(date: str, runs: Sequence[StageRun]) -> str:
 def build_cards(tokens: pa.Table, runs: Sequence[StageRun], version: str) -> pa.Table:
     """One card per row of ``tokens``: the audit columns, transforms and stage runs."""
     columns = {}
-    for name in CARD_COLUMNS:
+    for name in card_columns():
         if name in tokens.column_names:
             columns[name] = tokens.column(name)
         else:
@@ -110,9 +108,10 @@ def build_cards(tokens: pa.Table, runs: Sequence[StageRun], version: str) -> pa.
 
 
 def _null_type(name: str) -> pa.DataType:
-    if name in SCORES or name == "aspect_ratio":
-        return pa.float64()
-    if name in ("width", "height", "shortest_side", "resolution", "token_count"):
+    declared = {s.name: s.type for s in scores()}
+    if name in declared:
+        return declared[name]
+    if name in ("width", "height", "resolution", "token_count"):
         return pa.int32()
     if name in ("crop_box", "token_grid"):
         return pa.list_(pa.int32())
@@ -209,7 +208,8 @@ def dataset_card(
             "kept_by_status": dict(Counter(r["license_status"] or "(unknown)" for r in rows)),
             "dropped": license_drops,
         },
-        "scores": {name: _summary([r[name] for r in rows]) for name in SCORES},
+        # .get: cards written before a scorer was registered lack its column.
+        "scores": {s.name: _summary([r.get(s.name) for r in rows]) for s in card_scores()},
         "token_budget": [
             {
                 "scope": b.scope,
@@ -279,15 +279,19 @@ def score_plots(home: Home, date: str | None) -> dict[str, bytes]:
         if CARDS_TABLE not in tables:
             return {}
         where, params = ("", {}) if date is None else ("WHERE date = $date", {"date": date})
+        present = {d[0] for d in con.execute(f"SELECT * FROM {CARDS_TABLE} LIMIT 0").description}
         plots = {}
-        for name, value_range in SCORES.items():
+        for score in card_scores():
+            name = score.name
+            if name not in present:  # registered after every card in scope was written
+                continue
             values = [
                 r[0]
                 for r in con.execute(f"SELECT {name} FROM {CARDS_TABLE} {where}", params).fetchall()
                 if r[0] is not None
             ]
             if values:
-                plots[name] = histogram_png(values, value_range=value_range, title=name)
+                plots[name] = histogram_png(values, value_range=score.plot_range, title=name)
         return plots
     finally:
         con.close()

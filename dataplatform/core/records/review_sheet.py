@@ -38,6 +38,7 @@ from dataplatform.core.records.thumbnails import (
     jpeg_data_uri,
     thumbnail_jpeg,
 )
+from dataplatform.core.scoring.scores import REVIEW, scores
 from dataplatform.core.store.home import Home
 from dataplatform.core.store.schema import LEDGER_SCHEMA
 from dataplatform.core.store.warehouse import (
@@ -54,23 +55,19 @@ INDEX_NAME = "index"
 # The stage and reason core.takedown writes; spelled out, not imported, so that takedown code
 # can import this module to render sheets again.
 TAKEDOWN = "takedown"
-# Stage columns shown on kept cards and summarised for the kept rows, in this order, when the
-# stage table has them. Later stages carry the earlier stages' scores.
-SCORE_COLUMNS = (
-    "clip_score",
-    "aesthetic_score",
-    "nsfw_score",
-    "watermark_score",
-    "ocr_confidence",
-    "ocr_text_area",
-    "blur_variance",
-    "clipped_fraction",
-    "shortest_side",
-    "aspect_ratio",
-    "token_count",
-)
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+# What tokens adds to a kept pair, shown after the scores.
+_TOKEN_COUNT = "token_count"
+
+
+def review_columns() -> tuple[str, ...]:
+    """The columns kept cards show and the summary covers, where the stage table has them.
+
+    The registered scores a review shows, then the token count; later stages carry the earlier
+    stages' scores.
+    """
+    return (*(s.name for s in scores(shown=REVIEW)), _TOKEN_COUNT)
 
 
 @dataclass(frozen=True)
@@ -217,7 +214,7 @@ def _load_sheet(home: Home, stage: str, date: str, kept_file: Path, limits: Revi
     con = duckdb.connect()
     kept_source = _read_parquet(kept_file)
     names = pq.read_schema(kept_file).names
-    score_columns = [c for c in SCORE_COLUMNS if c in names]
+    score_columns = [c for c in review_columns() if c in names]
     kept_total = pq.read_metadata(kept_file).num_rows
     kept_sample = _kept_sample(con, kept_source, names, score_columns, limits.kept)
     score_summary = _score_summary(con, kept_source, score_columns)

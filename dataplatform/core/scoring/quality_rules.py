@@ -20,6 +20,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 import pyarrow as pa
 
+from dataplatform.core.scoring.scores import score
+
 REASON_LOW_AESTHETIC = "low_aesthetic"
 REASON_NSFW = "nsfw"
 REASON_WATERMARK = "watermark"
@@ -28,18 +30,6 @@ REASON_EXTREME_ASPECT_RATIO = "extreme_aspect_ratio"
 REASON_BLURRY = "blurry"
 REASON_BADLY_EXPOSED = "badly_exposed"
 REASON_UNREADABLE_TEXT = "unreadable_text"
-
-SCORE_COLUMNS = (
-    "aesthetic_score",
-    "nsfw_score",
-    "watermark_score",
-    "shortest_side",
-    "aspect_ratio",
-    "blur_variance",
-    "clipped_fraction",
-    "ocr_text_area",
-    "ocr_confidence",
-)
 
 
 @dataclass(frozen=True)
@@ -106,6 +96,16 @@ class _Rule:
     gate_score: str | None = None
     gate_threshold_name: str | None = None
 
+    def __post_init__(self) -> None:
+        # A rule cuts a registered score, by a setting of QualityThresholds.
+        settings = {f.name for f in fields(QualityThresholds)}
+        for name in (self.score_name, self.gate_score):
+            if name is not None:
+                score(name)
+        for setting in (self.threshold_name, self.gate_threshold_name):
+            if setting is not None and setting not in settings:
+                raise ValueError(f"rule {self.reason}: {setting} is not a QualityThresholds field")
+
     def failures(self, scores: Mapping[str, np.ndarray], t: QualityThresholds) -> np.ndarray:
         # NaN compares False both ways, so an unscored row never fails (nor opens a gate).
         failed = self.fails(scores[self.score_name], getattr(t, self.threshold_name))
@@ -145,6 +145,12 @@ _RULES = (
 )
 
 REASONS = tuple(rule.reason for rule in _RULES)
+# The registered scores the rules read (a gate before the score it opens), in rule order.
+SCORE_COLUMNS = tuple(
+    dict.fromkeys(
+        name for rule in _RULES for name in (rule.gate_score, rule.score_name) if name is not None
+    )
+)
 
 
 def evaluate(row: Mapping[str, object], t: QualityThresholds) -> list[Rejection]:

@@ -1,9 +1,11 @@
 """Every quality score of a partition, computed once and stored before any threshold.
 
-Each image is read and decoded once per batch and handed to every image scorer (technical,
-NudeNet, RapidOCR, watermark); the embedding heads (aesthetic, CLIP-based NSFW) score the CLIP
-embeddings `clip_scored` already stored. A scorer that fails on one image leaves that score
-null and says why in `scorer_errors`; it never fails the partition.
+The scorers are the ones registered for ``quality_filtered`` in ``scores``. Each image is read
+and decoded once per batch and handed to every image scorer (technical, NudeNet, RapidOCR,
+watermark); the embedding heads (aesthetic, CLIP-based NSFW) score the CLIP embeddings
+`clip_scored` already stored; then the scorers that combine scores (NSFW) run. A scorer that
+fails on one image leaves that score null and says why in `scorer_errors`; it never fails the
+partition.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +22,16 @@ import pyarrow as pa
 from dataplatform.core.ingest.image_decode import decode_rgb
 from dataplatform.core.ingest.image_store import read_location
 from dataplatform.core.ingest.rejection import describe
-from dataplatform.core.scoring.technical_quality import technical_scores
+from dataplatform.core.scoring import scores as registry
+from dataplatform.core.scoring.scores import (
+    EMBEDDINGS,
+    IMAGES,
+    QUALITY_STAGE,
+    SCORES,
+    Batch,
+    Scorer,
+    Unscored,
+)
 
 if TYPE_CHECKING:
     from dataplatform.core.scoring.embedding_heads import EmbeddingHead
@@ -31,29 +42,27 @@ if TYPE_CHECKING:
 # OCR wants a short side up to 736 px and the blur measure 512 px: decoding a camera JPEG at a
 # reduced codec scale that keeps at least this size loses nothing either of them uses.
 DECODE_DRAFT_SIZE = 1024
-
-SCORES_SCHEMA = pa.schema(
-    [
-        pa.field("pair_id", pa.string(), nullable=False),
-        pa.field("date", pa.string(), nullable=False),
-        pa.field("aesthetic_score", pa.float32()),
-        pa.field("nsfw_score", pa.float32()),
-        pa.field("nudenet_score", pa.float32()),
-        pa.field("nudenet_detections", pa.string()),
-        pa.field("clip_nsfw_score", pa.float32()),
-        pa.field("watermark_score", pa.float32()),
-        pa.field("ocr_text", pa.string()),
-        pa.field("ocr_text_area", pa.float32()),
-        pa.field("ocr_confidence", pa.float32()),
-        pa.field("ocr_lines", pa.int32()),
-        pa.field("shortest_side", pa.int32()),
-        pa.field("aspect_ratio", pa.float32()),
-        pa.field("blur_variance", pa.float32()),
-        pa.field("clipped_fraction", pa.float32()),
-        pa.field("scorer_errors", pa.string()),
-    ]
+KEY_FIELDS = (
+    pa.field("pair_id", pa.string(), nullable=False),
+    pa.field("date", pa.string(), nullable=False),
 )
-SCORE_NAMES = [f.name for f in SCORES_SCHEMA if f.name not in ("pair_id", "date")]
+ERRORS = registry.ERRORS.scores[0].name
+
+
+def scores_schema() -> pa.Schema:
+    """The quality scores table: the keys, then every registered quality score."""
+    return pa.schema(
+        [*KEY_FIELDS, *(pa.field(s.name, s.type) for s in registry.scores(QUALITY_STAGE))]
+    )
+
+
+def score_names() -> list[str]:
+    """The columns ``quality_filtered`` adds to each kept pair, in table order."""
+    return [s.name for s in registry.scores(QUALITY_STAGE)]
+
+
+# What quality_filtered reads until it calls score_names(): the built-in scorers only.
+SCORE_NAMES = score_names()
 
 
 @dataclass
@@ -75,82 +84,100 @@ def score_partition(
     scorers: Scorers,
     batch_size: int = 32,
 ) -> pa.Table:
-    """One row of scores per input row (same order), as ``SCORES_SCHEMA``."""
-    out: dict[str, list] = {name: [None] * len(rows) for name in SCORES_SCHEMA.names}
+    """One row of scores per input row (same order), as ``scores_schema()``."""
+    schema = scores_schema()
+    out: dict[str, list] = {name: [None] * len(rows) for name in schema.names}
     out["pair_id"] = [r["pair_id"] for r in rows]
     out["date"] = [r["date"] for r in rows]
     errors: list[list[str]] = [[] for _ in rows]
+    loaded = []  # (scorer, its model) for every scorer that can run
+    for scorer in registry.scorers(QUALITY_STAGE):
+        model = _model(scorer, scorers)
+        if scorer.compute is not None and (scorer.model is None or model is not None):
+            loaded.append((scorer, model))
     for start in range(0, len(rows), batch_size):
-        _score_batch(
-            rows,
-            range(start, min(start + batch_size, len(rows))),
-            landing_root,
-            scorers,
-            out,
-            errors,
+        indices = range(start, min(start + batch_size, len(rows)))
+        decoded, images = _decode(rows, indices, landing_root, errors)
+        batch_rows = [rows[k] for k in decoded]
+        for scorer, model in loaded:
+            if scorer.reads == IMAGES:
+                batch = Batch(batch_rows, images=images, model=model)
+                _run(scorer, batch, decoded, out, errors)
+    everyone = list(range(len(rows)))
+    for scorer, model in loaded:
+        if scorer.reads == EMBEDDINGS:
+            batch = Batch(rows, embeddings=embeddings, model=model)
+            _run(scorer, batch, everyone, out, errors)
+    for scorer, model in loaded:
+        if scorer.reads == SCORES:
+            # A combining scorer sees what the image and embedding scorers wrote.
+            written = {name: list(values) for name, values in out.items()}
+            _run(scorer, Batch(rows, scores=written, model=model), everyone, out, errors)
+    out[ERRORS] = ["; ".join(e) or None for e in errors]
+    return pa.Table.from_pydict(out, schema=schema)
+
+
+def _model(scorer: Scorer, scorers: Scorers) -> Any:
+    if scorer.model is None:
+        return None
+    if not hasattr(scorers, scorer.model):
+        raise ValueError(
+            f"scorer {scorer.name} names the model {scorer.model!r}, which Scorers does not "
+            "hold; name one of its fields or load nothing"
         )
-    for name, head in (
-        ("aesthetic_score", scorers.aesthetic),
-        ("clip_nsfw_score", scorers.clip_nsfw),
-    ):
-        if head is not None and len(rows):
-            out[name] = [_opt(v) for v in head.score(embeddings)]
-    out["nsfw_score"] = [
-        _nan_max(a, b) for a, b in zip(out["nudenet_score"], out["clip_nsfw_score"], strict=True)
-    ]
-    out["scorer_errors"] = ["; ".join(e) or None for e in errors]
-    return pa.Table.from_pydict(out, schema=SCORES_SCHEMA)
+    return getattr(scorers, scorer.model)
 
 
-def _score_batch(rows, indices, landing_root, scorers, out, errors) -> None:
-    images = {}
+def _decode(rows, indices, landing_root, errors) -> tuple[list[int], list]:
+    """The rows of ``indices`` that decode and their images; why the others did not, in errors."""
+    decoded, images = [], []
     for k in indices:
-        row = rows[k]
         try:
             image = decode_rgb(
-                read_location(row["image_location"], landing_root), DECODE_DRAFT_SIZE
+                read_location(rows[k]["image_location"], landing_root), DECODE_DRAFT_SIZE
             )
         except Exception as exc:  # noqa: BLE001 - one unreadable image is that row's problem
             errors[k].append(f"decode: {describe(exc)}")
             continue
-        images[k] = image
-        tech = technical_scores(image, row["width"], row["height"])
-        out["shortest_side"][k] = tech.shortest_side
-        out["aspect_ratio"][k] = tech.aspect_ratio
-        out["blur_variance"][k] = tech.blur_variance
-        out["clipped_fraction"][k] = tech.clipped_fraction
-    keys = list(images)
-    batch = [images[k] for k in keys]
-    if scorers.nudenet is not None and batch:
-        for k, (score, detections) in zip(keys, scorers.nudenet.score(batch), strict=True):
-            if math.isnan(score):
-                errors[k].append(f"nudenet: {detections}")
-            else:
-                out["nudenet_score"][k] = score
-                out["nudenet_detections"][k] = detections
-    if scorers.ocr is not None and batch:
-        for k, result in zip(keys, scorers.ocr.read(batch), strict=True):
-            if result.error:
-                errors[k].append(f"ocr: {result.error}")
-                continue
-            out["ocr_text"][k] = result.text
-            out["ocr_text_area"][k] = result.text_area
-            out["ocr_confidence"][k] = result.confidence
-            out["ocr_lines"][k] = result.lines
-    if scorers.watermark is not None and batch:
-        try:
-            for k, score in zip(keys, scorers.watermark.score(batch), strict=True):
-                out["watermark_score"][k] = _opt(score)
-        except Exception as exc:  # noqa: BLE001 - keep the other scores of the batch
-            for k in keys:
-                errors[k].append(f"watermark: {type(exc).__name__}: {exc}")
+        decoded.append(k)
+        images.append(image)
+    return decoded, images
 
 
-def _opt(value: float) -> float | None:
+def _run(scorer: Scorer, batch: Batch, keys: list[int], out: dict, errors: list) -> None:
+    """``scorer`` over ``batch`` (rows ``keys`` of the partition), its results into ``out``."""
+    if not keys:
+        return
+    assert scorer.compute is not None
+    try:
+        results = list(scorer.compute(batch))
+    except Exception as exc:  # noqa: BLE001 - keep the other scores of the batch
+        for k in keys:
+            errors[k].append(f"{scorer.name}: {type(exc).__name__}: {exc}")
+        return
+    if len(results) != len(keys):
+        raise ValueError(
+            f"scorer {scorer.name} returned {len(results)} results for {len(keys)} rows; "
+            "its compute function must return one per row"
+        )
+    declared = {s.name: s for s in scorer.scores}
+    for k, result in zip(keys, results, strict=True):
+        if isinstance(result, Unscored):
+            errors[k].append(f"{scorer.name}: {result.reason}")
+            continue
+        undeclared = set(result) - set(declared)
+        if undeclared:
+            raise ValueError(
+                f"scorer {scorer.name} wrote {sorted(undeclared)}, which it does not declare; "
+                "add them to its scores"
+            )
+        for name, value in result.items():
+            out[name][k] = _cell(declared[name].type, value)
+
+
+def _cell(type_: pa.DataType, value: Any) -> Any:
+    """A NaN float is a null: the scorer did not score that row."""
+    if value is None or not pa.types.is_floating(type_):
+        return value
     value = float(value)
     return None if math.isnan(value) else value
-
-
-def _nan_max(a: float | None, b: float | None) -> float | None:
-    present = [v for v in (a, b) if v is not None]
-    return max(present) if present else None
