@@ -25,6 +25,7 @@ from dataplatform.core.scoring.score_filter import (
     cut_for,
     keep_mask,
 )
+from dataplatform.core.scoring.scores import score
 from dataplatform.core.store.schema import ledger_row, ledger_table
 from dataplatform.resources.clip import ClipResource
 from dataplatform.resources.warehouse import WarehouseResource
@@ -34,6 +35,8 @@ KEY = dg.AssetKey(STAGE)
 EMBEDDINGS = "embeddings"
 CHECK_SCORE_RANGE = "clip_score_in_range"
 CHECK_EMBEDDING_NORMS = "embeddings_unit_norm"
+# The cosine's range is declared with the score: the histogram's axis and the range check.
+_CLIP_SCORE = score("clip_score")
 # A random smoke model's scores mean nothing: keep most pairs so the funnel after it is testable.
 SMOKE_RULE = ScoreRule(mode=PERCENTILE, keep_top_percent=90.0)
 
@@ -128,7 +131,7 @@ def clip_scored(
     )
     norms = np.linalg.norm(image_emb[readable], axis=1) if readable.any() else np.ones(0)
     histogram = histogram_png(
-        scores[readable], value_range=(-1.0, 1.0), title="clip_score", marker=cut
+        scores[readable], value_range=_CLIP_SCORE.plot_range, title="clip_score", marker=cut
     )
     extra = {
         "clip_model": model_id,
@@ -137,10 +140,11 @@ def clip_scored(
         "cut": float(cut),
         "score_histogram": dg.MetadataValue.md(markdown_image(histogram, "clip_score histogram")),
     }
+    lo, hi = _CLIP_SCORE.value_range
     checks = [
         dg.AssetCheckResult(
             check_name=CHECK_SCORE_RANGE,
-            passed=bool(np.all((scores[readable] >= -1.0001) & (scores[readable] <= 1.0001))),
+            passed=bool(np.all((scores[readable] >= lo - 1e-4) & (scores[readable] <= hi + 1e-4))),
             metadata={
                 "min": float(scores[readable].min()) if readable.any() else 0.0,
                 "max": float(scores[readable].max()) if readable.any() else 0.0,

@@ -18,9 +18,10 @@ from dataplatform.assets.reporting import (
     table_column,
 )
 from dataplatform.core.records.plots import histogram_png, markdown_image
+from dataplatform.core.scoring import scores as registry
 from dataplatform.core.scoring.embedding_table import rows_for
 from dataplatform.core.scoring.quality_rules import QualityThresholds, evaluate_table
-from dataplatform.core.scoring.quality_scoring import SCORE_NAMES, Scorers, score_partition
+from dataplatform.core.scoring.quality_scoring import Scorers, score_names, score_partition
 from dataplatform.core.store.schema import ledger_row, ledger_table
 from dataplatform.core.store.warehouse import CorruptPartitionError, has_partition, read_partition
 from dataplatform.resources.quality import QualityResource
@@ -31,23 +32,6 @@ KEY = dg.AssetKey(STAGE)
 SCORES = "quality_scores"
 CHECK_SCORE_RANGES = "scores_in_range"
 _DEFAULTS = QualityThresholds()
-# Scores with a fixed range, checked on every materialization.
-_RANGES = {
-    "nsfw_score": (0.0, 1.0),
-    "watermark_score": (0.0, 1.0),
-    "ocr_text_area": (0.0, 1.0),
-    "ocr_confidence": (0.0, 1.0),
-    "clipped_fraction": (0.0, 1.0),
-    "aspect_ratio": (1.0, float("inf")),
-}
-_HISTOGRAMS = {
-    "aesthetic_score": ((1.0, 10.0), "min_aesthetic"),
-    "nsfw_score": ((0.0, 1.0), "max_nsfw"),
-    "watermark_score": ((0.0, 1.0), "max_watermark"),
-    "blur_variance": (None, "min_blur_variance"),
-    "clipped_fraction": ((0.0, 1.0), "max_clipped_fraction"),
-    "ocr_text_area": ((0.0, 1.0), "ocr_text_area_for_text_images"),
-}
 
 
 class QualityConfig(dg.Config):
@@ -108,10 +92,9 @@ def quality_filtered(
     )
     keep, rejections = evaluate_table(scores, thresholds)
 
-    score_columns = scores.select(SCORE_NAMES)
     kept = current
-    for name in SCORE_NAMES:
-        kept = kept.append_column(name, score_columns.column(name))
+    for name in score_names():
+        kept = kept.append_column(name, scores.column(name))
     kept = kept.filter(pa.array(keep))
     rows = current.to_pylist()
     ledger = ledger_table(
@@ -127,7 +110,7 @@ def quality_filtered(
             for k in np.flatnonzero(~keep)
         ]
     )
-    out_of_range = _out_of_range(scores)
+    out_of_range = registry.out_of_range(scores, STAGE)
     errors = [e for e in table_column(scores, "scorer_errors") if e]
     extra = {
         "scorers_not_run": dg.MetadataValue.md(
@@ -140,7 +123,7 @@ def quality_filtered(
         check_name=CHECK_SCORE_RANGES,
         passed=not out_of_range,
         metadata={"out_of_range": ", ".join(out_of_range) or "-"},
-        description="bounded scores (NSFW, watermark, OCR, exposure, aspect) in range",
+        description="every bounded quality score inside its declared range (scoring/scores)",
     )
     return finish_stage(
         home,
@@ -169,6 +152,9 @@ def _stored_or_new_scores(home, date, current, quality, rescore):
         return None, {"(stored scores)": f"{exc.path} cannot be read: rescored"}
     if stored.column("pair_id").to_pylist() != current.column("pair_id").to_pylist():
         return None, {}
+    unscored = [name for name in score_names() if name not in stored.column_names]
+    if unscored:
+        return None, {"(stored scores)": f"lack {', '.join(unscored)}: rescored"}
     return stored, {"(all)": "scores re-used from quality_scores; set rescore to recompute"}
 
 
@@ -221,26 +207,18 @@ def _clip_identity(current: pa.Table) -> dict[str, str]:
     return dict(part.split("=", 1) for part in text.split(";") if "=" in part)
 
 
-def _out_of_range(scores: pa.Table) -> list[str]:
-    bad = []
-    for name, (lo, hi) in _RANGES.items():
-        values = np.array(
-            [v for v in scores.column(name).to_pylist() if v is not None], dtype=np.float64
-        )
-        if values.size and (values.min() < lo - 1e-6 or values.max() > hi + 1e-6):
-            bad.append(f"{name} [{values.min():.3g}, {values.max():.3g}]")
-    return bad
-
-
 def _histograms(scores: pa.Table, thresholds: QualityThresholds) -> str:
     parts = []
-    for name, (value_range, threshold_name) in _HISTOGRAMS.items():
+    for score in registry.scores(STAGE):
+        if score.histogram is None:
+            continue
+        name = score.name
         values = [v for v in scores.column(name).to_pylist() if v is not None]
         if not values:
             parts.append(f"**{name}**: not scored")
             continue
-        png = histogram_png(
-            values, value_range=value_range, title=name, marker=getattr(thresholds, threshold_name)
-        )
+        setting = score.histogram.threshold
+        marker = None if setting is None else getattr(thresholds, setting)
+        png = histogram_png(values, value_range=score.plot_range, title=name, marker=marker)
         parts.append(f"**{name}**\n\n{markdown_image(png, name)}")
     return "\n\n".join(parts)

@@ -61,10 +61,6 @@ def score_names() -> list[str]:
     return [s.name for s in registry.scores(QUALITY_STAGE)]
 
 
-# What quality_filtered reads until it calls score_names(): the built-in scorers only.
-SCORE_NAMES = score_names()
-
-
 @dataclass
 class Scorers:
     """The loaded models; None where a scorer is switched off or has no weights."""
