@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dataplatform.core.records.data_cards import CARD_FOLDER, StageRun, write_dataset_card
-from dataplatform.core.records.review_sheet import render_partition_review, review_dates_showing
+from dataplatform.core.records.review_rows import review_dates_showing
+from dataplatform.core.records.review_sheet import render_partition_review
 from dataplatform.core.store.home import Home
 from dataplatform.core.store.warehouse import document_exists, document_path, read_document
 

@@ -9,82 +9,37 @@ per date, ``index.html`` next to the sheets, links them with the day's funnel.
 Captions, details and URLs are untrusted web text: every string is HTML-escaped, and a
 Content-Security-Policy forbids scripts and remote loads should anything slip through.
 A taken-down pair shows its pair_id only, wherever it appears (kept, removed, or as the original
-of a duplicate cluster on a later day).
+of a duplicate cluster on a later day). What a sheet shows is read by ``review_rows``; this module
+renders and writes it.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import glob
 import html
-import os
-import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from dataplatform.core.ingest.image_store import read_location
 from dataplatform.core.ingest.ingest_folder import STAGE as RAW_PAIRS
 from dataplatform.core.records.funnel import reason_counts
-from dataplatform.core.records.thumbnails import (
-    THUMBNAIL_PX,
-    ThumbnailError,
-    jpeg_data_uri,
-    thumbnail_jpeg,
+from dataplatform.core.records.review_rows import (
+    DEFAULT_LIMITS,
+    TAKEDOWN,
+    ReviewLimits,
+    Sheet,
+    SheetImage,
+    index_rows,
+    load_sheet,
+    score_order,
+    spread,
 )
-from dataplatform.core.scoring.scores import REVIEW, scores
 from dataplatform.core.store.home import Home
-from dataplatform.core.store.schema import LEDGER_SCHEMA
-from dataplatform.core.store.warehouse import (
-    LEDGER_TABLE,
-    PART_FILE,
-    ledger_dir,
-    partition_dir,
-    table_glob,
-    write_document,
-)
+from dataplatform.core.store.warehouse import PART_FILE, partition_dir, write_document
 
 REVIEW_FOLDER = "review"
 INDEX_NAME = "index"
-# The stage and reason core.takedown writes; spelled out, not imported, so that takedown code
-# can import this module to render sheets again.
-TAKEDOWN = "takedown"
-_NAME = re.compile(r"[a-z][a-z0-9_]*")
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-# What tokens adds to a kept pair, shown after the scores.
-_TOKEN_COUNT = "token_count"
-
-
-def review_columns() -> tuple[str, ...]:
-    """The columns kept cards show and the summary covers, where the stage table has them.
-
-    The registered scores a review shows, then the token count; later stages carry the earlier
-    stages' scores.
-    """
-    return (*(s.name for s in scores(shown=REVIEW)), _TOKEN_COUNT)
-
-
-@dataclass(frozen=True)
-class ReviewLimits:
-    """How much one sheet shows; a huge partition is sampled, deterministically, to these caps.
-
-    Remote images (``http(s)://`` locations) are not fetched by default: rendering must not
-    depend on, or hammer, other people's servers; they show a placeholder instead.
-    """
-
-    kept: int = 200
-    per_reason: int = 60
-    clusters: int = 60
-    copies_per_cluster: int = 8
-    thumbnail_px: int = THUMBNAIL_PX
-    workers: int = 4
-    fetch_remote: bool = False
 
 
 def review_path(home: Home, date: str, name: str) -> Path:
@@ -93,7 +48,7 @@ def review_path(home: Home, date: str, name: str) -> Path:
 
 
 def render_partition_review(
-    home: Home, date: str, stages: Sequence[str], limits: ReviewLimits = ReviewLimits()
+    home: Home, date: str, stages: Sequence[str], limits: ReviewLimits = DEFAULT_LIMITS
 ) -> list[Path]:
     """A sheet for each of ``stages`` materialized on ``date``, then the date's index."""
     paths = [
@@ -106,420 +61,21 @@ def render_partition_review(
 
 
 def render_review_sheet(
-    home: Home, stage: str, date: str, limits: ReviewLimits = ReviewLimits()
+    home: Home, stage: str, date: str, limits: ReviewLimits = DEFAULT_LIMITS
 ) -> Path:
     """Write the review sheet of ``stage`` on ``date`` and return its path."""
-    _check_name(stage, "stage")
-    _check_date(date)
-    kept_file = partition_dir(home, stage, date) / PART_FILE
-    if not kept_file.is_file():
-        raise FileNotFoundError(
-            f"{stage} has no partition {date} under {kept_file.parent}: materialize {stage} for "
-            f"{date} before rendering its review sheet"
-        )
-    sheet = _load_sheet(home, stage, date, kept_file, limits)
+    sheet = load_sheet(home, stage, date, limits)
     return write_document(home, _relative(date, stage), _sheet_html(sheet, limits))
 
 
 def render_review_index(home: Home, date: str, stages: Sequence[str]) -> Path:
     """Write ``index.html`` for ``date``: each stage's funnel and a link to its sheet."""
-    _check_date(date)
-    rows = []
-    for stage in stages:
-        _check_name(stage, "stage")
-        kept_file = partition_dir(home, stage, date) / PART_FILE
-        if not kept_file.is_file():
-            rows.append((stage, None, None, {}))
-            continue
-        kept = pq.read_metadata(kept_file).num_rows
-        reasons = reason_counts(_ledger(home, stage, date, columns=["reason"]))
-        rows.append((stage, kept, sum(reasons.values()), reasons))
+    rows = index_rows(home, date, stages)
     return write_document(home, _relative(date, INDEX_NAME), _index_html(date, rows))
-
-
-def review_dates_showing(home: Home, pair_ids: Iterable[str]) -> list[str]:
-    """Dates whose sheets show any of ``pair_ids``: re-render these after a takedown.
-
-    A pair appears on its own date and, as the kept original of a duplicate cluster, on the
-    date of every copy that names it in ``duplicate_of``.
-    """
-    wanted = pa.table({"pair_id": pa.array(sorted(set(pair_ids)), pa.string())})
-    con = duckdb.connect()
-    con.register("wanted", wanted)
-    dates: set[str] = set()
-    for table in _tables_with_files(home, [RAW_PAIRS, LEDGER_TABLE]):
-        source = _read_parquet(table_glob(home, table))
-        match = "x.pair_id = w.pair_id"
-        if table == LEDGER_TABLE:
-            match += " OR x.duplicate_of = w.pair_id"
-        rows = con.execute(
-            f"SELECT DISTINCT x.date FROM {source} x JOIN wanted w ON {match}"
-        ).fetchall()
-        dates.update(r[0] for r in rows)
-    con.close()
-    return sorted(dates)
-
-
-# --- loading ------------------------------------------------------------------------------
-
-
-@dataclass
-class _Image:
-    """What a card shows in place of the picture: a data URI, or why there is none."""
-
-    uri: str | None = None
-    missing: str | None = None
-
-
-@dataclass
-class _Pair:
-    pair_id: str
-    date: str
-    text: str | None = None
-    width: int | None = None
-    height: int | None = None
-    location: str | None = None
-    fields: dict = field(default_factory=dict)
-
-
-@dataclass
-class _Cluster:
-    original: _Pair
-    copies: list[dict]
-    hidden_copies: int
-    later: list[tuple[str, str]]  # (stage, reason) where a later stage dropped the original
-
-
-@dataclass
-class _Sheet:
-    stage: str
-    date: str
-    kept_total: int
-    kept_sample: list[_Pair]
-    score_columns: list[str]
-    score_summary: list[tuple[str, float | None, float | None, float | None, int]]
-    ledger: list[dict]
-    by_reason: dict[str, list[dict]]
-    duplicate_reasons: set[str]
-    clusters: list[_Cluster]
-    cluster_total: int
-    images: dict[tuple[str, str], _Image]
-    sizes: dict[tuple[str, str], str]
-    taken_down: set[str]
-    taken_down_since: list[str]  # pairs of this date that a takedown removed after curation
-    rendered_at: str
-
-
-def _load_sheet(home: Home, stage: str, date: str, kept_file: Path, limits: ReviewLimits) -> _Sheet:
-    con = duckdb.connect()
-    kept_source = _read_parquet(kept_file)
-    names = pq.read_schema(kept_file).names
-    score_columns = [c for c in review_columns() if c in names]
-    kept_total = pq.read_metadata(kept_file).num_rows
-    kept_sample = _kept_sample(con, kept_source, names, score_columns, limits.kept)
-    score_summary = _score_summary(con, kept_source, score_columns)
-
-    ledger = _ledger(home, stage, date).to_pylist()
-    taken_down, taken_down_since = _taken_down(home, con, date)
-    duplicates = [r for r in ledger if r["duplicate_of"] is not None]
-    others = [r for r in ledger if r["duplicate_of"] is None]
-    by_reason: dict[str, list[dict]] = defaultdict(list)
-    for row in others:
-        by_reason[row["reason"]].append(row)
-    shown_by_reason = {
-        reason: _spread(sorted(rows, key=_score_order), limits.per_reason)
-        for reason, rows in by_reason.items()
-    }
-
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for row in duplicates:
-        groups[row["duplicate_of"]].append(row)
-    ordered = sorted(groups.items(), key=lambda kv: (_closeness(min(kv[1], key=_closeness)), kv[0]))
-    shown_groups = _spread(ordered, limits.clusters)
-
-    # Image locations live in raw_pairs. A removed row is the raw row of its own date (pair_ids
-    # may be reused on a later day); an original is the earliest raw row of that id on or
-    # before this date. raw_pairs' own rejects never made it into raw_pairs: no thumbnail.
-    removed_keys = (
-        []
-        if stage == RAW_PAIRS
-        else [(r["pair_id"], r["date"]) for rows in shown_by_reason.values() for r in rows]
-    )
-    removed_keys += [(r["pair_id"], r["date"]) for _, rows in shown_groups for r in rows]
-    kept_keys = [(p.pair_id, p.date) for p in kept_sample]
-    original_ids = [original for original, _ in shown_groups]
-    raw = _raw_rows(home, con, [k[0] for k in kept_keys + removed_keys] + original_ids)
-
-    for pair in kept_sample:
-        pair.location = raw.get((pair.pair_id, pair.date), {}).get("image_location")
-    originals = {pid: _original(raw, pid, date) for pid in original_ids}
-    later = _later_removals(home, con, [p for p in originals.values() if p.date])
-
-    clusters = []
-    for original_id, rows in shown_groups:
-        copies = sorted(rows, key=lambda r: (_closeness(r), r["pair_id"]))
-        clusters.append(
-            _Cluster(
-                original=originals[original_id],
-                copies=copies[: limits.copies_per_cluster],
-                hidden_copies=max(0, len(copies) - limits.copies_per_cluster),
-                later=later.get((original_id, originals[original_id].date), []),
-            )
-        )
-    con.close()
-
-    wanted: dict[tuple[str, str], str | None] = {}
-    for pair in kept_sample:
-        wanted[(pair.pair_id, pair.date)] = pair.location
-    for key in removed_keys:
-        wanted[key] = raw.get(key, {}).get("image_location")
-    for pair in originals.values():
-        wanted[(pair.pair_id, pair.date)] = pair.location
-    images = _thumbnails(home, wanted, taken_down, limits)
-
-    return _Sheet(
-        stage=stage,
-        date=date,
-        kept_total=kept_total,
-        kept_sample=kept_sample,
-        score_columns=score_columns,
-        score_summary=score_summary,
-        ledger=ledger,
-        by_reason=shown_by_reason,
-        duplicate_reasons={r["reason"] for r in duplicates},
-        clusters=clusters,
-        cluster_total=len(groups),
-        images=images,
-        sizes={key: _size(row["width"], row["height"]) for key, row in raw.items()},
-        taken_down=taken_down,
-        taken_down_since=taken_down_since,
-        rendered_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-    )
-
-
-def _kept_sample(
-    con: duckdb.DuckDBPyConnection,
-    source: str,
-    names: list[str],
-    score_columns: list[str],
-    cap: int,
-) -> list[_Pair]:
-    """Up to ``cap`` kept rows, a hash sample of pair_id (stable, spread over the partition)."""
-    optional = ("text", "width", "height", "image_format", *score_columns)
-    columns = ["pair_id", "date", *(c for c in optional if c in names)]
-    rows = con.execute(
-        f"SELECT {', '.join(_quote(c) for c in columns)} FROM {source} "
-        f"ORDER BY md5(pair_id), pair_id LIMIT {int(cap)}"
-    ).fetchall()
-    pairs = []
-    for row in rows:
-        values = dict(zip(columns, row, strict=True))
-        pairs.append(
-            _Pair(
-                pair_id=values["pair_id"],
-                date=values["date"],
-                text=values.get("text"),
-                width=values.get("width"),
-                height=values.get("height"),
-                fields=values,
-            )
-        )
-    return sorted(pairs, key=lambda p: p.pair_id)
-
-
-def _score_summary(
-    con: duckdb.DuckDBPyConnection, source: str, columns: list[str]
-) -> list[tuple[str, float | None, float | None, float | None, int]]:
-    """(column, min, median, max, non-null count) over every kept row, not just the sample."""
-    summary = []
-    for column in columns:
-        c = _quote(column)
-        lo, mid, hi, n = con.execute(
-            f"SELECT min({c}), median({c}), max({c}), count({c}) FROM {source}"
-        ).fetchone()
-        summary.append((column, lo, mid, hi, int(n)))
-    return summary
-
-
-def _ledger(home: Home, stage: str, date: str, columns: list[str] | None = None) -> pa.Table:
-    path = ledger_dir(home, stage, date) / PART_FILE
-    if not path.is_file():
-        return (
-            pa.table({"reason": pa.array([], pa.string())})
-            if columns
-            else LEDGER_SCHEMA.empty_table()
-        )
-    return pq.read_table(path, columns=columns, partitioning=None)
-
-
-def _taken_down(
-    home: Home, con: duckdb.DuckDBPyConnection, date: str
-) -> tuple[set[str], list[str]]:
-    """Every pair_id ever taken down, and those of ``date`` a takedown removed from the tables.
-
-    Ingest refusals (reason ``takedown`` in raw_pairs' ledger) are on the raw_pairs sheet
-    already; a takedown applied later (stage ``takedown``) left no row in any stage table.
-    """
-    if not _tables_with_files(home, [LEDGER_TABLE]):
-        return set(), []
-    source = _read_parquet(table_glob(home, LEDGER_TABLE))
-    rows = con.execute(
-        f"SELECT DISTINCT pair_id, date, stage FROM {source} WHERE stage = ? OR reason = ?",
-        [TAKEDOWN, TAKEDOWN],
-    ).fetchall()
-    since = sorted({pid for pid, day, stage in rows if stage == TAKEDOWN and day == date})
-    return {r[0] for r in rows}, since
-
-
-def _raw_rows(
-    home: Home, con: duckdb.DuckDBPyConnection, pair_ids: list[str]
-) -> dict[tuple[str, str], dict]:
-    """raw_pairs rows of any date for ``pair_ids``, keyed by (pair_id, date)."""
-    if not pair_ids or not _tables_with_files(home, [RAW_PAIRS]):
-        return {}
-    con.register("wanted_ids", pa.table({"pair_id": pa.array(sorted(set(pair_ids)), pa.string())}))
-    source = _read_parquet(table_glob(home, RAW_PAIRS))
-    cursor = con.execute(
-        f"SELECT r.pair_id, r.date, r.text, r.width, r.height, r.image_location "
-        f"FROM {source} r JOIN wanted_ids w USING (pair_id)"
-    )
-    names = [d[0] for d in cursor.description]
-    rows = cursor.fetchall()
-    con.unregister("wanted_ids")
-    return {(row[0], row[1]): dict(zip(names, row, strict=True)) for row in rows}
-
-
-def _original(raw: dict[tuple[str, str], dict], pair_id: str, date: str) -> _Pair:
-    candidates = sorted(d for (pid, d) in raw if pid == pair_id and d <= date)
-    if not candidates:
-        return _Pair(pair_id=pair_id, date="")
-    row = raw[(pair_id, candidates[0])]
-    return _Pair(
-        pair_id=pair_id,
-        date=row["date"],
-        text=row["text"],
-        width=row["width"],
-        height=row["height"],
-        location=row["image_location"],
-    )
-
-
-def _later_removals(
-    home: Home, con: duckdb.DuckDBPyConnection, originals: list[_Pair]
-) -> dict[tuple[str, str], list[tuple[str, str]]]:
-    """Ledger rows of the originals themselves: a kept original may be dropped downstream."""
-    if not originals or not _tables_with_files(home, [LEDGER_TABLE]):
-        return {}
-    keys = pa.table(
-        {
-            "pair_id": pa.array([p.pair_id for p in originals], pa.string()),
-            "date": pa.array([p.date for p in originals], pa.string()),
-        }
-    )
-    con.register("originals", keys)
-    source = _read_parquet(table_glob(home, LEDGER_TABLE))
-    rows = con.execute(
-        f"SELECT l.pair_id, l.date, l.stage, l.reason FROM {source} l "
-        f"JOIN originals o USING (pair_id, date) ORDER BY l.stage, l.reason"
-    ).fetchall()
-    con.unregister("originals")
-    found: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
-    for pair_id, day, stage, reason in rows:
-        found[(pair_id, day)].append((stage, reason))
-    return found
-
-
-def _thumbnails(
-    home: Home,
-    wanted: dict[tuple[str, str], str | None],
-    taken_down: set[str],
-    limits: ReviewLimits,
-) -> dict[tuple[str, str], _Image]:
-    """One thumbnail per distinct location, decoded in parallel (Pillow releases the GIL)."""
-    locations = sorted(
-        {loc for (pid, _), loc in wanted.items() if loc is not None and pid not in taken_down}
-    )
-
-    def one(location: str) -> _Image:
-        if location.startswith(("http://", "https://")) and not limits.fetch_remote:
-            return _Image(missing="remote image, not fetched")
-        try:
-            data = read_location(location, home.landing)
-        except (OSError, ValueError) as exc:
-            # A refusal carries its ledger reason (missing_file, path_outside_landing, ...).
-            why = getattr(exc, "reason", None) or type(exc).__name__
-            return _Image(missing=f"cannot read the image: {why}")
-        try:
-            return _Image(uri=jpeg_data_uri(thumbnail_jpeg(data, limits.thumbnail_px)))
-        except ThumbnailError as exc:
-            return _Image(missing=str(exc))
-
-    workers = max(1, min(limits.workers, len(locations), os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        by_location = dict(zip(locations, pool.map(one, locations), strict=True))
-    images = {}
-    for key, location in wanted.items():
-        if key[0] in taken_down:
-            continue
-        images[key] = (
-            by_location[location]
-            if location is not None
-            else _Image(missing="no image location in raw_pairs")
-        )
-    return images
-
-
-def _spread(items: list, cap: int) -> list:
-    """``cap`` items evenly spaced over ``items`` (first and last included), in their order."""
-    if len(items) <= cap:
-        return list(items)
-    if cap <= 1:
-        return list(items[:cap])
-    step = (len(items) - 1) / (cap - 1)
-    return [items[round(i * step)] for i in range(cap)]
-
-
-def _score_order(row: dict) -> tuple:
-    for name in ("score", "distance", "similarity"):
-        if row[name] is not None:
-            return (0, row[name], row["pair_id"])
-    return (1, 0.0, row["pair_id"])
-
-
-def _closeness(row: dict) -> float:
-    """How sure a duplicate is, lowest first: the copies nearest the threshold lead."""
-    if row["similarity"] is not None:
-        return row["similarity"]
-    if row["distance"] is not None:
-        return -row["distance"]
-    return 0.0
-
-
-def _tables_with_files(home: Home, tables: list[str]) -> list[str]:
-    return [t for t in tables if glob.glob(table_glob(home, t))]
-
-
-def _read_parquet(path: str | Path) -> str:
-    quoted = str(path).replace("'", "''")
-    return f"read_parquet('{quoted}', union_by_name = true, hive_partitioning = false)"
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _relative(date: str, name: str) -> str:
     return f"{REVIEW_FOLDER}/date={date}/{name}.html"
-
-
-def _check_name(name: str, what: str) -> None:
-    if not _NAME.fullmatch(name):
-        raise ValueError(f"{what} {name!r} is not a table name (lowercase letters, digits, _)")
-
-
-def _check_date(date: str) -> None:
-    if not _DATE.fullmatch(date):
-        raise ValueError(f"date {date!r} is not YYYY-MM-DD")
 
 
 # --- HTML ---------------------------------------------------------------------------------
@@ -615,7 +171,7 @@ def _page(title: str, heading: str, subtitle: str, nav: str, body: str) -> str:
     )
 
 
-def _sheet_html(sheet: _Sheet, limits: ReviewLimits) -> str:
+def _sheet_html(sheet: Sheet, limits: ReviewLimits) -> str:
     removed = len(sheet.ledger)
     rows_in = sheet.kept_total + removed
     nav = (
@@ -650,7 +206,7 @@ _MEASURES = (
 )
 
 
-def _summary_html(sheet: _Sheet, rows_in: int) -> str:
+def _summary_html(sheet: Sheet, rows_in: int) -> str:
     counts = (
         '<table class="funnel"><tr><th>rows</th><th class="num">count</th></tr>'
         f'<tr><td>in</td><td class="num" data-count="in">{rows_in}</td></tr>'
@@ -714,7 +270,7 @@ def _range(rows: list[dict], column: str) -> str:
     return f"{_num(values[0])} … {_num(values[-1])}"
 
 
-def _removed_html(sheet: _Sheet, limits: ReviewLimits) -> str:
+def _removed_html(sheet: Sheet, limits: ReviewLimits) -> str:
     parts = ['<section id="removed"><h2>Removed, by reason</h2>']
     if sheet.taken_down_since:
         parts.append(_taken_down_since_html(sheet.taken_down_since, limits.per_reason))
@@ -734,7 +290,7 @@ def _removed_html(sheet: _Sheet, limits: ReviewLimits) -> str:
             continue
         rows = sheet.by_reason[reason]
         total = sum(1 for r in sheet.ledger if r["reason"] == reason and r["duplicate_of"] is None)
-        scored = any(_score_order(r)[0] == 0 for r in rows)
+        scored = any(score_order(r)[0] == 0 for r in rows)
         order = "by score (or distance), lowest first" if scored else "by pair_id"
         parts.append(
             f'<h3 id="reason-{_e(reason)}"><code>{_e(reason)}</code> · {_rows(total)}</h3>'
@@ -755,7 +311,7 @@ def _removed_html(sheet: _Sheet, limits: ReviewLimits) -> str:
 
 
 def _taken_down_since_html(pair_ids: list[str], cap: int) -> str:
-    shown = _spread(pair_ids, cap)
+    shown = spread(pair_ids, cap)
     parts = [
         f'<div id="taken-down"><h3>taken down after curation · {_rows(len(pair_ids))}</h3>'
         '<p class="note">A takedown removed these pairs of this date from the tables after the '
@@ -772,7 +328,7 @@ def _taken_down_since_html(pair_ids: list[str], cap: int) -> str:
     return "".join(parts)
 
 
-def _rejects_table(sheet: _Sheet, reason: str, rows: list[dict]) -> str:
+def _rejects_table(sheet: Sheet, reason: str, rows: list[dict]) -> str:
     """Rows that never became pairs have no image: a table reads better than empty cards."""
     lines = []
     for row in rows:
@@ -799,7 +355,7 @@ def _rejects_table(sheet: _Sheet, reason: str, rows: list[dict]) -> str:
     )
 
 
-def _clusters_html(sheet: _Sheet, limits: ReviewLimits) -> str:
+def _clusters_html(sheet: Sheet, limits: ReviewLimits) -> str:
     parts = ['<section id="clusters"><h2>Duplicate clusters</h2>']
     if not sheet.clusters:
         parts.append('<p class="note">No duplicates removed here.</p></section>')
@@ -831,7 +387,7 @@ def _clusters_html(sheet: _Sheet, limits: ReviewLimits) -> str:
                 "original",
                 original.pair_id,
                 sheet.images.get((original.pair_id, original.date))
-                or _Image(missing="original not found in raw_pairs"),
+                or SheetImage(missing="original not found in raw_pairs"),
                 badge,
                 _size(original.width, original.height),
                 original.text,
@@ -854,7 +410,7 @@ def _clusters_html(sheet: _Sheet, limits: ReviewLimits) -> str:
     return "\n".join(parts)
 
 
-def _kept_html(sheet: _Sheet) -> str:
+def _kept_html(sheet: Sheet) -> str:
     total = sheet.kept_total
     shown = len(sheet.kept_sample)
     parts = [f'<section id="kept"><h2>Kept · {_rows(total)}</h2>']
@@ -891,7 +447,7 @@ def _kept_html(sheet: _Sheet) -> str:
     return "\n".join(parts)
 
 
-def _removed_card(sheet: _Sheet, row: dict) -> str:
+def _removed_card(sheet: Sheet, row: dict) -> str:
     if row["pair_id"] in sheet.taken_down:
         return _takedown_card(row["pair_id"], "removed", row["reason"])
     image = sheet.images[(row["pair_id"], row["date"])]
@@ -903,7 +459,7 @@ def _removed_card(sheet: _Sheet, row: dict) -> str:
             scores.append((name, _num(row[name], 5), True))
     if row["threshold"] is not None:
         scores.append(("threshold", _num(row["threshold"], 5), False))
-    size = sheet.sizes.get((row["pair_id"], row["date"]), "")
+    size = _size(*sheet.sizes.get((row["pair_id"], row["date"]), (None, None)))
     meta = " · ".join(_e(p) for p in (size, row["source"]) if p)
     return _card(
         "removed",
@@ -918,7 +474,7 @@ def _removed_card(sheet: _Sheet, row: dict) -> str:
     )
 
 
-def _copy_card(sheet: _Sheet, row: dict) -> str:
+def _copy_card(sheet: Sheet, row: dict) -> str:
     attrs = {"data-duplicate-of": row["duplicate_of"], "data-reason": row["reason"]}
     if row["pair_id"] in sheet.taken_down:
         return _takedown_card(row["pair_id"], "copy", row["reason"], attrs)
@@ -934,9 +490,9 @@ def _copy_card(sheet: _Sheet, row: dict) -> str:
     return _card(
         "copy",
         row["pair_id"],
-        raw or _Image(missing="not found in raw_pairs"),
+        raw or SheetImage(missing="not found in raw_pairs"),
         f'<span class="badge removed">{_e(row["reason"])}</span>',
-        sheet.sizes.get((row["pair_id"], row["date"]), ""),
+        _size(*sheet.sizes.get((row["pair_id"], row["date"]), (None, None))),
         row["text"],
         _scores(scores),
         "",
@@ -947,7 +503,7 @@ def _copy_card(sheet: _Sheet, row: dict) -> str:
 def _card(
     kind: str,
     pair_id: str,
-    image: _Image,
+    image: SheetImage,
     badge: str,
     meta: str,
     text: str | None,
@@ -981,7 +537,7 @@ def _takedown_card(
     )
 
 
-def _thumb(image: _Image, pair_id: str) -> str:
+def _thumb(image: SheetImage, pair_id: str) -> str:
     if image.uri:
         return f'<img class="thumb" src="{image.uri}" alt="{_e(pair_id)}">'
     return f'<div class="thumb placeholder">{_e(image.missing or "no image")}</div>'

@@ -14,12 +14,11 @@ import pyarrow.compute as pc
 import pytest
 from PIL import Image, ImageOps
 
+from dataplatform.core.records.review_rows import ReviewLimits, review_dates_showing
 from dataplatform.core.records.review_sheet import (
-    ReviewLimits,
     render_partition_review,
     render_review_index,
     render_review_sheet,
-    review_dates_showing,
     review_path,
 )
 from dataplatform.core.records.thumbnails import ThumbnailError, jpeg_data_uri, thumbnail_jpeg

@@ -12,7 +12,7 @@ from PIL import Image
 
 from dataplatform.core.records.audit import stage_columns
 from dataplatform.core.records.data_cards import card_columns, card_scores
-from dataplatform.core.records.review_sheet import review_columns
+from dataplatform.core.records.review_rows import review_columns
 from dataplatform.core.scoring import scores as registry
 from dataplatform.core.scoring.quality_rules import _RULES, SCORE_COLUMNS, QualityThresholds
 from dataplatform.core.scoring.quality_scoring import Scorers, score_partition, scores_schema
