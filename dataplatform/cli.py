@@ -215,7 +215,7 @@ def _demo(home: Home, args: argparse.Namespace) -> int:
 
 def _print_documents(home: Home, dates: Sequence[str]) -> str | None:
     """Where the data cards, dataset cards and review sheets are, and one pair explained."""
-    from dataplatform.core.records import audit
+    from dataplatform.core.records import audit, audit_text
     from dataplatform.core.records.review_sheet import review_path
     from dataplatform.core.store.stages import STAGE_ORDER
     from dataplatform.core.store.warehouse import connect, document_path
@@ -237,7 +237,7 @@ def _print_documents(home: Home, dates: Sequence[str]) -> str | None:
         return None
     pair_id, original = example[0]
     print(f"\n== dataplatform explain {terminal_safe(pair_id)}")
-    print(audit.format_explanation(audit.explain(home, pair_id, STAGE_ORDER)))
+    print(audit_text.format_explanation(audit.explain(home, pair_id, STAGE_ORDER)))
     return original
 
 
@@ -312,7 +312,7 @@ def _sql(home: Home, args: argparse.Namespace) -> int:
 
 def _explain(home: Home, args: argparse.Namespace) -> int:
     """A pair's journey, or its copies; exit 2 when the pair or the warehouse is not there."""
-    from dataplatform.core.records import audit
+    from dataplatform.core.records import audit, audit_text
     from dataplatform.core.store.stages import STAGE_ORDER
 
     if (args.pair_id is None) == (args.duplicates_of is None):
@@ -321,13 +321,19 @@ def _explain(home: Home, args: argparse.Namespace) -> int:
     try:
         if args.duplicates_of is not None:
             copies = audit.duplicates_of(home, args.duplicates_of, STAGE_ORDER)
-            print(audit.to_json(copies) if args.json else audit.format_copies(copies, STAGE_ORDER))
+            print(
+                audit_text.to_json(copies)
+                if args.json
+                else audit_text.format_copies(copies, STAGE_ORDER)
+            )
         else:
             journey = audit.explain(home, args.pair_id, STAGE_ORDER)
-            print(audit.to_json(journey) if args.json else audit.format_explanation(journey))
+            print(
+                audit_text.to_json(journey) if args.json else audit_text.format_explanation(journey)
+            )
     except (audit.AuditError, CorruptPartitionError) as error:
         if args.json:
-            print(audit.error_json(error))
+            print(audit_text.error_json(error))
         print(terminal_safe(str(error)), file=sys.stderr)
         return 2
     return 0

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import pyarrow.parquet as pq
 import pytest
 
-from dataplatform.core.records import audit
+from dataplatform.core.records import audit, audit_text
 from dataplatform.core.records.funnel import commit_mismatches, format_funnel, warehouse_funnel
 from dataplatform.core.store.home import Home
 from dataplatform.core.store.warehouse import (
@@ -256,7 +256,7 @@ def test_a_sigkill_leaves_every_stage_with_one_consistent_pair(runs, kill: Kill)
     format_funnel(funnel)
     for pair_id in ("d1", "d9", "c2", "x1"):
         try:
-            audit.format_explanation(audit.explain(victim, pair_id, STAGES))
+            audit_text.format_explanation(audit.explain(victim, pair_id, STAGES))
         except audit.UnknownPair:
             assert pair_id in ("d9", "c2")  # only one of the two runs ingested it
 

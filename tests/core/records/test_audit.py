@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from dataplatform.core.records import audit
+from dataplatform.core.records import audit, audit_text
 from dataplatform.core.store.home import Home
 from dataplatform.core.store.schema import RAW_PAIR_SCHEMA, conform, ledger_row, ledger_table
 from dataplatform.core.store.stages import STAGE_ORDER
@@ -285,12 +285,12 @@ def test_low_score_drop_shows_score_and_threshold(home: Home):
     ]
     entry = arrival.decisions[3].entry
     assert (entry.reason, entry.score, entry.threshold) == ("low_clip_score", 0.12, 0.28)
-    assert audit.describe_status(x.status) == (
+    assert audit_text.describe_status(x.status) == (
         "removed at clip_scored on 2025-01-01: low_clip_score (clip_score 0.1200 < 0.2800)"
     )
     assert "  clip_scored       DROPPED low_clip_score: clip_score 0.1200 < 0.2800\n" + " " * 20 + (
         "score 0.12 vs threshold 0.28\n"
-    ) in audit.format_explanation(x)
+    ) in audit_text.format_explanation(x)
 
 
 def test_ingest_rejection_has_its_origin_from_the_ledger(home: Home):
@@ -322,7 +322,7 @@ def test_cross_day_duplicate_chain_ends_at_the_kept_original(home: Home):
     ]
     assert chain.hops[1].entry.distance == 3.0
     assert chain.hops[-1].target_status == audit.Status(audit.IN_TRAINING_SET, "tokens", D1)
-    text = audit.format_explanation(x)
+    text = audit_text.format_explanation(x)
     assert (
         "  duplicate_of chain\n"
         "    astro-copy2 -> astro-phash: exact_deduped 2025-01-02, distance 0\n"
@@ -332,7 +332,7 @@ def test_cross_day_duplicate_chain_ends_at_the_kept_original(home: Home):
 
 
 def test_phash_duplicate_full_text(home: Home):
-    text = audit.format_explanation(audit.explain(home, "astro-phash", STAGES))
+    text = audit_text.format_explanation(audit.explain(home, "astro-phash", STAGES))
     sha = hashlib.sha256(b"astro-phash").hexdigest()
     assert text == "\n".join(
         [
@@ -380,7 +380,7 @@ def test_missing_partition_is_not_materialized_yet(home: Home):
     assert cat.status == audit.Status(
         audit.IN_PROGRESS, "semantic_deduped", D2, next_stage="tokens"
     )
-    assert audit.describe_status(cat.status) == (
+    assert audit_text.describe_status(cat.status) == (
         "in progress: kept by semantic_deduped on 2025-01-02; "
         "tokens is not materialized yet for 2025-01-02"
     )
@@ -420,7 +420,7 @@ def test_duplicates_of_is_transitive_and_grouped_by_stage(home: Home):
         ("astro-crop", "semantic_deduped", D2, 1),
         ("astro-phash", "phash_deduped", D1, 1),
     ]
-    assert audit.format_copies(copies, STAGES) == "\n".join(
+    assert audit_text.format_copies(copies, STAGES) == "\n".join(
         [
             "4 pairs removed as copies of astro-orig (3 directly, 1 as copies of copies)",
             "exact_deduped (2)",
@@ -435,7 +435,7 @@ def test_duplicates_of_is_transitive_and_grouped_by_stage(home: Home):
     )
     none = audit.duplicates_of(home, "cat-orig", STAGES)
     assert none.copies == []
-    assert audit.format_copies(none, STAGES).startswith("no ledger row names cat-orig")
+    assert audit_text.format_copies(none, STAGES).startswith("no ledger row names cat-orig")
 
 
 def test_unknown_id_names_the_warehouse_and_similar_ids(home: Home):
@@ -459,7 +459,7 @@ def test_unknown_id_names_the_warehouse_and_similar_ids(home: Home):
     with pytest.raises(audit.UnknownPair) as nothing:
         audit.duplicates_of(home, "zzzzzzzz", STAGES)
     assert nothing.value.similar == []
-    assert json.loads(audit.error_json(nothing.value))["error"] == "UnknownPair"
+    assert json.loads(audit_text.error_json(nothing.value))["error"] == "UnknownPair"
 
 
 def test_no_warehouse_at_all(tmp_path: Path):
@@ -490,7 +490,7 @@ def test_duplicate_of_cycle_stops(home: Home):
         ("loop-a", "loop-b"),
         ("loop-b", "loop-a"),
     ]
-    assert "cycle: loop-a is already on this chain" in audit.format_explanation(
+    assert "cycle: loop-a is already on this chain" in audit_text.format_explanation(
         audit.explain(home, "loop-a", STAGES)
     )
     copies = audit.duplicates_of(home, "loop-a", STAGES)
@@ -537,20 +537,20 @@ def test_takedowns_retroactive_and_at_ingest(tmp_path: Path):
     x = audit.explain(home, "gone", STAGES)
     assert x.status.state == audit.TAKEN_DOWN
     assert [t.detail for t in x.takedowns] == [TAKEDOWN_DETAIL]
-    assert audit.describe_status(x.status) == (
+    assert audit_text.describe_status(x.status) == (
         f"taken down (removed from the warehouse, 2025-01-01): {TAKEDOWN_DETAIL}"
     )
     (arrival,) = x.arrivals
     assert arrival.origin.url == "https://example.org/gone.jpg"
     assert [d.outcome for d in arrival.decisions] == ["taken_down"] * 7
-    text = audit.format_explanation(x)
+    text = audit_text.format_explanation(x)
     assert f"takedowns\n  2025-01-01 takedown: {TAKEDOWN_DETAIL}\n" in text
     assert "  tokens            removed by a takedown\n" in text
 
     chain = audit.explain(home, "gone-copy", STAGES).arrivals[0].chain
     assert chain.hops[-1].target_status.state == audit.TAKEN_DOWN
     assert (
-        audit.format_explanation(audit.explain(home, "gone-copy", STAGES)).count(
+        audit_text.format_explanation(audit.explain(home, "gone-copy", STAGES)).count(
             f"gone: taken down (removed from the warehouse, 2025-01-01): {TAKEDOWN_DETAIL}"
         )
         == 1
@@ -559,7 +559,7 @@ def test_takedowns_retroactive_and_at_ingest(tmp_path: Path):
     y = audit.explain(home, "blocked", STAGES)
     assert y.status.state == audit.TAKEN_DOWN
     assert [(t.stage, t.reason) for t in y.takedowns] == [("raw_pairs", "takedown")]
-    assert audit.describe_status(y.status) == (
+    assert audit_text.describe_status(y.status) == (
         "taken down (excluded at raw_pairs, 2025-01-01): "
         "request TD-2 (pair_id blocked, filed 2024-12-31): spam"
     )
@@ -588,7 +588,7 @@ def test_takedown_keeps_a_stage_drop_visible(home: Home):
 
 
 def test_json_round_trip(home: Home):
-    data = json.loads(audit.to_json(audit.explain(home, "astro-copy2", STAGES)))
+    data = json.loads(audit_text.to_json(audit.explain(home, "astro-copy2", STAGES)))
     assert data["status"]["summary"] == (
         "removed at exact_deduped on 2025-01-02: exact_duplicate of astro-phash"
     )
@@ -597,5 +597,5 @@ def test_json_round_trip(home: Home):
     assert hops[-1]["target_status"]["summary"] == (
         "in the training set (kept through tokens, 2025-01-01)"
     )
-    copies = json.loads(audit.to_json(audit.duplicates_of(home, "astro-phash", STAGES)))
+    copies = json.loads(audit_text.to_json(audit.duplicates_of(home, "astro-phash", STAGES)))
     assert [c["entry"]["pair_id"] for c in copies["copies"]] == ["astro-copy2"]
