@@ -34,20 +34,26 @@ CHECK_SCORE_RANGES = "scores_in_range"
 _DEFAULTS = QualityThresholds()
 
 
-class QualityConfig(dg.Config):
-    """Thresholds, applied to stored scores: change them and re-materialize to re-filter."""
+def _quality_config() -> type[dg.Config]:
+    """The run config: one field per ``QualityThresholds`` setting, with its default, + rescore.
 
-    min_aesthetic: float = _DEFAULTS.min_aesthetic
-    max_nsfw: float = _DEFAULTS.max_nsfw
-    max_watermark: float = _DEFAULTS.max_watermark
-    min_shortest_side: int = _DEFAULTS.min_shortest_side
-    max_aspect_ratio: float = _DEFAULTS.max_aspect_ratio
-    min_blur_variance: float = _DEFAULTS.min_blur_variance
-    max_clipped_fraction: float = _DEFAULTS.max_clipped_fraction
-    ocr_text_area_for_text_images: float = _DEFAULTS.ocr_text_area_for_text_images
-    min_ocr_confidence: float = _DEFAULTS.min_ocr_confidence
-    rescore: bool = False
-    """Recompute the scores even when this day's `quality_scores` are already stored."""
+    Derived, not copied, so that a new rule's threshold reaches the launchpad without editing
+    this asset.
+    """
+    thresholds = {f.name: getattr(_DEFAULTS, f.name) for f in dataclasses.fields(QualityThresholds)}
+    namespace = {
+        "__module__": __name__,
+        "__doc__": "Thresholds, applied to stored scores: change them and re-materialize to "
+        "re-filter. `rescore` recomputes the scores even when this day's `quality_scores` are "
+        "already stored.",
+        "__annotations__": {**{k: type(v) for k, v in thresholds.items()}, "rescore": bool},
+        **thresholds,
+        "rescore": False,
+    }
+    return type("QualityConfig", (dg.Config,), namespace)
+
+
+QualityConfig = _quality_config()
 
 
 @dg.asset(
