@@ -15,8 +15,25 @@ from dataplatform.core.scoring.quality_rules import (
 
 DEFAULTS = QualityThresholds()
 
+# The built-in rules' reasons in ledger order. A scorer registered later adds its own reason
+# wherever its rule sits in `_RULES`; these tests pin the built-in ones and their order, and
+# every other score column is left unscored (None), which skips its rule, so a new rule does
+# not have to be named here again.
+BUILT_IN_REASONS = (
+    "low_aesthetic",
+    "nsfw",
+    "watermark",
+    "too_small",
+    "extreme_aspect_ratio",
+    "blurry",
+    "badly_exposed",
+    "unreadable_text",
+)
+UNSCORED = dict.fromkeys(SCORE_COLUMNS)
+
 # A row that passes every default rule, with room on each side.
 CLEAN = {
+    **UNSCORED,
     "aesthetic_score": 6.0,
     "nsfw_score": 0.01,
     "watermark_score": 0.1,
@@ -42,16 +59,9 @@ def test_clean_row_is_kept():
 
 
 def test_reasons_are_in_the_documented_order():
-    assert REASONS == (
-        "low_aesthetic",
-        "nsfw",
-        "watermark",
-        "too_small",
-        "extreme_aspect_ratio",
-        "blurry",
-        "badly_exposed",
-        "unreadable_text",
-    )
+    built_in = [reason for reason in REASONS if reason in BUILT_IN_REASONS]
+    assert tuple(built_in) == BUILT_IN_REASONS
+    assert len(set(REASONS)) == len(REASONS)
 
 
 # (column, value kept, value rejected, reason): min_* keep the threshold itself, max_* reject it.
@@ -121,8 +131,9 @@ def test_all_failures_are_returned_in_order_and_the_first_lists_the_rest():
     assert rejections[2].detail == "blur_variance 4 < min 30"
 
 
-def test_every_rule_can_fail_at_once():
+def test_every_built_in_rule_can_fail_at_once():
     row = {
+        **UNSCORED,
         "aesthetic_score": 1.0,
         "nsfw_score": 0.9,
         "watermark_score": 0.9,
@@ -133,7 +144,7 @@ def test_every_rule_can_fail_at_once():
         "ocr_text_area": 0.9,
         "ocr_confidence": 0.1,
     }
-    assert reasons(row) == list(REASONS)
+    assert reasons(row) == list(BUILT_IN_REASONS)
 
 
 def test_missing_column_is_an_error_not_a_skipped_rule():
@@ -162,9 +173,8 @@ def test_infinite_threshold_turns_a_rule_off():
     assert reasons(with_(aesthetic_score=-1e9), t) == []
 
 
-SCORES = pa.table(
+_SCORED = pa.table(
     {
-        "pair_id": ["a", "b", "c", "d", "e", "f", "g"],
         "aesthetic_score": pa.array([6.0, 4.0, None, 5.5, 5.0, 7.0, 4.5], pa.float32()),
         "nsfw_score": pa.array([0.01, 0.2, 0.05, None, 0.0, 0.02, 0.3], pa.float32()),
         "watermark_score": [0.1, 0.1, 0.8, None, 0.2, 0.1, None],
@@ -174,6 +184,18 @@ SCORES = pa.table(
         "clipped_fraction": [0.0, 0.6, 0.1, 0.0, 0.2, 0.0, 0.0],
         "ocr_text_area": [0.0, 0.0, 0.5, 0.4, None, 0.1, 0.0],
         "ocr_confidence": [None, None, 0.3, 0.9, 0.1, 0.2, None],
+    }
+)
+# Every score column the rules read, in their order; a column no built-in rule reads stays null.
+SCORES = pa.table(
+    {
+        "pair_id": ["a", "b", "c", "d", "e", "f", "g"],
+        **{
+            name: _SCORED[name]
+            if name in _SCORED.column_names
+            else pa.nulls(_SCORED.num_rows, pa.float64())
+            for name in SCORE_COLUMNS
+        },
     }
 )
 
