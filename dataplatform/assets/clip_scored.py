@@ -7,11 +7,11 @@ import pyarrow as pa
 from dataplatform.assets.partitions import daily_partitions
 from dataplatform.assets.phash_deduped import KEY as PHASH_KEY
 from dataplatform.assets.reporting import (
-    CHECK_PAIR_ID_UNIQUE,
-    CHECK_ROWS_CONSERVED,
     OWNERS,
     finish_stage,
+    open_stage_day,
     read_input,
+    stage_checks,
     table_column,
 )
 from dataplatform.core.records.plots import histogram_png, markdown_image
@@ -60,12 +60,7 @@ class ClipScoreConfig(dg.Config):
     code_version="1",
     group_name="curation",
     pool="gpu",
-    check_specs=[
-        dg.AssetCheckSpec(CHECK_ROWS_CONSERVED, asset=KEY),
-        dg.AssetCheckSpec(CHECK_PAIR_ID_UNIQUE, asset=KEY),
-        dg.AssetCheckSpec(CHECK_SCORE_RANGE, asset=KEY),
-        dg.AssetCheckSpec(CHECK_EMBEDDING_NORMS, asset=KEY),
-    ],
+    check_specs=stage_checks(KEY, CHECK_SCORE_RANGE, CHECK_EMBEDDING_NORMS),
 )
 def clip_scored(
     context: dg.AssetExecutionContext,
@@ -74,8 +69,8 @@ def clip_scored(
     clip: ClipResource,
 ) -> dg.MaterializeResult:
     """Embed every pair, store the embeddings and the score, and drop pairs under the threshold."""
-    home = warehouse.resolve()
-    date = context.partition_key
+    day = open_stage_day(context, warehouse, STAGE)
+    home, date = day.home, day.date
     current = read_input(home, PHASH_KEY.path[-1], date).sort_by("pair_id")
     encoder = clip.encoder()
     smoke = clip.is_smoke()
@@ -160,9 +155,7 @@ def clip_scored(
     ]
     side = {EMBEDDINGS: embeddings}
     return finish_stage(
-        home,
-        STAGE,
-        date,
+        day,
         current.num_rows,
         kept,
         ledger,

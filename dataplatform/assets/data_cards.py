@@ -6,11 +6,11 @@ import dagster as dg
 
 from dataplatform.assets.partitions import daily_partitions
 from dataplatform.assets.reporting import (
-    CHECK_PAIR_ID_UNIQUE,
-    CHECK_ROWS_CONSERVED,
     OWNERS,
     finish_stage,
+    open_stage_day,
     read_input,
+    stage_checks,
 )
 from dataplatform.assets.review import review_sheet_metadata
 from dataplatform.assets.tokens import KEY as TOKENS_KEY
@@ -53,18 +53,14 @@ LINEAGE = STAGE_ORDER[: STAGE_ORDER.index(STAGE)]
     owners=OWNERS,
     code_version=CODE_VERSION,
     group_name="cards",
-    check_specs=[
-        dg.AssetCheckSpec(CHECK_ROWS_CONSERVED, asset=KEY),
-        dg.AssetCheckSpec(CHECK_PAIR_ID_UNIQUE, asset=KEY),
-        dg.AssetCheckSpec(CHECK_CARDS_COMPLETE, asset=KEY),
-    ],
+    check_specs=stage_checks(KEY, CHECK_CARDS_COMPLETE),
 )
 def data_cards(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     """Card every tokenized pair; takedowns filed since are the last gate before training."""
-    home = warehouse.resolve()
-    date = context.partition_key
+    day = open_stage_day(context, warehouse, STAGE)
+    home, date = day.home, day.date
     try:
         requests = load_takedowns(home)
     except TakedownRequestError as exc:
@@ -114,9 +110,7 @@ def data_cards(
         }
 
     return finish_stage(
-        home,
-        STAGE,
-        date,
+        day,
         current.num_rows,
         cards,
         ledger,

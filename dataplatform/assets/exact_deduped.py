@@ -5,14 +5,13 @@ import dagster as dg
 from dataplatform.assets.partitions import PREVIOUS_DAY, daily_partitions
 from dataplatform.assets.raw_pairs import KEY as RAW_KEY
 from dataplatform.assets.reporting import (
-    CHECK_PAIR_ID_UNIQUE,
-    CHECK_ROWS_CONSERVED,
     GLOBAL_SCOPE,
     OWNERS,
     finish_stage,
+    open_stage_day,
     read_input,
     read_input_history,
-    require_earlier_partitions,
+    stage_checks,
     table_column,
     unique_check,
 )
@@ -34,19 +33,14 @@ CHECK_SHA_UNIQUE = "image_sha256_unique"
     owners=OWNERS,
     code_version="1",
     group_name="curation",
-    check_specs=[
-        dg.AssetCheckSpec(CHECK_ROWS_CONSERVED, asset=KEY),
-        dg.AssetCheckSpec(CHECK_PAIR_ID_UNIQUE, asset=KEY),
-        dg.AssetCheckSpec(CHECK_SHA_UNIQUE, asset=KEY),
-    ],
+    check_specs=stage_checks(KEY, CHECK_SHA_UNIQUE),
 )
 def exact_deduped(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     """Drop pairs whose bytes equal a pair kept earlier (earlier day, then smaller pair_id)."""
-    home = warehouse.resolve()
-    date = context.partition_key
-    require_earlier_partitions(warehouse, STAGE, date)
+    day = open_stage_day(context, warehouse, STAGE, global_dedup=True)
+    home, date = day.home, day.date
     current = read_input(home, RAW_KEY.path[-1], date)
     kept_history = read_input_history(home, STAGE, date, ["pair_id", "image_sha256", "date"])
     ids_history = read_input_history(home, RAW_KEY.path[-1], date, ["pair_id", "date"])
@@ -82,9 +76,7 @@ def exact_deduped(
     )
     sha_unique = unique_check(CHECK_SHA_UNIQUE, "image_sha256", kept_sha, GLOBAL_SCOPE)
     return finish_stage(
-        home,
-        STAGE,
-        date,
+        day,
         current.num_rows,
         result.kept,
         ledger,

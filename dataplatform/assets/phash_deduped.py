@@ -5,14 +5,13 @@ import dagster as dg
 from dataplatform.assets.exact_deduped import KEY as EXACT_KEY
 from dataplatform.assets.partitions import PREVIOUS_DAY, daily_partitions
 from dataplatform.assets.reporting import (
-    CHECK_PAIR_ID_UNIQUE,
-    CHECK_ROWS_CONSERVED,
     GLOBAL_SCOPE,
     OWNERS,
     finish_stage,
+    open_stage_day,
     read_input,
     read_input_history,
-    require_earlier_partitions,
+    stage_checks,
     table_column,
 )
 from dataplatform.core.dedup.phash_dedup import kept_pairs_within, phash_deduplicate
@@ -39,19 +38,14 @@ class PhashDedupConfig(dg.Config):
     owners=OWNERS,
     code_version="1",
     group_name="curation",
-    check_specs=[
-        dg.AssetCheckSpec(CHECK_ROWS_CONSERVED, asset=KEY),
-        dg.AssetCheckSpec(CHECK_PAIR_ID_UNIQUE, asset=KEY),
-        dg.AssetCheckSpec(CHECK_NO_NEAR_DUPLICATES, asset=KEY),
-    ],
+    check_specs=stage_checks(KEY, CHECK_NO_NEAR_DUPLICATES),
 )
 def phash_deduped(
     context: dg.AssetExecutionContext, config: PhashDedupConfig, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     """Drop pairs within the pHash threshold of a pair kept earlier; the ledger names the match."""
-    home = warehouse.resolve()
-    date = context.partition_key
-    require_earlier_partitions(warehouse, STAGE, date)
+    day = open_stage_day(context, warehouse, STAGE, global_dedup=True)
+    home, date = day.home, day.date
     current = read_input(home, EXACT_KEY.path[-1], date)
     history = read_input_history(home, STAGE, date, ["pair_id", "phash", "date"])
     result = phash_deduplicate(current, history, config.threshold)
@@ -83,9 +77,7 @@ def phash_deduped(
         description=f"no two kept pairs lie within {config.threshold} bits",
     )
     return finish_stage(
-        home,
-        STAGE,
-        date,
+        day,
         current.num_rows,
         result.kept,
         ledger,

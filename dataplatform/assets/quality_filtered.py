@@ -10,11 +10,11 @@ from dataplatform.assets.clip_scored import EMBEDDINGS
 from dataplatform.assets.clip_scored import KEY as CLIP_KEY
 from dataplatform.assets.partitions import daily_partitions
 from dataplatform.assets.reporting import (
-    CHECK_PAIR_ID_UNIQUE,
-    CHECK_ROWS_CONSERVED,
     OWNERS,
     finish_stage,
+    open_stage_day,
     read_input,
+    stage_checks,
     table_column,
 )
 from dataplatform.core.records.plots import histogram_png, markdown_image
@@ -66,11 +66,7 @@ QualityConfig = _quality_config()
     code_version="1",
     group_name="curation",
     pool="gpu",
-    check_specs=[
-        dg.AssetCheckSpec(CHECK_ROWS_CONSERVED, asset=KEY),
-        dg.AssetCheckSpec(CHECK_PAIR_ID_UNIQUE, asset=KEY),
-        dg.AssetCheckSpec(CHECK_SCORE_RANGES, asset=KEY),
-    ],
+    check_specs=stage_checks(KEY, CHECK_SCORE_RANGES),
 )
 def quality_filtered(
     context: dg.AssetExecutionContext,
@@ -79,8 +75,8 @@ def quality_filtered(
     quality: QualityResource,
 ) -> dg.MaterializeResult:
     """Score aesthetics, NSFW, watermark, OCR and technical quality; drop what fails a threshold."""
-    home = warehouse.resolve()
-    date = context.partition_key
+    day = open_stage_day(context, warehouse, STAGE)
+    home, date = day.home, day.date
     current = read_input(home, CLIP_KEY.path[-1], date).sort_by("pair_id")
     ids = table_column(current, "pair_id")
     scores, notes = _stored_or_new_scores(home, date, current, quality, config.rescore)
@@ -132,9 +128,7 @@ def quality_filtered(
         description="every bounded quality score inside its declared range (scoring/scores)",
     )
     return finish_stage(
-        home,
-        STAGE,
-        date,
+        day,
         current.num_rows,
         kept,
         ledger,

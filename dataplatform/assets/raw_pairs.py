@@ -5,10 +5,10 @@ import pyarrow as pa
 
 from dataplatform.assets.partitions import daily_partitions
 from dataplatform.assets.reporting import (
-    CHECK_PAIR_ID_UNIQUE,
-    CHECK_ROWS_CONSERVED,
     OWNERS,
     finish_stage,
+    open_stage_day,
+    stage_checks,
     table_column,
 )
 from dataplatform.core.ingest.image_decode import DEFAULT_DRAFT_SIZE, DEFAULT_MAX_PIXELS
@@ -46,10 +46,7 @@ class RawPairsConfig(dg.Config):
     owners=OWNERS,
     code_version="1",
     group_name="curation",
-    check_specs=[
-        dg.AssetCheckSpec(CHECK_ROWS_CONSERVED, asset=KEY),
-        dg.AssetCheckSpec(CHECK_PAIR_ID_UNIQUE, asset=KEY),
-    ],
+    check_specs=stage_checks(KEY),
 )
 def raw_pairs(
     context: dg.AssetExecutionContext,
@@ -62,8 +59,8 @@ def raw_pairs(
     Pairs a takedown request names never enter (ledger reason ``takedown``), and the license
     policy drops or flags pairs outside the allow-list (column ``license_status``).
     """
-    home = warehouse.resolve()
-    date = context.partition_key
+    day = open_stage_day(context, warehouse, STAGE)
+    home, date = day.home, day.date
     policy = licenses.policy()
     try:
         requests = load_takedowns(home)
@@ -92,4 +89,4 @@ def raw_pairs(
         "takedown_requests": len(requests),
         "taken_down_at_ingest": taken_down.num_rows,
     }
-    return finish_stage(home, STAGE, date, result.rows_in, kept, ledger, metadata=extra)
+    return finish_stage(day, result.rows_in, kept, ledger, metadata=extra)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import dagster as dg
 import pyarrow as pa
@@ -29,6 +30,40 @@ CHECK_ROWS_CONSERVED = "rows_conserved"
 CHECK_PAIR_ID_UNIQUE = "pair_id_unique"
 # Where a global stage checks pair_id (and hash) uniqueness: its history and the day together.
 GLOBAL_SCOPE = "all kept pairs up to this day"
+
+
+@dataclass(frozen=True)
+class StageDay:
+    """The day one stage is materializing: where it writes, as which stage, for which date."""
+
+    home: Home
+    stage: str
+    date: str
+
+
+def open_stage_day(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    stage: str,
+    *,
+    global_dedup: bool = False,
+) -> StageDay:
+    """The head every stage shares: its home and partition date, ready for ``finish_stage``.
+
+    A global dedup stage (``global_dedup``) compares the day with every earlier day's kept
+    pairs, so it first refuses to run while an earlier landing day lacks its partition.
+    """
+    home = warehouse.resolve()
+    date = context.partition_key
+    if global_dedup:
+        require_earlier_partitions(warehouse, stage, date)
+    return StageDay(home, stage, date)
+
+
+def stage_checks(key: dg.AssetKey, *own: str) -> list[dg.AssetCheckSpec]:
+    """A stage's check specs: the two ``finish_stage`` reports for every stage, then its own."""
+    names = (CHECK_ROWS_CONSERVED, CHECK_PAIR_ID_UNIQUE, *own)
+    return [dg.AssetCheckSpec(name, asset=key) for name in names]
 
 
 @contextmanager
@@ -84,9 +119,7 @@ def write_stage(
 
 
 def finish_stage(
-    home: Home,
-    stage: str,
-    date: str,
+    day: StageDay,
     rows_in: int,
     kept: pa.Table,
     ledger: pa.Table,
@@ -105,8 +138,10 @@ def finish_stage(
     plus ``metadata``, which may be a function when it needs the committed partition, as
     dataset cards and the token tally do) and its checks: rows conserved and pair_id unique
     (over ``pair_ids``, the day's kept ids unless a global stage passes history and day), then
-    the stage's own ``checks``. The asset keeps its decorator, and so its check specs, in view.
+    the stage's own ``checks`` (the specs ``stage_checks`` declares). The asset keeps its
+    decorator, and so its check specs, in view.
     """
+    home, stage, date = day.home, day.stage, day.date
     output = write_stage(home, stage, date, kept, ledger, side_tables)
     funnel = stage_funnel(stage, date, rows_in, kept.num_rows, ledger)
     extra = dict(metadata() if callable(metadata) else (metadata or {}))

@@ -11,14 +11,13 @@ from dataplatform.assets.clip_scored import EMBEDDINGS
 from dataplatform.assets.partitions import PREVIOUS_DAY, daily_partitions
 from dataplatform.assets.quality_filtered import KEY as QUALITY_KEY
 from dataplatform.assets.reporting import (
-    CHECK_PAIR_ID_UNIQUE,
-    CHECK_ROWS_CONSERVED,
     GLOBAL_SCOPE,
     OWNERS,
     finish_stage,
+    open_stage_day,
     read_input,
     read_input_history,
-    require_earlier_partitions,
+    stage_checks,
     table_column,
 )
 from dataplatform.core.dedup.semantic_index import (
@@ -58,11 +57,7 @@ class SemanticDedupConfig(dg.Config):
     owners=OWNERS,
     code_version="1",
     group_name="curation",
-    check_specs=[
-        dg.AssetCheckSpec(CHECK_ROWS_CONSERVED, asset=KEY),
-        dg.AssetCheckSpec(CHECK_PAIR_ID_UNIQUE, asset=KEY),
-        dg.AssetCheckSpec(CHECK_NO_SIMILAR_KEPT, asset=KEY),
-    ],
+    check_specs=stage_checks(KEY, CHECK_NO_SIMILAR_KEPT),
 )
 def semantic_deduped(
     context: dg.AssetExecutionContext, config: SemanticDedupConfig, warehouse: WarehouseResource
@@ -70,9 +65,8 @@ def semantic_deduped(
     """Keep the best pair of each cluster of near-identical images; earlier days always win."""
     if config.keep_rule not in KEEP_RULES:
         raise dg.Failure(f"keep_rule must be one of {KEEP_RULES}, not {config.keep_rule!r}")
-    home = warehouse.resolve()
-    date = context.partition_key
-    require_earlier_partitions(warehouse, STAGE, date)
+    day = open_stage_day(context, warehouse, STAGE, global_dedup=True)
+    home, date = day.home, day.date
     smoke = is_smoke()
     threshold = SMOKE_THRESHOLD if smoke else config.threshold
     if smoke:
@@ -133,9 +127,7 @@ def semantic_deduped(
         description=f"no two kept pairs have image cosine >= {threshold}",
     )
     return finish_stage(
-        home,
-        STAGE,
-        date,
+        day,
         current.num_rows,
         kept,
         ledger,

@@ -8,11 +8,11 @@ import pyarrow as pa
 
 from dataplatform.assets.partitions import daily_partitions
 from dataplatform.assets.reporting import (
-    CHECK_PAIR_ID_UNIQUE,
-    CHECK_ROWS_CONSERVED,
     OWNERS,
     finish_stage,
+    open_stage_day,
     read_input,
+    stage_checks,
     unreadable_files_fail,
 )
 from dataplatform.assets.semantic_deduped import KEY as SEMANTIC_KEY
@@ -54,11 +54,7 @@ class TokensConfig(dg.Config):
     code_version="1",
     group_name="tokens",
     pool="gpu",
-    check_specs=[
-        dg.AssetCheckSpec(CHECK_ROWS_CONSERVED, asset=KEY),
-        dg.AssetCheckSpec(CHECK_PAIR_ID_UNIQUE, asset=KEY),
-        dg.AssetCheckSpec(CHECK_TOKEN_RANGE, asset=KEY),
-    ],
+    check_specs=stage_checks(KEY, CHECK_TOKEN_RANGE),
 )
 def tokens(
     context: dg.AssetExecutionContext,
@@ -72,8 +68,8 @@ def tokens(
             f"resolution must be one of {RESOLUTIONS} and crop one of {POLICIES}; "
             f"got {config.resolution} and {config.crop!r}"
         )
-    home = warehouse.resolve()
-    date = context.partition_key
+    day = open_stage_day(context, warehouse, STAGE)
+    home, date = day.home, day.date
     current = read_input(home, SEMANTIC_KEY.path[-1], date).sort_by("pair_id")
     model = tokenizer.load(home.root / "models" / TRAINED_DIR)
     rows = current.to_pylist()
@@ -186,9 +182,7 @@ def tokens(
         }
 
     return finish_stage(
-        home,
-        STAGE,
-        date,
+        day,
         current.num_rows,
         kept,
         ledger,
