@@ -17,6 +17,7 @@ from dataplatform.core.records.audit import terminal_safe
 from dataplatform.core.records.takedown_requests import KINDS as TAKEDOWN_KINDS
 from dataplatform.core.store.home import HOME_ENV, Home, resolve_home
 from dataplatform.core.store.warehouse import CorruptPartitionError
+from dataplatform.core.tokens.webdataset_export import DEFAULT_SHARD_MAX_BYTES
 
 DEMO_DATES = ["2025-01-01", "2025-01-02", "2025-01-03"]
 
@@ -50,7 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--format", choices=["webdataset"], default="webdataset")
     p.add_argument("--out", required=True, help="folder for the .tar shards")
     p.add_argument("--date", help="one partition date (default: every date)")
-    p.add_argument("--shard-mb", type=int, default=256, help="shard size limit in MiB")
+    p.add_argument(
+        "--shard-mb",
+        type=int,
+        default=DEFAULT_SHARD_MAX_BYTES // 1024**2,
+        help="shard size limit in MiB (default %(default)s)",
+    )
 
     p = sub.add_parser("takedown", help="file takedown requests and apply them everywhere")
     actions = p.add_subparsers(dest="action", required=True)
@@ -273,14 +279,14 @@ def _choose_profile() -> None:
 
 def _print_budget(home: Home) -> None:
     """The token budget: images and tokens per day and in total, as `tokens` reports it."""
-    from dataplatform.core.tokens.token_budget import budget, tokens_per_day
+    from dataplatform.core.tokens.token_budget import DEFAULT_TARGET_TOKENS, budget, tokens_per_day
 
     per_day = tokens_per_day(home)
     if not per_day:
         return
-    print("\n== token budget (target 3T image tokens, section 7.6)")
+    print(f"\n== token budget (target {DEFAULT_TARGET_TOKENS / 1e12:g}T image tokens, section 7.6)")
     print(f"{'scope':<12}{'images':>8}{'tokens':>10}{'tokens/image':>14}{'progress':>12}")
-    for row in budget(per_day, 3_000_000_000_000):
+    for row in budget(per_day, DEFAULT_TARGET_TOKENS):
         print(
             f"{row.scope:<12}{row.images:>8}{row.tokens:>10}{row.tokens_per_image:>14.0f}"
             f"{row.progress:>12.2e}"

@@ -45,7 +45,7 @@ class ClipScoreConfig(dg.Config):
     mode: str = ABSOLUTE
     """`absolute` keeps clip_score >= threshold; `percentile` keeps the top share of the day."""
     threshold: float = DEFAULT_CLIP_THRESHOLD
-    """Cosine of image and text embeddings; LAION-400M kept >= 0.28 with ViT-B/32."""
+    """Cosine of image and text embeddings; LAION-5B kept >= 0.28 with ViT-B/32."""
     keep_top_percent: float = DEFAULT_KEEP_TOP_PERCENT
     """Share kept in percentile mode (DataComp's CLIP-score baseline keeps the top 30%)."""
 

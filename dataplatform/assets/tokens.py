@@ -23,8 +23,20 @@ from dataplatform.core.ingest.image_store import read_location
 from dataplatform.core.ingest.rejection import describe
 from dataplatform.core.records.plots import markdown_image
 from dataplatform.core.store.schema import ledger_row, ledger_table
-from dataplatform.core.tokens.crop_policy import POLICIES, RESOLUTIONS, apply, plan
-from dataplatform.core.tokens.token_budget import budget, budget_plot_png, tokens_per_day
+from dataplatform.core.tokens.crop_policy import (
+    DEFAULT_POLICY,
+    DEFAULT_RESOLUTION,
+    POLICIES,
+    RESOLUTIONS,
+    apply,
+    plan,
+)
+from dataplatform.core.tokens.token_budget import (
+    DEFAULT_TARGET_TOKENS,
+    budget,
+    budget_plot_png,
+    tokens_per_day,
+)
 from dataplatform.resources.tokenizer import TokenizerResource
 from dataplatform.resources.warehouse import WarehouseResource
 
@@ -34,13 +46,13 @@ CHECK_TOKEN_RANGE = "token_ids_in_codebook"
 
 
 class TokensConfig(dg.Config):
-    resolution: int = 256
+    resolution: int = DEFAULT_RESOLUTION
     """256, 336 or 448 (section 7.6: 1B models at 256, 10B models at 336-448)."""
-    crop: str = "center"
+    crop: str = DEFAULT_POLICY
     """`center` or `letterbox` for a fixed dataset; `random` (seeded per pair) for augmentation."""
     seed: int = 0
     """Seed of the `random` crop policy: the same seed gives the same crop for a pair."""
-    target_tokens: int = 3_000_000_000_000
+    target_tokens: int = DEFAULT_TARGET_TOKENS
     """The image-token budget to report progress against (section 7.6: 3T-6T image tokens)."""
 
 

@@ -13,6 +13,7 @@ from dataplatform.core.records.funnel import warehouse_funnel
 from dataplatform.core.records.takedown_requests import takedown_dir
 from dataplatform.core.store.home import Home
 from dataplatform.core.store.warehouse import connect, read_ledger, read_partition
+from dataplatform.core.tokens.crop_policy import DEFAULT_RESOLUTION
 from dataplatform.core.tokens.webdataset_export import read_shards
 from dataplatform.resources import (
     LicensePolicyResource,
@@ -82,7 +83,7 @@ def test_one_card_per_tokenized_pair_with_lineage_scores_and_transforms(curated)
             steps = [t["step"] for t in json.loads(card["transforms"])]
             assert steps == ["decode", "exif_transpose", "caption_normalize", "crop", "tokenize"]
             crop = json.loads(card["transforms"])[3]
-            assert crop["box"] == token_row["crop_box"] and crop["resolution"] == 256
+            assert crop["box"] == token_row["crop_box"] and crop["resolution"] == DEFAULT_RESOLUTION
             assert card["dataset_version"].startswith(f"{day}+")
         checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
         assert checks["cards_complete"] and checks["rows_conserved"]

@@ -10,7 +10,7 @@ import numpy as np
 from dataplatform.assets import STAGE_ASSETS, TOKEN_ASSETS
 from dataplatform.core.store.home import Home
 from dataplatform.core.store.warehouse import read_partition
-from dataplatform.core.tokens.crop_policy import plan
+from dataplatform.core.tokens.crop_policy import DEFAULT_POLICY, DEFAULT_RESOLUTION, plan
 from dataplatform.core.tokens.webdataset_export import read_shards
 from dataplatform.resources import (
     TokenizerResource,
@@ -52,13 +52,14 @@ def test_tokens_for_every_kept_pair_reused_tokenizer_and_export(three_days: Home
     assert sorted(r["pair_id"] for r in table) == sorted(r["pair_id"] for r in kept)
     by_id = {r["pair_id"]: r for r in kept}
     for row in table:
-        # downsample 8 at 256 px: a 32 x 32 grid of uint16 ids below the codebook size.
-        assert row["token_grid"] == [32, 32] and row["token_count"] == 1024
-        assert len(row["tokens"]) == 1024 and max(row["tokens"]) < 512
+        # downsample 8 at the default 256 px: a 32 x 32 grid of uint16 ids below the codebook.
+        side = DEFAULT_RESOLUTION // 8
+        assert row["token_grid"] == [side, side] and row["token_count"] == side * side
+        assert len(row["tokens"]) == side * side and max(row["tokens"]) < 512
         src = by_id[row["pair_id"]]
-        box = plan(src["width"], src["height"], 256, "center").crop
+        box = plan(src["width"], src["height"], DEFAULT_RESOLUTION, DEFAULT_POLICY).crop
         assert row["crop_box"] == [box.left, box.top, box.right, box.bottom]
-        assert row["resolution"] == 256 and row["crop_policy"] == "center"
+        assert row["resolution"] == DEFAULT_RESOLUTION and row["crop_policy"] == DEFAULT_POLICY
         assert "kind=dataplatform-vqvae" in row["tokenizer"]
 
     # The second day reuses the trained tokenizer; the same image gives the same tokens.

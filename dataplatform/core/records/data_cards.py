@@ -24,7 +24,7 @@ from dataplatform.core.records.plots import histogram_png
 from dataplatform.core.scoring.scores import CARD, DATASET_CARD, Score, scores
 from dataplatform.core.store.home import Home
 from dataplatform.core.store.warehouse import connect, write_document
-from dataplatform.core.tokens.token_budget import budget, tokens_per_day
+from dataplatform.core.tokens.token_budget import DEFAULT_TARGET_TOKENS, budget, tokens_per_day
 
 CARDS_TABLE = "data_cards"
 CARD_FOLDER = "dataset_cards"
@@ -153,7 +153,7 @@ def dataset_card(
     stages: Sequence[str],
     date: str | None,
     runs: Sequence[StageRun] = (),
-    target_tokens: int = 3_000_000_000_000,
+    target_tokens: int = DEFAULT_TARGET_TOKENS,
     now: dt.datetime | None = None,
 ) -> dict:
     """The dataset card of one partition (``date``) or of every partition (None), as data."""

@@ -13,8 +13,9 @@ import numpy as np
 
 ABSOLUTE = "absolute"
 PERCENTILE = "percentile"
-# Image-text cosine at or above which a pair is kept: LAION-400M's cut with ViT-B/32, the
-# architecture the CLIP resource loads by default. Another model needs its own cut.
+# Image-text cosine at or above which a pair is kept: LAION-5B's cut with OpenAI ViT-B/32 (its
+# English pairs; LAION-400M used a stricter 0.3), the architecture the CLIP resource loads by
+# default, and the low end of seed 003's 0.28-0.32 range. Another model needs its own cut.
 DEFAULT_CLIP_THRESHOLD = 0.28
 # Share kept in percentile mode: DataComp's CLIP-score baseline keeps the top 30% of its pool.
 DEFAULT_KEEP_TOP_PERCENT = 30.0

@@ -23,6 +23,9 @@ from PIL import Image
 # 7.6: 256 for 1B-class models, 336 or 448 for 10B-class. Other sizes are accepted by plan().
 RESOLUTIONS = (256, 336, 448)
 POLICIES = ("center", "letterbox", "random")
+# The 1B-class resolution, and the crop that keeps a fixed dataset reproducible.
+DEFAULT_RESOLUTION = RESOLUTIONS[0]
+DEFAULT_POLICY = "center"
 
 # BICUBIC, not LANCZOS: Pillow antialiases both when downscaling, bicubic is what CLIP-style
 # and torchvision preprocessing use (so tokenizers trained on them see familiar inputs), and it

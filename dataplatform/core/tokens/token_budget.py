@@ -16,6 +16,8 @@ from dataplatform.core.store.home import Home
 from dataplatform.core.store.warehouse import partition_dates, read_partition
 
 TOTAL_SCOPE = "total"
+# 7.6's lower end: image tokens at 10% of a 30T-token mix. Progress is reported against it.
+DEFAULT_TARGET_TOKENS = 3_000_000_000_000
 
 WIDTH, HEIGHT, MARGIN = 480, 240, 40
 

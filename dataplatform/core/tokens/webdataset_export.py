@@ -36,6 +36,10 @@ _ESCAPE = re.compile(r"~([0-9a-f]{2})")
 _BLOCK = tarfile.BLOCKSIZE
 _RECORD = tarfile.RECORDSIZE
 _ENCODING = "utf-8"
+# Shards of a few hundred MiB and at most 10k samples: large enough that a loader streams
+# rather than seeks, small enough to spread over workers and to rewrite one for a takedown.
+DEFAULT_SHARD_MAX_BYTES = 256 * 1024**2
+DEFAULT_SHARD_MAX_SAMPLES = 10_000
 
 
 def sample_key(pair_id: str) -> str:
@@ -155,8 +159,8 @@ def export_shards(
     records: Iterable[dict],
     out_dir: Path,
     *,
-    shard_max_bytes: int = 256 * 1024**2,
-    shard_max_samples: int = 10_000,
+    shard_max_bytes: int = DEFAULT_SHARD_MAX_BYTES,
+    shard_max_samples: int = DEFAULT_SHARD_MAX_SAMPLES,
     prefix: str = "tokens",
 ) -> list[Path]:
     """Write ``records`` to ``out_dir/<prefix>-000000.tar``, ... and return the shard paths.
