@@ -1,0 +1,177 @@
+"""The global dedup stages' history, read from their persistent state instead of every partition.
+
+Each stage asks the state only for the history rows its day can hit: the kept pairs whose
+SHA-256 equals one of the day's, the pair_ids the day reuses, the kept pHashes within the
+threshold of the day's. The existing decision functions (``exact_deduplicate``,
+``phash_deduplicate``) then run on that subset; they only ever join or compare history rows
+that match, so the decisions are the ones the whole history gives, and the day's cost follows
+the day. Before deciding, ``sync`` brings the state in line with the warehouse, which stays the
+record: a day the state lacks or holds from another commit (a run killed after its warehouse
+commit, a warehouse older than the state, a re-run earlier day) is rebuilt from that day's
+partition alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from dataplatform.core.dedup.dedup_state import (
+    STATE_FOLDER,
+    StateStore,
+    key_of_hex,
+    key_of_text,
+    stale_dates,
+)
+from dataplatform.core.dedup.phash import from_hex
+from dataplatform.core.dedup.phash_index import find_near_pairs_between
+from dataplatform.core.store.home import Home
+from dataplatform.core.store.warehouse import (
+    commit_id,
+    partition_dates,
+    partition_file,
+    read_partition,
+)
+
+log = logging.getLogger(__name__)
+
+_TEXT = pa.string()
+IDS_SCHEMA = pa.schema([("pair_id", _TEXT), ("date", _TEXT)])
+SHA_SCHEMA = pa.schema([("pair_id", _TEXT), ("date", _TEXT), ("image_sha256", _TEXT)])
+PHASH_SCHEMA = pa.schema([("pair_id", _TEXT), ("date", _TEXT), ("phash", _TEXT)])
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """One state: its folder name, the table it mirrors, the columns it keeps and its key."""
+
+    name: str
+    table: str
+    schema: pa.Schema
+    key: Callable[[pa.Table], np.ndarray]
+
+    def store(self, home: Home) -> StateStore:
+        return StateStore(state_root(home), self.name, self.schema)
+
+
+def state_root(home: Home) -> Path:
+    """Where the state lives: below the home (a local cache beside an object-store warehouse)."""
+    return home.root / STATE_FOLDER
+
+
+def _ids_key(rows: pa.Table) -> np.ndarray:
+    return key_of_text(rows.column("pair_id").to_pylist())
+
+
+def _sha_key(rows: pa.Table) -> np.ndarray:
+    return key_of_hex(rows.column("image_sha256").to_pylist())
+
+
+def _phash_key(rows: pa.Table) -> np.ndarray:
+    return np.array([from_hex(h) for h in rows.column("phash").to_pylist()], dtype=np.uint64)
+
+
+# Every pair_id raw_pairs ingested (a pair_id stays unique even when its first row was dropped).
+INGESTED_IDS = StateSpec("ingested_ids", "raw_pairs", IDS_SCHEMA, _ids_key)
+EXACT_KEPT = StateSpec("exact_deduped", "exact_deduped", SHA_SCHEMA, _sha_key)
+PHASH_KEPT = StateSpec("phash_deduped", "phash_deduped", PHASH_SCHEMA, _phash_key)
+SPECS = (INGESTED_IDS, EXACT_KEPT, PHASH_KEPT)
+
+
+def warehouse_commits(home: Home, table: str, before: str) -> dict[str, str | None]:
+    """Each partition date of ``table`` before ``before`` and its commit id (footers only)."""
+    return {
+        d: commit_id(partition_file(home, table, d))
+        for d in partition_dates(home, table)
+        if d < before
+    }
+
+
+def sync(home: Home, spec: StateSpec, before: str) -> list[str]:
+    """Rebuild the days before ``before`` that the state lacks or holds from another commit.
+
+    Returns the dates rebuilt. Each is read from its own partition, so a normal day (nothing
+    stale) reads only the footers; a warehouse written before the state existed is rebuilt
+    once, a day at a time, and says so in the log.
+    """
+    store = spec.store(home)
+    commits = warehouse_commits(home, spec.table, before)
+    rebuild, drop = stale_dates(store.dates(), commits, before)
+    if drop:
+        log.warning(
+            "%s state: dropping %s, whose %s partitions are gone", spec.name, drop, spec.table
+        )
+        store.drop_dates(drop)
+    if rebuild:
+        log.warning(
+            "%s state: rebuilding %d day(s) from the warehouse (%s%s): missing or from another "
+            "commit",
+            spec.name,
+            len(rebuild),
+            ", ".join(rebuild[:5]),
+            ", ..." if len(rebuild) > 5 else "",
+        )
+    for date in rebuild:
+        rows = read_partition(home, spec.table, date).select(spec.schema.names)
+        store.record_day(date, spec.key(rows), rows, commits[date])
+    return rebuild
+
+
+def record(home: Home, spec: StateSpec, date: str, rows: pa.Table) -> None:
+    """Make the state's content for ``date`` the rows just committed to ``spec.table``."""
+    rows = rows.select(spec.schema.names)
+    commit = commit_id(partition_file(home, spec.table, date))
+    spec.store(home).record_day(date, spec.key(rows), rows, commit)
+
+
+def rebuild_all(home: Home) -> dict[str, int]:
+    """Forget and rebuild every state from the warehouse (``dataplatform rebuild-state``)."""
+    done = {}
+    for spec in SPECS:
+        spec.store(home).clear()
+        done[spec.name] = len(sync(home, spec, "9999-12-31"))
+    return done
+
+
+def _verified(hits_rows: pa.Table, query: np.ndarray, column: str, values: list) -> pa.Table:
+    """The hit rows whose ``column`` equals the query row's value (the 64-bit key only narrows)."""
+    stored = hits_rows.column(column).to_pylist()
+    same = [stored[k] == values[q] for k, q in enumerate(query.tolist())]
+    return hits_rows.filter(pa.array(same, pa.bool_()))
+
+
+def ingested_before(home: Home, current: pa.Table, date: str) -> pa.Table:
+    """(pair_id, date) of every earlier ingested row sharing a pair_id with ``current``."""
+    ids = current.column("pair_id").to_pylist()
+    hits = INGESTED_IDS.store(home).find_equal(key_of_text(ids), date)
+    return _verified(hits.rows, hits.query, "pair_id", ids).select(["pair_id", "date"])
+
+
+def kept_sha_before(home: Home, current: pa.Table, date: str) -> pa.Table:
+    """(pair_id, image_sha256, date) of every earlier kept pair with one of the day's SHA-256s."""
+    shas = current.column("image_sha256").to_pylist()
+    hits = EXACT_KEPT.store(home).find_equal(key_of_hex(shas), date)
+    rows = _verified(hits.rows, hits.query, "image_sha256", shas)
+    return rows.select(["pair_id", "image_sha256", "date"])
+
+
+def kept_phash_near(home: Home, current: pa.Table, date: str, threshold: int) -> pa.Table:
+    """(pair_id, phash, date) of every earlier kept pair within ``threshold`` bits of a pair of
+    ``current``: exactly the history rows the greedy decision can use."""
+    store = PHASH_KEPT.store(home)
+    hashes = _phash_key(current)
+    tables = []
+    for segment, keys in store.keys_before(date):
+        _, ref, _ = find_near_pairs_between(hashes, np.asarray(keys), threshold)
+        if ref.size == 0:
+            continue
+        rows = store.take(segment, np.unique(ref))
+        tables.append(rows.filter(pa.array(store.live(segment, rows, date))))
+    if not tables:
+        return PHASH_SCHEMA.empty_table().select(["pair_id", "phash", "date"])
+    return pa.concat_tables(tables).select(["pair_id", "phash", "date"])

@@ -1,0 +1,162 @@
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from dataplatform.core.dedup.dedup_state import (
+    MANIFEST,
+    DayRecord,
+    StateError,
+    StateStore,
+    key_of_hex,
+    key_of_text,
+    stale_dates,
+)
+
+SCHEMA = pa.schema([("pair_id", pa.string()), ("date", pa.string()), ("value", pa.string())])
+DAYS = [f"2025-01-{d:02d}" for d in range(1, 21)]
+
+
+def day_rows(date: str, n: int, seed: int) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    # Few distinct values, so that keys repeat across days and within a day.
+    values = [f"{v:016x}" for v in rng.integers(0, 50, n)]
+    return pa.table(
+        {"pair_id": [f"{date}-{i}" for i in range(n)], "date": [date] * n, "value": values},
+        schema=SCHEMA,
+    )
+
+
+def record(store: StateStore, date: str, rows: pa.Table, commit: str = "c") -> None:
+    store.record_day(date, key_of_hex(rows.column("value").to_pylist()), rows, commit)
+
+
+def brute(days: dict[str, pa.Table], queries: list[str], before: str) -> set[tuple[int, str]]:
+    found = set()
+    for date, rows in days.items():
+        if date >= before:
+            continue
+        for pair_id, value in zip(
+            rows["pair_id"].to_pylist(), rows["value"].to_pylist(), strict=True
+        ):
+            for q, wanted in enumerate(queries):
+                if value == wanted:
+                    found.add((q, pair_id))
+    return found
+
+
+def found(store: StateStore, queries: list[str], before: str) -> set[tuple[int, str]]:
+    hits = store.find_equal(key_of_hex(queries), before)
+    return set(zip(hits.query.tolist(), hits.rows["pair_id"].to_pylist(), strict=True))
+
+
+@pytest.fixture
+def store(tmp_path):
+    return StateStore(tmp_path, "test", SCHEMA)
+
+
+def test_history_before_each_day_is_exact_through_compactions(store):
+    days = {}
+    for k, date in enumerate(DAYS):
+        days[date] = day_rows(date, 5 + 7 * (k % 3), seed=k)
+        record(store, date, days[date])
+    # 20 one-day segments were merged by size tiers.
+    assert len([s for s in store.manifest() if s.name]) < 10
+    queries = [f"{v:016x}" for v in range(0, 60, 3)]
+    for before in [DAYS[0], DAYS[1], DAYS[7], DAYS[19], "2025-02-01"]:
+        assert found(store, queries, before) == brute(days, queries, before)
+    assert store.rows_before("2025-02-01") == sum(t.num_rows for t in days.values())
+
+
+def test_backfill_order_does_not_matter(tmp_path):
+    forward = StateStore(tmp_path / "a", "s", SCHEMA)
+    backward = StateStore(tmp_path / "b", "s", SCHEMA)
+    days = {d: day_rows(d, 9, seed=i) for i, d in enumerate(DAYS[:10])}
+    for d in DAYS[:10]:
+        record(forward, d, days[d])
+    for d in reversed(DAYS[:10]):
+        record(backward, d, days[d])
+    queries = [f"{v:016x}" for v in range(50)]
+    for before in DAYS[:10]:
+        assert found(forward, queries, before) == found(backward, queries, before)
+
+
+def test_rerunning_a_day_replaces_its_rows_even_inside_a_merged_segment(store):
+    days = {d: day_rows(d, 10, seed=i) for i, d in enumerate(DAYS[:8])}
+    for d in DAYS[:8]:
+        record(store, d, days[d])
+    days[DAYS[2]] = day_rows(DAYS[2], 4, seed=99)
+    record(store, DAYS[2], days[DAYS[2]], commit="new")
+    queries = [f"{v:016x}" for v in range(50)]
+    assert found(store, queries, "2025-02-01") == brute(days, queries, "2025-02-01")
+    assert store.dates()[DAYS[2]] == DayRecord(4, "new")
+
+
+def test_empty_day_is_recorded(store):
+    record(store, DAYS[0], SCHEMA.empty_table())
+    assert store.dates() == {DAYS[0]: DayRecord(0, "c")}
+    assert found(store, ["0" * 16], DAYS[1]) == set()
+
+
+def test_remove_pairs(store):
+    days = {d: day_rows(d, 10, seed=i) for i, d in enumerate(DAYS[:5])}
+    for d in DAYS[:5]:
+        record(store, d, days[d])
+    gone = [f"{DAYS[1]}-3", f"{DAYS[4]}-0", "not-there"]
+    assert store.remove_pairs(gone) == 2
+    for d in days:
+        days[d] = days[d].filter(
+            pa.compute.invert(pa.compute.is_in(days[d]["pair_id"], pa.array(gone)))
+        )
+    queries = [f"{v:016x}" for v in range(50)]
+    assert found(store, queries, "2025-02-01") == brute(days, queries, "2025-02-01")
+    assert store.dates()[DAYS[1]].rows == 9
+
+
+def test_a_crash_mid_write_leaves_the_old_state_and_is_cleaned(store):
+    rows = day_rows(DAYS[0], 10, seed=0)
+    record(store, DAYS[0], rows)
+    before = found(store, [f"{v:016x}" for v in range(50)], DAYS[1])
+    # What a writer killed before its manifest replace leaves behind.
+    (store.folder / ".tmp-seg-dead").mkdir()
+    (store.folder / "seg-orphan").mkdir()
+    (store.folder / f".{MANIFEST}.half").write_text("{")
+    assert found(store, [f"{v:016x}" for v in range(50)], DAYS[1]) == before
+    record(store, DAYS[1], day_rows(DAYS[1], 3, seed=1))
+    names = {p.name for p in store.folder.iterdir()}
+    assert not {".tmp-seg-dead", "seg-orphan", f".{MANIFEST}.half"} & names
+
+
+def test_damaged_state_is_an_error_naming_the_fix(store):
+    record(store, DAYS[0], day_rows(DAYS[0], 10, seed=0))
+    segment = next(s for s in store.manifest() if s.name)
+    keys = store.folder / segment.name / "keys.npy"
+    keys.write_bytes(keys.read_bytes()[:-8])
+    with pytest.raises(StateError, match="rebuild-state"):
+        found(store, ["0" * 16], DAYS[1])
+    (store.folder / MANIFEST).write_text("{not json")
+    with pytest.raises(StateError, match="rebuild-state"):
+        store.manifest()
+    (store.folder / MANIFEST).write_text(json.dumps({"format": 999, "segments": []}))
+    with pytest.raises(StateError, match="format 999"):
+        store.manifest()
+
+
+def test_stale_dates():
+    recorded = {
+        "2025-01-01": DayRecord(3, "a"),
+        "2025-01-02": DayRecord(1, "b"),
+        "2025-01-04": DayRecord(1, "x"),
+    }
+    warehouse = {"2025-01-01": "a", "2025-01-02": "B", "2025-01-03": "c", "2025-01-05": "e"}
+    assert stale_dates(recorded, warehouse, "2025-01-05") == (
+        ["2025-01-02", "2025-01-03"],
+        ["2025-01-04"],
+    )
+
+
+def test_keys():
+    assert key_of_hex(["ffffffffffffffff" + "0" * 48]).tolist() == [2**64 - 1]
+    a, b = key_of_text(["p1", "p2"]).tolist()
+    assert a != b and key_of_text(["p1"]).tolist() == [a]
