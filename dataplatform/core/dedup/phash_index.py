@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import math
 import operator
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -391,6 +393,131 @@ def find_near_pairs_between(
     if swap:
         found = [(b, a, d) for a, b, d in found]
     return _sorted_result(found, len(r))
+
+
+# ---- band tables stored with a segment of the dedup state ------------------------------------
+#
+# The search above builds its band tables per call, which is right for one-off inputs but makes
+# a daily search against a large history rebuild them every day. A state segment instead stores
+# the tables of three fixed bands when it is written (``write_band_tables``); a query then only
+# picks radii for the threshold it is asked (sum(radius + 1) > threshold over the bands it
+# uses) and probes the stored tables (``find_near_stored``). Bands are about log2(n) bits wide
+# (8 to 22), so a run holds about one hash and a probe costs a lookup and a popcount.
+
+STORED_BANDS_FILE = "bands.json"
+_STORED_MAX_WIDTH = 22
+_STORED_MAX_RADIUS = 4
+
+
+def stored_band_widths(n: int) -> tuple[int, ...]:
+    """The widths of the three bands stored for a segment of ``n`` hashes (64 bits at most)."""
+    width = min(_STORED_MAX_WIDTH, max(8, math.ceil(math.log2(max(n, 2)))))
+    return (width, width, min(width, HASH_BITS - 2 * width))
+
+
+def write_band_tables(folder: Path, hashes: np.ndarray) -> None:
+    """Store, in ``folder``, the band tables of ``hashes`` (positions index ``hashes``).
+
+    Per band: the positions sorted by band value (``order``), the hashes in that order, where
+    each value's run starts (2**width + 1 entries) and each run's first hash. About 12 bytes
+    a hash a band, plus 12 bytes per band value.
+    """
+    h = _as_hashes(hashes, "hashes")
+    widths = stored_band_widths(len(h))
+    index_type = np.int32 if len(h) < 2**31 else np.int64
+    shift = 0
+    for k, width in enumerate(widths):
+        band = _SortedBand(h, _Band(shift, width, 0))
+        counts = np.bincount(band.values, minlength=1 << width)
+        starts = np.zeros((1 << width) + 1, index_type)
+        np.cumsum(counts, out=starts[1:])
+        first_hash = np.zeros(1 << width, np.uint64)
+        occupied = counts > 0
+        first_hash[occupied] = band.hashes[starts[:-1][occupied]]
+        np.save(folder / f"band{k}_order.npy", band.order.astype(index_type))
+        np.save(folder / f"band{k}_hashes.npy", band.hashes)
+        np.save(folder / f"band{k}_starts.npy", starts)
+        np.save(folder / f"band{k}_first.npy", first_hash)
+        shift += width
+    (folder / STORED_BANDS_FILE).write_text(json.dumps({"widths": widths, "rows": len(h)}))
+
+
+def _stored_table(folder: Path, k: int, band: _Band) -> _BandTable:
+    """A ``_BandTable`` over the stored arrays (memory-mapped); the run counts and flags are
+    derived from the run starts: 2**width entries, whatever the segment's size."""
+    table = _BandTable.__new__(_BandTable)
+    starts = np.load(folder / f"band{k}_starts.npy", mmap_mode="r")
+    counts = np.diff(starts)
+    table.order = np.load(folder / f"band{k}_order.npy", mmap_mode="r")
+    table.hashes = np.load(folder / f"band{k}_hashes.npy", mmap_mode="r")
+    table.first_hash = np.load(folder / f"band{k}_first.npy", mmap_mode="r")
+    table.counts = counts
+    table.starts = np.asarray(starts[:-1])
+    table.occupied = counts > 0
+    table.several = counts > 1
+    return table
+
+
+def _stored_plan(
+    n_probe: int, n_table: int, widths: tuple[int, ...], threshold: int
+) -> tuple[_Band, ...] | None:
+    """Radii for the stored bands (a band may be left out) with sum(radius + 1) > threshold at
+    the least modelled cost; None when no choice within the radius cap reaches the threshold."""
+    choices = [(-1, *range(_STORED_MAX_RADIUS + 1))] * len(widths)
+    best: tuple[float, tuple[int, ...]] | None = None
+    for radii in itertools.product(*choices):
+        if sum(r + 1 for r in radii) <= threshold:
+            continue
+        cost = sum(
+            _band_cost(n_probe, n_table, w, r, False)
+            for w, r in zip(widths, radii, strict=True)
+            if r >= 0
+        )
+        if best is None or cost < best[0]:
+            best = (cost, radii)
+    if best is None:
+        return None
+    plan, shift = [], 0
+    for width, radius in zip(widths, best[1], strict=True):
+        if radius >= 0:
+            plan.append(_Band(shift, width, radius))
+        shift += width
+    return tuple(plan)
+
+
+def find_near_stored(
+    queries: np.ndarray, folder: Path, keys: np.ndarray, threshold: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``find_near_pairs_between(queries, keys, threshold)`` using the band tables stored in
+    ``folder`` for ``keys`` (``write_band_tables``): the same pairs, without building tables.
+
+    Small searches, thresholds the stored bands cannot reach and a segment without stored
+    tables (written before they existed) go to the per-call search.
+    """
+    q = _as_hashes(queries, "queries")
+    t = _check_threshold(threshold)
+    n = len(keys)
+    if len(q) == 0 or n == 0:
+        return _sorted_result([], n)
+    if not (folder / STORED_BANDS_FILE).exists():  # a segment written without band tables
+        return find_near_pairs_between(q, np.asarray(keys), t)
+    meta = json.loads((folder / STORED_BANDS_FILE).read_text())
+    if meta["rows"] != n:
+        raise ValueError(f"{folder} holds band tables of {meta['rows']} hashes, not {n}")
+    plan = _stored_plan(len(q), n, tuple(meta["widths"]), t)
+    if plan is None or len(q) * n <= _BRUTE_ALWAYS:
+        return find_near_pairs_between(q, np.asarray(keys), t)
+    widths = tuple(meta["widths"])
+    shifts = [sum(widths[:k]) for k in range(len(widths))]
+    found = []
+    for k, band in enumerate(plan):
+        table = _stored_table(folder, shifts.index(band.shift), band)
+        left = _SortedBand(q, band)
+        matches = _Matches(t, plan[:k])
+        parts = np.array_split(_masks(band.width, band.radius), 4 * _WORKERS)
+        _in_parallel([functools.partial(table.search, left, p, matches) for p in parts])
+        found.extend(matches.found)
+    return _sorted_result(found, n)
 
 
 @dataclass(frozen=True, eq=False)

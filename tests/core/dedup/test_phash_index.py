@@ -379,3 +379,31 @@ def test_default_threshold_is_in_the_measured_range() -> None:
     # docs/phash_threshold.md: true near-duplicates of the peer sets are <= 4 bits apart and
     # the closest distinct images 14 bits.
     assert 4 <= DEFAULT_PHASH_THRESHOLD < 14
+
+
+@pytest.mark.parametrize("threshold", [*THRESHOLDS, 14, 20])
+def test_stored_band_tables_find_what_brute_force_finds(threshold: int, tmp_path) -> None:
+    # The tables are written once, as a state segment does, and then probed with radii the
+    # threshold asks for; 20 is beyond what three bands of radius <= 4 reach (the per-call
+    # search answers it).
+    rng = np.random.default_rng(100 + threshold)
+    reference = np.sort(planted(12_000, threshold, seed=threshold))
+    queries = rng.integers(0, 2**64, size=3_000, dtype=np.uint64)
+    near = rng.choice(len(reference), 1_500, replace=False)
+    queries[:1_500] = flip_bits(rng, reference[near], rng.integers(0, threshold + 3, size=1_500))
+    phash_index.write_band_tables(tmp_path, reference)
+    plan = phash_index._stored_plan(
+        3_000, 12_000, phash_index.stored_band_widths(12_000), threshold
+    )
+    assert (plan is None) == (threshold == 20)
+    assert sum(b.radius + 1 for b in plan or ()) > threshold if plan else True
+    expected = brute_between(queries, reference, threshold)
+    assert_same(phash_index.find_near_stored(queries, tmp_path, reference, threshold), expected)
+
+
+def test_stored_band_tables_refuse_other_keys(tmp_path) -> None:
+    phash_index.write_band_tables(tmp_path, np.arange(100, dtype=np.uint64))
+    with pytest.raises(ValueError, match="band tables of 100 hashes, not 99"):
+        phash_index.find_near_stored(
+            np.arange(10, dtype=np.uint64), tmp_path, np.arange(99, dtype=np.uint64), 4
+        )
