@@ -39,6 +39,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("funnel", help="rows in, kept and removed per stage, from the warehouse")
     p.add_argument("--date", help="one partition date (default: all)")
 
+    sub.add_parser(
+        "rebuild-state",
+        help="rebuild the global dedup stages' persistent state from the warehouse",
+    )
+
     p = sub.add_parser("sql", help="run a DuckDB query over the warehouse views")
     p.add_argument("query")
 
@@ -89,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": _demo,
         "materialize": _materialize_cmd,
         "funnel": _funnel,
+        "rebuild-state": _rebuild_state,
         "sql": _sql,
         "explain": _explain,
         "synthetic": _synthetic,
@@ -291,6 +297,17 @@ def _print_budget(home: Home) -> None:
             f"{row.scope:<12}{row.images:>8}{row.tokens:>10}{row.tokens_per_image:>14.0f}"
             f"{row.progress:>12.2e}"
         )
+
+
+def _rebuild_state(home: Home, args: argparse.Namespace) -> int:
+    """Forget the dedup state and rebuild it from the warehouse, a day at a time."""
+    from dataplatform.core.dedup.history_state import rebuild_all, state_root
+
+    started = time.perf_counter()
+    for name, days in rebuild_all(home).items():
+        print(f"{name}: {days} day(s) rebuilt")
+    print(f"state under {state_root(home)} rebuilt in {time.perf_counter() - started:.1f} s")
+    return 0
 
 
 def _funnel(home: Home, args: argparse.Namespace) -> int:

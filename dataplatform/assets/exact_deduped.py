@@ -2,6 +2,13 @@
 
 import dagster as dg
 
+from dataplatform.assets.dedup_history import (
+    input_commit,
+    rows_by_id,
+    rows_with,
+    state_metadata,
+    sync_history,
+)
 from dataplatform.assets.partitions import PREVIOUS_DAY, daily_partitions
 from dataplatform.assets.raw_pairs import KEY as RAW_KEY
 from dataplatform.assets.reporting import (
@@ -10,12 +17,18 @@ from dataplatform.assets.reporting import (
     finish_stage,
     open_stage_day,
     read_input,
-    read_input_history,
     stage_checks,
     table_column,
     unique_check,
 )
 from dataplatform.core.dedup.exact_dedup import exact_deduplicate
+from dataplatform.core.dedup.history_state import (
+    EXACT_KEPT,
+    INGESTED_IDS,
+    ingested_before,
+    kept_sha_before,
+    record,
+)
 from dataplatform.core.store.schema import ledger_row, ledger_table
 from dataplatform.resources.warehouse import WarehouseResource
 
@@ -41,27 +54,29 @@ def exact_deduped(
     """Drop pairs whose bytes equal a pair kept earlier (earlier day, then smaller pair_id)."""
     day = open_stage_day(context, warehouse, STAGE, global_dedup=True)
     home, date = day.home, day.date
+    ingested_commit = input_commit(home, RAW_KEY.path[-1], date)
     current = read_input(home, RAW_KEY.path[-1], date)
-    kept_history = read_input_history(home, STAGE, date, ["pair_id", "image_sha256", "date"])
-    ids_history = read_input_history(home, RAW_KEY.path[-1], date, ["pair_id", "date"])
+    rebuilt = sync_history(context, home, (INGESTED_IDS, EXACT_KEPT), date)
+    # Only the history rows the day can hit, from the persistent state: same decisions as the
+    # whole history, at the day's cost (core/dedup/history_state.py).
+    ids_history = ingested_before(home, current, date)
+    kept_history = kept_sha_before(home, current, date)
     result = exact_deduplicate(current, kept_history, ids_history)
 
-    by_id = {row["pair_id"]: row for row in current.to_pylist()}
     ledger_rows = []
-    for reused in result.reused_ids.to_pylist():
+    reused = result.reused_ids.to_pylist()
+    for row, hit in zip(rows_by_id(current, [r["pair_id"] for r in reused]), reused, strict=True):
         ledger_rows.append(
             ledger_row(
-                by_id[reused["pair_id"]],
-                STAGE,
-                "duplicate_pair_id",
-                f"pair_id already ingested on {reused['first_date']}",
+                row, STAGE, "duplicate_pair_id", f"pair_id already ingested on {hit['first_date']}"
             )
         )
-    for dup in result.duplicates.to_pylist():
+    dups = result.duplicates.to_pylist()
+    for row, dup in zip(rows_by_id(current, [d["pair_id"] for d in dups]), dups, strict=True):
         where = "an earlier day" if dup["duplicate_of_date"] < date else "this day"
         ledger_rows.append(
             ledger_row(
-                by_id[dup["pair_id"]],
+                row,
                 STAGE,
                 "exact_duplicate",
                 f"same SHA-256 as {dup['duplicate_of']} ({where}, {dup['duplicate_of_date']})",
@@ -70,18 +85,29 @@ def exact_deduped(
             )
         )
     ledger = ledger_table(sorted(ledger_rows, key=lambda r: r["pair_id"]))
-    kept_ids = table_column(kept_history, "pair_id") + table_column(result.kept, "pair_id")
-    kept_sha = table_column(kept_history, "image_sha256") + table_column(
-        result.kept, "image_sha256"
+    # Uniqueness over every kept pair up to this day, from the same lookups: the day's kept
+    # values plus every earlier row that shares one of them.
+    kept_ids = table_column(result.kept, "pair_id")
+    kept_sha = table_column(result.kept, "image_sha256")
+    sha_unique = unique_check(
+        CHECK_SHA_UNIQUE,
+        "image_sha256",
+        kept_sha + table_column(rows_with(kept_history, "image_sha256", kept_sha), "image_sha256"),
+        GLOBAL_SCOPE,
     )
-    sha_unique = unique_check(CHECK_SHA_UNIQUE, "image_sha256", kept_sha, GLOBAL_SCOPE)
-    return finish_stage(
+    materialized = finish_stage(
         day,
         current.num_rows,
         result.kept,
         ledger,
-        metadata={"history_pairs": kept_history.num_rows},
+        metadata={
+            "history_pairs": EXACT_KEPT.store(home).rows_before(date),
+            **state_metadata(context, home, EXACT_KEPT, date, rebuilt),
+        },
         checks=[sha_unique],
-        pair_ids=kept_ids,
+        pair_ids=kept_ids + table_column(rows_with(ids_history, "pair_id", kept_ids), "pair_id"),
         pair_id_scope=GLOBAL_SCOPE,
     )
+    record(home, INGESTED_IDS, date, current, commit=ingested_commit)
+    record(home, EXACT_KEPT, date, result.kept)
+    return materialized

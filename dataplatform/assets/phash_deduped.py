@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from dataplatform.assets.dedup_history import rows_by_id, state_metadata, sync_history
 from dataplatform.assets.exact_deduped import KEY as EXACT_KEY
 from dataplatform.assets.partitions import PREVIOUS_DAY, daily_partitions
 from dataplatform.assets.reporting import (
@@ -10,9 +11,15 @@ from dataplatform.assets.reporting import (
     finish_stage,
     open_stage_day,
     read_input,
-    read_input_history,
     stage_checks,
     table_column,
+)
+from dataplatform.core.dedup.history_state import (
+    INGESTED_IDS,
+    PHASH_KEPT,
+    ingested_before,
+    kept_phash_near,
+    record,
 )
 from dataplatform.core.dedup.phash_dedup import kept_pairs_within, phash_deduplicate
 from dataplatform.core.dedup.phash_index import DEFAULT_PHASH_THRESHOLD
@@ -47,14 +54,18 @@ def phash_deduped(
     day = open_stage_day(context, warehouse, STAGE, global_dedup=True)
     home, date = day.home, day.date
     current = read_input(home, EXACT_KEY.path[-1], date)
-    history = read_input_history(home, STAGE, date, ["pair_id", "phash", "date"])
+    rebuilt = sync_history(context, home, (INGESTED_IDS, PHASH_KEPT), date)
+    # Every earlier kept pHash within the threshold of one of the day's, from the persistent
+    # state: all the greedy decision can use, so the decisions are the whole history's.
+    history = kept_phash_near(home, current, date, config.threshold)
     result = phash_deduplicate(current, history, config.threshold)
 
-    by_id = {row["pair_id"]: row for row in current.to_pylist()}
+    dups = result.duplicates
+    dup_rows = rows_by_id(current, [d["pair_id"] for d in dups])
     ledger = ledger_table(
         [
             ledger_row(
-                by_id[dup["pair_id"]],
+                row,
                 STAGE,
                 "phash_duplicate",
                 f"pHash {dup['distance']} bits from {dup['duplicate_of']} "
@@ -63,9 +74,10 @@ def phash_deduped(
                 distance=float(dup["distance"]),
                 threshold=float(config.threshold),
             )
-            for dup in result.duplicates
+            for row, dup in zip(dup_rows, dups, strict=True)
         ]
     )
+    # The check reuses that lookup: kept pairs of the day against each other and against it.
     near = kept_pairs_within(result.kept, history, config.threshold)
     none_near = dg.AssetCheckResult(
         check_name=CHECK_NO_NEAR_DUPLICATES,
@@ -76,13 +88,20 @@ def phash_deduped(
         },
         description=f"no two kept pairs lie within {config.threshold} bits",
     )
-    return finish_stage(
+    kept_ids = table_column(result.kept, "pair_id")
+    materialized = finish_stage(
         day,
         current.num_rows,
         result.kept,
         ledger,
-        metadata={"threshold_bits": config.threshold, "history_pairs": history.num_rows},
+        metadata={
+            "threshold_bits": config.threshold,
+            "history_pairs": PHASH_KEPT.store(home).rows_before(date),
+            **state_metadata(context, home, PHASH_KEPT, date, rebuilt),
+        },
         checks=[none_near],
-        pair_ids=table_column(history, "pair_id") + table_column(result.kept, "pair_id"),
+        pair_ids=kept_ids + table_column(ingested_before(home, result.kept, date), "pair_id"),
         pair_id_scope=GLOBAL_SCOPE,
     )
+    record(home, PHASH_KEPT, date, result.kept)
+    return materialized

@@ -38,7 +38,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,10 +109,22 @@ def key_of_text(values: Sequence[str]) -> np.ndarray:
 class StateStore:
     """The segments of one state (``name``: a stage, or ``pair_ids``) under ``root``."""
 
-    def __init__(self, root: Path, name: str, schema: pa.Schema) -> None:
+    def __init__(
+        self,
+        root: Path,
+        name: str,
+        schema: pa.Schema,
+        index: Callable[[Path, np.ndarray], None] | None = None,
+    ) -> None:
+        """``index``, when given, writes a search structure over a new segment's sorted keys
+        into its folder before the folder is renamed into place (pHash: the band tables)."""
         self.folder = Path(root) / name
         self.name = name
         self.schema = schema
+        self.index = index
+
+    def segment_folder(self, segment: Segment) -> Path:
+        return self.folder / segment.name
 
     # ---- reading --------------------------------------------------------------------------
 
@@ -260,11 +272,14 @@ class StateStore:
         name = f"seg-{uuid.uuid4().hex}"
         temp = self.folder / f".tmp-{name}"
         temp.mkdir(parents=True)
-        np.save(temp / KEYS_FILE, np.ascontiguousarray(keys[order], dtype=np.uint64))
+        sorted_keys = np.ascontiguousarray(keys[order], dtype=np.uint64)
+        np.save(temp / KEYS_FILE, sorted_keys)
         table = rows.select(self.schema.names).cast(self.schema).take(pa.array(order))
         with ipc.new_file(str(temp / ROWS_FILE), self.schema) as writer:
             writer.write_table(table, max_chunksize=1 << 16)
-        for path in (temp / KEYS_FILE, temp / ROWS_FILE):
+        if self.index is not None:
+            self.index(temp, sorted_keys)
+        for path in temp.iterdir():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
         os.rename(temp, self.folder / name)

@@ -23,13 +23,14 @@ import pyarrow as pa
 
 from dataplatform.core.dedup.dedup_state import (
     STATE_FOLDER,
+    StateError,
     StateStore,
     key_of_hex,
     key_of_text,
     stale_dates,
 )
 from dataplatform.core.dedup.phash import from_hex
-from dataplatform.core.dedup.phash_index import find_near_pairs_between
+from dataplatform.core.dedup.phash_index import find_near_stored, write_band_tables
 from dataplatform.core.store.home import Home
 from dataplatform.core.store.warehouse import (
     commit_id,
@@ -54,9 +55,10 @@ class StateSpec:
     table: str
     schema: pa.Schema
     key: Callable[[pa.Table], np.ndarray]
+    index: Callable[[Path, np.ndarray], None] | None = None
 
     def store(self, home: Home) -> StateStore:
-        return StateStore(state_root(home), self.name, self.schema)
+        return StateStore(state_root(home), self.name, self.schema, self.index)
 
 
 def state_root(home: Home) -> Path:
@@ -79,8 +81,11 @@ def _phash_key(rows: pa.Table) -> np.ndarray:
 # Every pair_id raw_pairs ingested (a pair_id stays unique even when its first row was dropped).
 INGESTED_IDS = StateSpec("ingested_ids", "raw_pairs", IDS_SCHEMA, _ids_key)
 EXACT_KEPT = StateSpec("exact_deduped", "exact_deduped", SHA_SCHEMA, _sha_key)
-PHASH_KEPT = StateSpec("phash_deduped", "phash_deduped", PHASH_SCHEMA, _phash_key)
+PHASH_KEPT = StateSpec(
+    "phash_deduped", "phash_deduped", PHASH_SCHEMA, _phash_key, index=write_band_tables
+)
 SPECS = (INGESTED_IDS, EXACT_KEPT, PHASH_KEPT)
+END_OF_TIME = "9999-12-31"  # a ``before`` later than every partition date
 
 
 def warehouse_commits(home: Home, table: str, before: str) -> dict[str, str | None]:
@@ -122,10 +127,18 @@ def sync(home: Home, spec: StateSpec, before: str) -> list[str]:
     return rebuild
 
 
-def record(home: Home, spec: StateSpec, date: str, rows: pa.Table) -> None:
-    """Make the state's content for ``date`` the rows just committed to ``spec.table``."""
+def record(
+    home: Home, spec: StateSpec, date: str, rows: pa.Table, *, commit: str | None = None
+) -> None:
+    """Make the state's content for ``date`` the rows of ``spec.table``'s partition for it.
+
+    ``commit`` is that partition's commit id (read from its footer when not given: the caller
+    just committed it). A commit read before the rows, if the partition changed in between,
+    is older than the warehouse's, so the next ``sync`` rebuilds the day.
+    """
     rows = rows.select(spec.schema.names)
-    commit = commit_id(partition_file(home, spec.table, date))
+    if commit is None:
+        commit = commit_id(partition_file(home, spec.table, date))
     spec.store(home).record_day(date, spec.key(rows), rows, commit)
 
 
@@ -134,7 +147,7 @@ def rebuild_all(home: Home) -> dict[str, int]:
     done = {}
     for spec in SPECS:
         spec.store(home).clear()
-        done[spec.name] = len(sync(home, spec, "9999-12-31"))
+        done[spec.name] = len(sync(home, spec, END_OF_TIME))
     return done
 
 
@@ -167,7 +180,14 @@ def kept_phash_near(home: Home, current: pa.Table, date: str, threshold: int) ->
     hashes = _phash_key(current)
     tables = []
     for segment, keys in store.keys_before(date):
-        _, ref, _ = find_near_pairs_between(hashes, np.asarray(keys), threshold)
+        folder = store.segment_folder(segment)
+        try:
+            _, ref, _ = find_near_stored(hashes, folder, keys, threshold)
+        except (OSError, ValueError) as exc:
+            raise StateError(
+                f"{folder}: its pHash band tables are unreadable ({exc}); "
+                "run `dataplatform rebuild-state`"
+            ) from exc
         if ref.size == 0:
             continue
         rows = store.take(segment, np.unique(ref))

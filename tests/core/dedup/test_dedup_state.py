@@ -1,4 +1,9 @@
 import json
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -160,3 +165,55 @@ def test_keys():
     assert key_of_hex(["ffffffffffffffff" + "0" * 48]).tolist() == [2**64 - 1]
     a, b = key_of_text(["p1", "p2"]).tolist()
     assert a != b and key_of_text(["p1"]).tolist() == [a]
+
+
+# A child records DAYS[1] into a state that holds DAYS[0], and SIGKILLs itself just before the
+# nth call of `call` (the segment's rename, or the manifest's replace).
+_CHILD = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    sys.path.insert(0, sys.argv[2])
+    from tests.core.dedup.test_dedup_state import SCHEMA, day_rows, record
+    from dataplatform.core.dedup.dedup_state import StateStore
+
+    spec = json.loads(sys.argv[1])
+    real = getattr(os, spec["call"])
+    seen = [0]
+
+    def killing(*args, **kwargs):
+        seen[0] += 1
+        if seen[0] == spec["nth"]:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+
+    setattr(os, spec["call"], killing)
+    store = StateStore(spec["root"], "test", SCHEMA)
+    record(store, spec["date"], day_rows(spec["date"], 12, seed=1))
+    """
+)
+
+
+@pytest.mark.parametrize(("call", "nth"), [("rename", 1), ("replace", 1)])
+def test_a_sigkill_during_an_update_leaves_the_old_state(tmp_path, call, nth):
+    store = StateStore(tmp_path, "test", SCHEMA)
+    old = day_rows(DAYS[0], 10, seed=0)
+    record(store, DAYS[0], old)
+    queries = [f"{v:016x}" for v in range(50)]
+    before = found(store, queries, "2025-02-01")
+    spec = {"root": str(tmp_path), "date": DAYS[1], "call": call, "nth": nth}
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, json.dumps(spec), str(Path(__file__).parents[3])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert found(store, queries, "2025-02-01") == before
+    assert set(store.dates()) == {DAYS[0]}
+    # The next update works and leaves nothing behind.
+    new = day_rows(DAYS[1], 12, seed=1)
+    record(store, DAYS[1], new)
+    assert found(store, queries, "2025-02-01") == brute(
+        {DAYS[0]: old, DAYS[1]: new}, queries, "2025-02-01"
+    )
+    assert sorted(p.name for p in store.folder.iterdir() if p.name.startswith(".")) == [".lock"]
