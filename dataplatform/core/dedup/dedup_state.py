@@ -48,6 +48,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
+from dataplatform.core.store.durable import fsync_path, replace_json
+
 FORMAT = 1
 STATE_FOLDER = "state"
 MANIFEST = "manifest.json"
@@ -258,13 +260,7 @@ class StateStore:
                 for s in segments
             ],
         }
-        temp = self.folder / f".{MANIFEST}.{uuid.uuid4().hex}"
-        with open(temp, "w") as handle:
-            json.dump(body, handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, self.folder / MANIFEST)
-        _fsync_dir(self.folder)
+        replace_json(self.folder / MANIFEST, body)
 
     def _write_segment(self, keys: np.ndarray, rows: pa.Table) -> str:
         """Sort by key, write under a temp name, rename into place; return the folder name."""
@@ -280,8 +276,7 @@ class StateStore:
         if self.index is not None:
             self.index(temp, sorted_keys)
         for path in temp.iterdir():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
+            fsync_path(path)
         os.rename(temp, self.folder / name)
         return name
 
@@ -401,14 +396,6 @@ def _tier(rows: int) -> int:
         size *= _TIER_FACTOR
         tier += 1
     return tier
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def stale_dates(

@@ -81,6 +81,7 @@ from dataplatform.core.dedup.semantic_index import (
     _set_faiss_threads,
     ivf_parameters,
 )
+from dataplatform.core.store.durable import fsync_path, replace_json
 
 log = logging.getLogger(__name__)
 
@@ -631,7 +632,7 @@ def _save_quantizer(quantizer: Quantizer, path: Path, *, seed: int, sample_rows:
         os.replace(tmp, path / QUANTIZER_FILE)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path)
+    fsync_path(path)
 
 
 def _mean_distance(quantizer: Quantizer, vectors: np.ndarray) -> float:
@@ -822,22 +823,6 @@ def _date_range(dates: pa.Array | pa.ChunkedArray) -> tuple[str | None, str | No
     return bounds["min"].as_py(), bounds["max"].as_py()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _new_array(path: Path, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
     if math.prod(shape) == 0:  # numpy cannot map an empty file
         empty = np.zeros(shape, dtype)
@@ -892,7 +877,7 @@ class _SegmentWriter:
         np.save(self.tmp / OFFSETS, offsets.astype(np.int64))
         sizes = {}
         for name in SEGMENT_FILES:
-            _fsync_file(self.tmp / name)
+            fsync_path(self.tmp / name)
             sizes[name] = (self.tmp / name).stat().st_size
         version = f"{_VERSION_PREFIX}{uuid.uuid4().hex}"
         os.replace(self.tmp, self.directory / version)
@@ -908,13 +893,7 @@ class _SegmentWriter:
             "last_date": date_range[1],
             "files": sizes,
         }
-        tmp_manifest = self.directory / f"{_TMP_PREFIX}{uuid.uuid4().hex}.json"
-        with open(tmp_manifest, "w") as f:
-            json.dump(manifest, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_manifest, self.directory / MANIFEST)
-        _fsync_dir(self.directory)
+        replace_json(self.directory / MANIFEST, manifest, temp_prefix=_TMP_PREFIX)
         for entry in self.directory.iterdir():  # older versions, crashed writes' leftovers
             if entry.name.startswith((_TMP_PREFIX, _VERSION_PREFIX)) and entry.name != version:
                 if entry.is_dir():

@@ -43,6 +43,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dataplatform.core.store.durable import fsync_path
 from dataplatform.core.store.home import Home
 
 if TYPE_CHECKING:
@@ -256,13 +257,13 @@ def _commit_local(home: Home, commit: str, files: list[tuple[Location, pa.Table]
             pq.write_table(
                 _stamped(table, commit), temp, compression="zstd", write_page_checksum=True
             )
-            _fsync(temp)
+            fsync_path(temp)
         record.parent.mkdir(exist_ok=True)
         pending.write_bytes(_record_body(home, commit, renames))
-        _fsync(pending)
+        fsync_path(pending)
         os.replace(pending, record)  # the commit point
         committed = True
-        _fsync(record.parent)
+        fsync_path(record.parent)
     except BaseException:
         if not committed:
             for temp in [pending, *(t for t, _ in renames)]:
@@ -279,7 +280,7 @@ def _move_local(record: Path, renames: list[tuple[Location, Location]]) -> None:
         with suppress(FileNotFoundError):
             os.replace(temp, final)
     for folder in {Path(f).parent for _, f in renames}:
-        _fsync(folder)
+        fsync_path(folder)
     with suppress(FileNotFoundError):
         os.unlink(record)
 
@@ -380,14 +381,6 @@ def _writer_lock(home: Home) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---- documents --------------------------------------------------------------------------------
