@@ -65,8 +65,16 @@ def rows_by_id(table: pa.Table, pair_ids: Sequence[str]) -> list[dict]:
     return table.take(index).to_pylist()
 
 
-def rows_with(table: pa.Table, column: str, values: Sequence[object]) -> pa.Table:
+def rows_with(table: pa.Table, column: str, values: Sequence[object] | pa.ChunkedArray) -> pa.Table:
     """The rows of ``table`` whose ``column`` is one of ``values``."""
-    if not values:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if len(values) == 0:
         return table.slice(0, 0)
-    return table.filter(pc.is_in(table.column(column), value_set=pa.array(values)))
+    value_set = values if isinstance(values, pa.Array) else pa.array(values)
+    return table.filter(pc.is_in(table.column(column), value_set=value_set))
+
+
+def concat_columns(*columns: pa.ChunkedArray) -> pa.ChunkedArray:
+    """String columns end to end, without a Python list (for the uniqueness checks)."""
+    return pa.chunked_array([chunk for column in columns for chunk in column.chunks], pa.string())

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from dataplatform.assets.dedup_history import (
+    concat_columns,
     input_commit,
     rows_by_id,
     rows_with,
@@ -18,7 +19,6 @@ from dataplatform.assets.reporting import (
     open_stage_day,
     read_input,
     stage_checks,
-    table_column,
     unique_check,
 )
 from dataplatform.core.dedup.exact_dedup import exact_deduplicate
@@ -87,13 +87,11 @@ def exact_deduped(
     ledger = ledger_table(sorted(ledger_rows, key=lambda r: r["pair_id"]))
     # Uniqueness over every kept pair up to this day, from the same lookups: the day's kept
     # values plus every earlier row that shares one of them.
-    kept_ids = table_column(result.kept, "pair_id")
-    kept_sha = table_column(result.kept, "image_sha256")
+    kept_ids = result.kept.column("pair_id")
+    kept_sha = result.kept.column("image_sha256")
+    earlier_sha = rows_with(kept_history, "image_sha256", kept_sha).column("image_sha256")
     sha_unique = unique_check(
-        CHECK_SHA_UNIQUE,
-        "image_sha256",
-        kept_sha + table_column(rows_with(kept_history, "image_sha256", kept_sha), "image_sha256"),
-        GLOBAL_SCOPE,
+        CHECK_SHA_UNIQUE, "image_sha256", concat_columns(kept_sha, earlier_sha), GLOBAL_SCOPE
     )
     materialized = finish_stage(
         day,
@@ -105,7 +103,9 @@ def exact_deduped(
             **state_metadata(context, home, EXACT_KEPT, date, rebuilt),
         },
         checks=[sha_unique],
-        pair_ids=kept_ids + table_column(rows_with(ids_history, "pair_id", kept_ids), "pair_id"),
+        pair_ids=concat_columns(
+            kept_ids, rows_with(ids_history, "pair_id", kept_ids).column("pair_id")
+        ),
         pair_id_scope=GLOBAL_SCOPE,
     )
     record(home, INGESTED_IDS, date, current, commit=ingested_commit)

@@ -2,7 +2,12 @@
 
 import dagster as dg
 
-from dataplatform.assets.dedup_history import rows_by_id, state_metadata, sync_history
+from dataplatform.assets.dedup_history import (
+    concat_columns,
+    rows_by_id,
+    state_metadata,
+    sync_history,
+)
 from dataplatform.assets.exact_deduped import KEY as EXACT_KEY
 from dataplatform.assets.partitions import PREVIOUS_DAY, daily_partitions
 from dataplatform.assets.reporting import (
@@ -12,7 +17,6 @@ from dataplatform.assets.reporting import (
     open_stage_day,
     read_input,
     stage_checks,
-    table_column,
 )
 from dataplatform.core.dedup.history_state import (
     INGESTED_IDS,
@@ -88,7 +92,7 @@ def phash_deduped(
         },
         description=f"no two kept pairs lie within {config.threshold} bits",
     )
-    kept_ids = table_column(result.kept, "pair_id")
+    kept_ids = result.kept.column("pair_id")
     materialized = finish_stage(
         day,
         current.num_rows,
@@ -100,7 +104,9 @@ def phash_deduped(
             **state_metadata(context, home, PHASH_KEPT, date, rebuilt),
         },
         checks=[none_near],
-        pair_ids=kept_ids + table_column(ingested_before(home, result.kept, date), "pair_id"),
+        pair_ids=concat_columns(
+            kept_ids, ingested_before(home, result.kept, date).column("pair_id")
+        ),
         pair_id_scope=GLOBAL_SCOPE,
     )
     record(home, PHASH_KEPT, date, result.kept)

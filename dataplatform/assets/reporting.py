@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dataplatform.assets.partitions import START_DATE
 from dataplatform.assets.review import review_sheet_metadata
@@ -127,7 +128,7 @@ def finish_stage(
     side_tables: Mapping[str, pa.Table] | None = None,
     metadata: Mapping[str, object] | Callable[[], Mapping[str, object]] | None = None,
     checks: Sequence[dg.AssetCheckResult] = (),
-    pair_ids: list | None = None,
+    pair_ids: list | pa.ChunkedArray | None = None,
     pair_id_scope: str = "the day",
     review_sheet: bool = True,
 ) -> dg.MaterializeResult:
@@ -145,7 +146,7 @@ def finish_stage(
     output = write_stage(home, stage, date, kept, ledger, side_tables)
     funnel = stage_funnel(stage, date, rows_in, kept.num_rows, ledger)
     extra = dict(metadata() if callable(metadata) else (metadata or {}))
-    ids = table_column(kept, "pair_id") if pair_ids is None else pair_ids
+    ids = kept.column("pair_id") if pair_ids is None else pair_ids
     return dg.MaterializeResult(
         metadata=stage_metadata(funnel, output, extra, home=home if review_sheet else None),
         check_results=[
@@ -165,9 +166,15 @@ def conservation_check(funnel: StageFunnel) -> dg.AssetCheckResult:
     )
 
 
-def unique_check(name: str, column: str, values: list, scope: str) -> dg.AssetCheckResult:
-    seen: set = set()
-    dupes = sorted({v for v in values if v in seen or seen.add(v)})
+def unique_check(
+    name: str, column: str, values: list | pa.Array | pa.ChunkedArray, scope: str
+) -> dg.AssetCheckResult:
+    """``column`` unique over ``values``: counted in Arrow, so no Python set of every value."""
+    if isinstance(values, list):
+        values = pa.array(values)
+    counts = pc.value_counts(values)
+    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    dupes = sorted(repeated.to_pylist(), key=str)
     return dg.AssetCheckResult(
         check_name=name,
         passed=not dupes,
