@@ -85,15 +85,24 @@ def exact_deduped(
             )
         )
     ledger = ledger_table(sorted(ledger_rows, key=lambda r: r["pair_id"]))
-    # Uniqueness over every kept pair up to this day, from the same lookups: the day's kept
-    # values plus every earlier row that shares one of them.
+    # Uniqueness from the same lookups: no kept pair of the day shares its SHA-256 or pair_id
+    # with another of the day or with an earlier kept pair. (That earlier days are unique among
+    # themselves was checked on their own days; a re-run earlier day names the later days it
+    # leaves stale, see state_metadata.)
     kept_ids = result.kept.column("pair_id")
     kept_sha = result.kept.column("image_sha256")
     earlier_sha = rows_with(kept_history, "image_sha256", kept_sha).column("image_sha256")
     sha_unique = unique_check(
         CHECK_SHA_UNIQUE, "image_sha256", concat_columns(kept_sha, earlier_sha), GLOBAL_SCOPE
     )
-    materialized = finish_stage(
+
+    def record_state(commit: str) -> None:
+        # The commit id the stage just wrote, not one read later: a takedown that rewrites
+        # the partition before the record then leaves a mismatch, and the next sync repairs it.
+        record(home, INGESTED_IDS, date, current, commit=ingested_commit)
+        record(home, EXACT_KEPT, date, result.kept, commit=commit)
+
+    return finish_stage(
         day,
         current.num_rows,
         result.kept,
@@ -107,7 +116,5 @@ def exact_deduped(
             kept_ids, rows_with(ids_history, "pair_id", kept_ids).column("pair_id")
         ),
         pair_id_scope=GLOBAL_SCOPE,
+        on_commit=record_state,
     )
-    record(home, INGESTED_IDS, date, current, commit=ingested_commit)
-    record(home, EXACT_KEPT, date, result.kept)
-    return materialized

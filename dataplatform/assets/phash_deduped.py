@@ -93,7 +93,7 @@ def phash_deduped(
         description=f"no two kept pairs lie within {config.threshold} bits",
     )
     kept_ids = result.kept.column("pair_id")
-    materialized = finish_stage(
+    return finish_stage(
         day,
         current.num_rows,
         result.kept,
@@ -108,6 +108,6 @@ def phash_deduped(
             kept_ids, ingested_before(home, result.kept, date).column("pair_id")
         ),
         pair_id_scope=GLOBAL_SCOPE,
+        # The commit id just written, so that a takedown racing the record leaves a mismatch.
+        on_commit=lambda commit: record(home, PHASH_KEPT, date, result.kept, commit=commit),
     )
-    record(home, PHASH_KEPT, date, result.kept)
-    return materialized

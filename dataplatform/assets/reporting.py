@@ -101,11 +101,12 @@ def write_stage(
     kept: pa.Table,
     ledger: pa.Table,
     side_tables: Mapping[str, pa.Table] | None = None,
-) -> Location:
+) -> tuple[Location, str]:
     """Commit the stage's partition, its ledger and its side tables together; refresh the catalog.
 
-    Returns the partition's file. A side table must be declared in ``SIDE_TABLES`` as this
-    stage's, so that an unreadable file of it names the stage that rewrites it.
+    Returns the partition's file and the commit id. A side table must be declared in
+    ``SIDE_TABLES`` as this stage's, so that an unreadable file of it names the stage that
+    rewrites it.
     """
     side = dict(side_tables or {})
     undeclared = sorted(name for name in side if SIDE_TABLES.get(name) != stage)
@@ -114,9 +115,9 @@ def write_stage(
             f"{stage} writes {', '.join(undeclared)}: declare them in warehouse.SIDE_TABLES"
         )
     with unreadable_files_fail():
-        commit_stage(home, date, {stage: kept, **side}, {stage: ledger})
+        commit = commit_stage(home, date, {stage: kept, **side}, {stage: ledger})
         refresh_catalog(home)
-    return partition_file(home, stage, date)
+    return partition_file(home, stage, date), commit
 
 
 def finish_stage(
@@ -131,6 +132,7 @@ def finish_stage(
     pair_ids: list | pa.ChunkedArray | None = None,
     pair_id_scope: str = "the day",
     review_sheet: bool = True,
+    on_commit: Callable[[str], None] | None = None,
 ) -> dg.MaterializeResult:
     """The tail every stage shares, in one place: commit, funnel, checks, metadata, result.
 
@@ -140,10 +142,13 @@ def finish_stage(
     dataset cards and the token tally do) and its checks: rows conserved and pair_id unique
     (over ``pair_ids``, the day's kept ids unless a global stage passes history and day), then
     the stage's own ``checks`` (the specs ``stage_checks`` declares). The asset keeps its
-    decorator, and so its check specs, in view.
+    decorator, and so its check specs, in view. ``on_commit`` gets the commit id as soon as
+    the partition is committed (a global stage records its dedup state with it).
     """
     home, stage, date = day.home, day.stage, day.date
-    output = write_stage(home, stage, date, kept, ledger, side_tables)
+    output, commit = write_stage(home, stage, date, kept, ledger, side_tables)
+    if on_commit is not None:
+        on_commit(commit)
     funnel = stage_funnel(stage, date, rows_in, kept.num_rows, ledger)
     extra = dict(metadata() if callable(metadata) else (metadata or {}))
     ids = kept.column("pair_id") if pair_ids is None else pair_ids

@@ -119,6 +119,11 @@ def test_a_takedown_leaves_the_state_at_once(tmp_path: Path):
             .to_pylist()
         )
         assert victim not in held, spec.name
+    # Gone from the files too, not only from the lookups (retired segments included).
+    for rows_file in state_root(home).rglob("rows.arrow"):
+        with pa.memory_map(str(rows_file)) as source:
+            ids = pa.ipc.open_file(source).read_all().column("pair_id").to_pylist()
+        assert victim not in ids, rows_file
     _state_matches_warehouse(home)
 
 

@@ -37,11 +37,13 @@ import fcntl
 import json
 import os
 import shutil
+import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -50,6 +52,8 @@ import pyarrow.ipc as ipc
 
 from dataplatform.core.store.durable import fsync_path, replace_json
 
+T = TypeVar("T")
+
 FORMAT = 1
 STATE_FOLDER = "state"
 MANIFEST = "manifest.json"
@@ -57,10 +61,20 @@ KEYS_FILE = "keys.npy"
 ROWS_FILE = "rows.arrow"
 _TIER_FACTOR = 4  # segments within a factor of 4 in size are merged, 4 at a time
 _MERGE_AT = 4
+_BATCH_ROWS = 1 << 16  # rows per record batch of rows.arrow: a hit reads only its batch
+# A segment that leaves the manifest stays on disk this long, so that a reader that read the
+# manifest before the change can still open it (readers take no lock); a takedown purges at once.
+RETIRED_GRACE_S = 600.0
+_READ_ATTEMPTS = 3
+END_OF_TIME = "9999-12-31"  # a ``before`` later than every partition date
 
 
 class StateError(RuntimeError):
     """The state is unreadable or does not match the warehouse; ``rebuild-state`` repairs it."""
+
+
+class SegmentGone(StateError):
+    """A segment the manifest named was removed meanwhile (a reader older than the grace)."""
 
 
 @dataclass(frozen=True)
@@ -131,11 +145,14 @@ class StateStore:
     # ---- reading --------------------------------------------------------------------------
 
     def manifest(self) -> list[Segment]:
+        return self._parse(self._raw())
+
+    def _raw(self) -> dict:
         path = self.folder / MANIFEST
         try:
             raw = json.loads(path.read_text())
         except FileNotFoundError:
-            return []
+            return {"format": FORMAT, "segments": []}
         except (OSError, ValueError) as exc:
             raise StateError(
                 f"{path} is unreadable ({exc}); run `dataplatform rebuild-state`"
@@ -145,6 +162,10 @@ class StateStore:
                 f"{path} has format {raw.get('format')}, this version reads {FORMAT}; "
                 "run `dataplatform rebuild-state`"
             )
+        return raw
+
+    @staticmethod
+    def _parse(raw: dict) -> list[Segment]:
         return [
             Segment(
                 s["name"],
@@ -162,6 +183,8 @@ class StateStore:
         path = self.folder / segment.name / KEYS_FILE
         try:
             keys = np.load(path, mmap_mode="r")
+        except FileNotFoundError as exc:
+            raise SegmentGone(f"{path} is gone") from exc
         except (OSError, ValueError) as exc:
             raise StateError(
                 f"{path} is unreadable ({exc}); run `dataplatform rebuild-state`"
@@ -173,21 +196,30 @@ class StateStore:
             )
         return keys
 
-    def _rows(self, segment: Segment) -> pa.Table:
+    @contextmanager
+    def _reader(self, segment: Segment) -> Iterator[ipc.RecordBatchFileReader]:
         path = self.folder / segment.name / ROWS_FILE
         try:
             with pa.memory_map(str(path)) as source:
-                table = ipc.open_file(source).read_all()
+                reader = ipc.open_file(source)
+                rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+                if rows != segment.rows:
+                    raise StateError(
+                        f"{path} holds {rows} rows, the manifest says {segment.rows}; "
+                        "run `dataplatform rebuild-state`"
+                    )
+                yield reader
+        except FileNotFoundError as exc:
+            raise SegmentGone(f"{path} is gone") from exc
         except (OSError, pa.ArrowException) as exc:
             raise StateError(
                 f"{path} is unreadable ({exc}); run `dataplatform rebuild-state`"
             ) from exc
-        if table.num_rows != segment.rows:
-            raise StateError(
-                f"{path} holds {table.num_rows} rows, the manifest says {segment.rows}; "
-                "run `dataplatform rebuild-state`"
-            )
-        return table
+
+    def _rows(self, segment: Segment) -> pa.Table:
+        """Every row of ``segment`` (compaction and takedowns; a lookup uses ``take``)."""
+        with self._reader(segment) as reader:
+            return reader.read_all()
 
     def segments_for(self, before: str) -> list[Segment]:
         """The segments holding any live date earlier than ``before``."""
@@ -202,7 +234,25 @@ class StateStore:
             yield segment, self._keys(segment)
 
     def take(self, segment: Segment, rows: np.ndarray) -> pa.Table:
-        return self._rows(segment).take(pa.array(rows, pa.int64()))
+        """Rows ``rows`` of ``segment``, in that order, reading only the batches they are in."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return self.schema.empty_table()
+        with self._reader(segment) as reader:
+            sizes = [reader.get_batch(i).num_rows for i in range(reader.num_record_batches)]
+            starts = np.concatenate([[0], np.cumsum(sizes)])
+            batch = np.searchsorted(starts, rows, side="right") - 1
+            order = np.argsort(batch, kind="stable")
+            pieces = []
+            for b in np.unique(batch):
+                local = rows[order][batch[order] == b] - starts[b]
+                pieces.append(
+                    pa.Table.from_batches([reader.get_batch(int(b))]).take(pa.array(local))
+                )
+            taken = pa.concat_tables(pieces).combine_chunks()
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return taken.take(pa.array(inverse))
 
     def live(self, segment: Segment, rows: pa.Table, before: str) -> np.ndarray:
         """Which ``rows`` of ``segment`` count as history before ``before``."""
@@ -211,7 +261,19 @@ class StateStore:
 
     def find_equal(self, keys: np.ndarray, before: str) -> Hits:
         """Every live row before ``before`` whose key equals a query key (to be verified)."""
-        keys = np.asarray(keys, dtype=np.uint64)
+        return self.retrying(lambda: self._find_equal(np.asarray(keys, dtype=np.uint64), before))
+
+    def retrying(self, read: Callable[[], T]) -> T:
+        """``read`` again from a fresh manifest if a segment it named was removed meanwhile."""
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                return read()
+            except SegmentGone:
+                if attempt == _READ_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _find_equal(self, keys: np.ndarray, before: str) -> Hits:
         queries, tables = [], []
         for segment in self.segments_for(before):
             stored = self._keys(segment)
@@ -245,7 +307,18 @@ class StateStore:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def _write_manifest(self, segments: Sequence[Segment]) -> None:
+    def _write_manifest(self, segments: Sequence[Segment], *, purge: bool = False) -> None:
+        """Replace the manifest; segments that leave it are listed as retired, with the time,
+        and removed once ``RETIRED_GRACE_S`` has passed (at once with ``purge``)."""
+        old = self._raw()
+        now = time.time()
+        named = {s.name for s in segments if s.name}
+        retired = {n: t for n, t in old.get("retired", {}).items() if n not in named}
+        for segment in self._parse(old):
+            if segment.name and segment.name not in named:
+                retired.setdefault(segment.name, now)
+        grace = 0.0 if purge else RETIRED_GRACE_S
+        retired = {n: t for n, t in retired.items() if now - t < grace}
         body = {
             "format": FORMAT,
             "name": self.name,
@@ -259,8 +332,10 @@ class StateStore:
                 }
                 for s in segments
             ],
+            "retired": retired,
         }
         replace_json(self.folder / MANIFEST, body)
+        self._remove_unreferenced(named | set(retired))
 
     def _write_segment(self, keys: np.ndarray, rows: pa.Table) -> str:
         """Sort by key, write under a temp name, rename into place; return the folder name."""
@@ -272,13 +347,28 @@ class StateStore:
         np.save(temp / KEYS_FILE, sorted_keys)
         table = rows.select(self.schema.names).cast(self.schema).take(pa.array(order))
         with ipc.new_file(str(temp / ROWS_FILE), self.schema) as writer:
-            writer.write_table(table, max_chunksize=1 << 16)
+            writer.write_table(table, max_chunksize=_BATCH_ROWS)
         if self.index is not None:
             self.index(temp, sorted_keys)
         for path in temp.iterdir():
             fsync_path(path)
+        fsync_path(temp)
         os.rename(temp, self.folder / name)
+        fsync_path(self.folder)
         return name
+
+    def _with_day(
+        self, segments: list[Segment], date: str, name: str | None, rows: int, commit: str | None
+    ) -> list[Segment]:
+        """``segments`` with ``date`` retired from each and its new segment (or an empty-day
+        entry, so that the day does not read as missing) added, then compacted."""
+        retired = [
+            Segment(s.name, s.rows, {d: r for d, r in s.dates.items() if d != date})
+            for s in segments
+        ]
+        kept = [s for s in retired if s.dates]
+        kept.append(Segment(name or "", rows if name else 0, {date: DayRecord(rows, commit)}))
+        return self._compacted(kept)
 
     def record_day(self, date: str, keys: np.ndarray, rows: pa.Table, commit: str | None) -> None:
         """Make ``rows`` (with their ``keys``) the state's content for ``date``; compact."""
@@ -286,20 +376,22 @@ class StateStore:
         if len(keys) != rows.num_rows:
             raise ValueError(f"{len(keys)} keys for {rows.num_rows} rows")
         with self._locked():
-            segments = self.manifest()
             name = self._write_segment(keys, rows) if rows.num_rows else None
-            retired = [
-                Segment(s.name, s.rows, {d: r for d, r in s.dates.items() if d != date})
-                for s in segments
-            ]
-            kept = [s for s in retired if s.dates]
-            if name is not None:
-                kept.append(Segment(name, rows.num_rows, {date: DayRecord(rows.num_rows, commit)}))
-            else:
-                # An empty day is still recorded, so that it does not read as missing.
-                kept.append(Segment("", 0, {date: DayRecord(0, commit)}))
-            self._write_manifest(self._compacted(kept))
-            self._remove_unreferenced()
+            self._write_manifest(self._with_day(self.manifest(), date, name, rows.num_rows, commit))
+
+    def rebuild(self, days: Iterable[tuple[str, np.ndarray, pa.Table, str | None]]) -> int:
+        """Replace the whole state with ``days`` (date, keys, rows, commit) in one manifest
+        swap: readers see the old state until the new one is complete. Returns the days."""
+        count = 0
+        with self._locked():
+            segments: list[Segment] = []
+            for date, keys, rows, commit in days:
+                keys = np.asarray(keys, dtype=np.uint64)
+                name = self._write_segment(keys, rows) if rows.num_rows else None
+                segments = self._with_day(segments, date, name, rows.num_rows, commit)
+                count += 1
+            self._write_manifest(segments)
+        return count
 
     def drop_dates(self, dates: Sequence[str]) -> None:
         """Forget ``dates`` (their partitions are gone from the warehouse)."""
@@ -310,10 +402,11 @@ class StateStore:
                 for s in self.manifest()
             ]
             self._write_manifest([s for s in segments if s.dates])
-            self._remove_unreferenced()
 
     def remove_pairs(self, pair_ids: Sequence[str]) -> int:
-        """Rewrite the segments holding any of ``pair_ids`` without them (takedowns)."""
+        """Rewrite the segments holding any of ``pair_ids`` without them, and delete the old
+        segment files at once (takedowns: the rows leave the disk, not only the lookups).
+        Returns the live rows removed."""
         wanted = pa.array(sorted(set(pair_ids)), pa.string())
         removed = 0
         with self._locked():
@@ -324,17 +417,15 @@ class StateStore:
                     continue
                 rows = self._rows(segment)
                 hit = pc.is_in(rows.column("pair_id"), value_set=wanted)
-                n = pc.sum(hit).as_py() or 0
-                if not n:
+                if not pc.any(hit).as_py():
                     out.append(segment)
                     continue
+                live = self.live(segment, rows, END_OF_TIME)
+                removed += int(np.count_nonzero(np.asarray(hit) & live))
                 keep = pc.invert(hit)
                 keys = np.asarray(self._keys(segment))[np.asarray(keep)]
-                rows = rows.filter(keep)
-                removed += n
-                out.append(self._rewrite(segment, keys, rows))
-            self._write_manifest([s for s in out if s.dates])
-            self._remove_unreferenced()
+                out.append(self._rewrite(segment, keys, rows.filter(keep)))
+            self._write_manifest([s for s in out if s.dates], purge=True)
         return removed
 
     def _rewrite(self, segment: Segment, keys: np.ndarray, rows: pa.Table) -> Segment:
@@ -353,41 +444,39 @@ class StateStore:
             for s in segments:
                 if s.name:
                     tiers.setdefault(_tier(s.live_rows), []).append(s)
-            full = next(
-                (group for _, group in sorted(tiers.items()) if len(group) >= _MERGE_AT), None
-            )
-            if full is None:
+            full = [group for _, group in sorted(tiers.items()) if len(group) >= _MERGE_AT]
+            if not full:
                 return segments
-            group = full[:_MERGE_AT]
+            group = full[0][:_MERGE_AT]
             segments = [s for s in segments if s not in group] + [self._merge(group)]
 
     def _merge(self, group: Sequence[Segment]) -> Segment:
         keys, tables, records = [], [], {}
         for segment in group:
             rows = self._rows(segment)
-            live = self.live(segment, rows, "9999-99-99")
+            live = self.live(segment, rows, END_OF_TIME)
             keys.append(np.asarray(self._keys(segment))[live])
             tables.append(rows.filter(pa.array(live)))
             records.update(segment.dates)
         merged = pa.concat_tables(tables)
         return Segment(self._write_segment(np.concatenate(keys), merged), merged.num_rows, records)
 
-    def _remove_unreferenced(self) -> None:
-        named = {s.name for s in self.manifest() if s.name}
+    def _remove_unreferenced(self, keep: set[str]) -> None:
+        """Delete segment folders outside ``keep`` (retired past their grace, or never named:
+        a writer killed before its manifest), temp folders and temp manifests."""
         for entry in os.scandir(self.folder):
             if entry.is_dir(follow_symlinks=False) and (
                 entry.name.startswith(".tmp-seg-")
-                or (entry.name.startswith("seg-") and entry.name not in named)
+                or (entry.name.startswith("seg-") and entry.name not in keep)
             ):
                 shutil.rmtree(entry.path, ignore_errors=True)
             elif entry.name.startswith(f".{MANIFEST}."):
                 os.unlink(entry.path)
 
     def clear(self) -> None:
-        """Forget everything (``rebuild-state`` starts from here)."""
+        """Forget everything."""
         with self._locked():
-            self._write_manifest([])
-            self._remove_unreferenced()
+            self._write_manifest([], purge=True)
 
 
 def _tier(rows: int) -> int:

@@ -22,7 +22,9 @@ import numpy as np
 import pyarrow as pa
 
 from dataplatform.core.dedup.dedup_state import (
+    END_OF_TIME,
     STATE_FOLDER,
+    SegmentGone,
     StateError,
     StateStore,
     key_of_hex,
@@ -85,7 +87,6 @@ PHASH_KEPT = StateSpec(
     "phash_deduped", "phash_deduped", PHASH_SCHEMA, _phash_key, index=write_band_tables
 )
 SPECS = (INGESTED_IDS, EXACT_KEPT, PHASH_KEPT)
-END_OF_TIME = "9999-12-31"  # a ``before`` later than every partition date
 
 
 def warehouse_commits(home: Home, table: str, before: str) -> dict[str, str | None]:
@@ -132,9 +133,10 @@ def record(
 ) -> None:
     """Make the state's content for ``date`` the rows of ``spec.table``'s partition for it.
 
-    ``commit`` is that partition's commit id (read from its footer when not given: the caller
-    just committed it). A commit read before the rows, if the partition changed in between,
-    is older than the warehouse's, so the next ``sync`` rebuilds the day.
+    ``commit`` is the commit id those rows came from: the one the caller's commit returned, or
+    one read before it read the rows. Then, if the partition is rewritten meanwhile (a
+    takedown), the state holds an older commit than the warehouse and the next ``sync``
+    rebuilds the day. Read from the footer only when not given.
     """
     rows = rows.select(spec.schema.names)
     if commit is None:
@@ -143,12 +145,31 @@ def record(
 
 
 def rebuild_all(home: Home) -> dict[str, int]:
-    """Forget and rebuild every state from the warehouse (``dataplatform rebuild-state``)."""
+    """Rebuild every state from the warehouse (``dataplatform rebuild-state``).
+
+    Each state is rebuilt beside the live one and swapped in with one manifest replace, so a
+    run reading it meanwhile sees the old state, never an empty or partial one.
+    """
     done = {}
     for spec in SPECS:
-        spec.store(home).clear()
-        done[spec.name] = len(sync(home, spec, END_OF_TIME))
+        commits = warehouse_commits(home, spec.table, END_OF_TIME)
+
+        def days(spec: StateSpec = spec, commits: dict = commits):
+            for date, commit in sorted(commits.items()):
+                rows = read_partition(home, spec.table, date).select(spec.schema.names)
+                yield date, spec.key(rows), rows, commit
+
+        done[spec.name] = spec.store(home).rebuild(days())
     return done
+
+
+def remove_pairs(home: Home, pair_ids: list[str]) -> dict[str, int]:
+    """Delete ``pair_ids`` from every state's files (takedowns), then resync the days whose
+    partitions the takedown rewrote. Returns the live rows removed per state."""
+    removed = {spec.name: spec.store(home).remove_pairs(pair_ids) for spec in SPECS}
+    for spec in SPECS:
+        sync(home, spec, END_OF_TIME)
+    return removed
 
 
 def _verified(hits_rows: pa.Table, query: np.ndarray, column: str, values: list) -> pa.Table:
@@ -178,11 +199,22 @@ def kept_phash_near(home: Home, current: pa.Table, date: str, threshold: int) ->
     ``current``: exactly the history rows the greedy decision can use."""
     store = PHASH_KEPT.store(home)
     hashes = _phash_key(current)
+    return store.retrying(lambda: _phash_near(store, hashes, date, threshold))
+
+
+def _phash_near(store: StateStore, hashes: np.ndarray, date: str, threshold: int) -> pa.Table:
     tables = []
     for segment, keys in store.keys_before(date):
         folder = store.segment_folder(segment)
         try:
             _, ref, _ = find_near_stored(hashes, folder, keys, threshold)
+        except FileNotFoundError as exc:
+            if not folder.exists():
+                raise SegmentGone(f"{folder} is gone") from exc
+            raise StateError(
+                f"{folder}: its pHash band tables are unreadable ({exc}); "
+                "run `dataplatform rebuild-state`"
+            ) from exc
         except (OSError, ValueError) as exc:
             raise StateError(
                 f"{folder}: its pHash band tables are unreadable ({exc}); "

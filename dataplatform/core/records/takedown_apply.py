@@ -24,9 +24,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dataplatform.core.dedup.history_state import END_OF_TIME
-from dataplatform.core.dedup.history_state import SPECS as STATE_SPECS
-from dataplatform.core.dedup.history_state import sync as sync_state
+from dataplatform.core.dedup.history_state import remove_pairs as remove_from_state
 from dataplatform.core.records.takedown_requests import (
     MATCH_COLUMNS,
     TAKEDOWN_REASON,
@@ -147,11 +145,11 @@ def apply_takedowns(
             _commit_rewrite(home, date, rows.filter(pc.equal(rows.column("date"), date)), rewrite)
     finally:
         con.close()
-    # The dedup state mirrors the partitions just rewritten: their new commits make `sync`
-    # rebuild those days now, so a taken-down pair stops counting as dedup history at once
-    # (docs/dedup_state.md: its copies are then kept out by the takedown gate, not by dedup).
-    for spec in STATE_SPECS:
-        sync_state(home, spec, END_OF_TIME)
+    # The dedup state mirrors the partitions just rewritten: the pairs' rows leave its files,
+    # and the rewritten days are resynced (docs/dedup_state.md: a taken-down image's copies are
+    # then kept out by the takedown gate, not by dedup).
+    if report.matches:
+        remove_from_state(home, sorted({m.pair_id for m in report.matches}))
     keys = {sample_key(m.pair_id) for m in report.matches}
     for shard in _shards(home, export_dirs):
         count = remove_samples(shard, keys)

@@ -217,3 +217,50 @@ def test_a_sigkill_during_an_update_leaves_the_old_state(tmp_path, call, nth):
         {DAYS[0]: old, DAYS[1]: new}, queries, "2025-02-01"
     )
     assert sorted(p.name for p in store.folder.iterdir() if p.name.startswith(".")) == [".lock"]
+
+
+def test_a_reader_of_an_older_manifest_still_opens_its_segments(store, monkeypatch):
+    days = {d: day_rows(d, 10, seed=i) for i, d in enumerate(DAYS[:3])}
+    for d in DAYS[:3]:
+        record(store, d, days[d])
+    queries = [f"{v:016x}" for v in range(50)]
+    stale = store.manifest()  # what a concurrent reader read before the next write
+    record(store, DAYS[3], day_rows(DAYS[3], 10, seed=3))  # four one-day segments merge
+    assert {s.name for s in stale} - {s.name for s in store.manifest()}  # replaced
+    monkeypatch.setattr(store, "manifest", lambda: stale)
+    assert found(store, queries, DAYS[3]) == brute(days, queries, DAYS[3])
+    monkeypatch.undo()
+    # Past the grace period the next write removes them; a reader that still holds the old
+    # manifest then rereads it (SegmentGone is retried) instead of failing.
+    monkeypatch.setattr("dataplatform.core.dedup.dedup_state.RETIRED_GRACE_S", 0.0)
+    record(store, DAYS[4], day_rows(DAYS[4], 2, seed=4))
+    on_disk = {p.name for p in store.folder.iterdir() if p.name.startswith("seg-")}
+    assert on_disk == {s.name for s in store.manifest() if s.name}
+    calls = iter([stale, None])
+
+    def first_stale():
+        current = next(calls, None)
+        return current if current is not None else StateStore.manifest(store)
+
+    monkeypatch.setattr(store, "manifest", first_stale)
+    days[DAYS[3]] = day_rows(DAYS[3], 10, seed=3)
+    assert found(store, queries, DAYS[4]) == brute(days, queries, DAYS[4])
+
+
+def test_rebuild_swaps_in_the_new_state_at_the_end(store):
+    old = {d: day_rows(d, 10, seed=i) for i, d in enumerate(DAYS[:3])}
+    for d, rows in old.items():
+        record(store, d, rows)
+    queries = [f"{v:016x}" for v in range(50)]
+    new = {d: day_rows(d, 6, seed=10 + i) for i, d in enumerate(DAYS[:5])}
+    seen_meanwhile = []
+
+    def days():
+        for d, rows in new.items():
+            seen_meanwhile.append(found(store, queries, "2025-02-01"))
+            yield d, key_of_hex(rows["value"].to_pylist()), rows, "r"
+
+    assert store.rebuild(days()) == 5
+    assert all(s == brute(old, queries, "2025-02-01") for s in seen_meanwhile)
+    assert found(store, queries, "2025-02-01") == brute(new, queries, "2025-02-01")
+    assert sorted(store.dates()) == DAYS[:5]
