@@ -200,7 +200,9 @@ class StateStore:
     def _reader(self, segment: Segment) -> Iterator[ipc.RecordBatchFileReader]:
         path = self.folder / segment.name / ROWS_FILE
         try:
-            with pa.memory_map(str(path)) as source:
+            # Read, not memory-mapped: Arrow pages a mapped batch in whole (and that counts
+            # as the process's memory); a read batch is freed once its hits are taken.
+            with pa.OSFile(str(path)) as source:
                 reader = ipc.open_file(source)
                 rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
                 if rows != segment.rows:
@@ -246,9 +248,8 @@ class StateStore:
             pieces = []
             for b in np.unique(batch):
                 local = rows[order][batch[order] == b] - starts[b]
-                pieces.append(
-                    pa.Table.from_batches([reader.get_batch(int(b))]).take(pa.array(local))
-                )
+                batch_rows = pa.Table.from_batches([reader.get_batch(int(b))])
+                pieces.append(batch_rows.take(pa.array(local)))
             taken = pa.concat_tables(pieces).combine_chunks()
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
