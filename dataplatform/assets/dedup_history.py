@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dataplatform.core.dedup.history_state import StateSpec, sync
+from dataplatform.core.dedup.semantic_history import SemanticSpec
 from dataplatform.core.store.home import Home
 from dataplatform.core.store.warehouse import commit_id, partition_file
 
@@ -38,7 +39,11 @@ def sync_history(
 
 
 def state_metadata(
-    context: dg.AssetExecutionContext, home: Home, spec: StateSpec, date: str, rebuilt: list[str]
+    context: dg.AssetExecutionContext,
+    home: Home,
+    spec: StateSpec | SemanticSpec,
+    date: str,
+    rebuilt: list[str],
 ) -> dict[str, object]:
     """The state's size and repairs, and the later days a re-run of ``date`` leaves stale."""
     store = spec.store(home)

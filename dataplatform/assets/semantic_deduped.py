@@ -3,11 +3,11 @@
 from collections import Counter
 
 import dagster as dg
-import duckdb
 import numpy as np
 import pyarrow as pa
 
 from dataplatform.assets.clip_scored import EMBEDDINGS
+from dataplatform.assets.dedup_history import concat_columns, state_metadata, sync_history
 from dataplatform.assets.partitions import PREVIOUS_DAY, daily_partitions
 from dataplatform.assets.quality_filtered import KEY as QUALITY_KEY
 from dataplatform.assets.reporting import (
@@ -16,17 +16,21 @@ from dataplatform.assets.reporting import (
     finish_stage,
     open_stage_day,
     read_input,
-    read_input_history,
     stage_checks,
     table_column,
 )
+from dataplatform.core.dedup.history_state import INGESTED_IDS, ingested_before
+from dataplatform.core.dedup.semantic_history import NAME as STATE
+from dataplatform.core.dedup.semantic_history import SEMANTIC_SPEC
+from dataplatform.core.dedup.semantic_history import record as semantic_record
+from dataplatform.core.dedup.semantic_history import store as semantic_store
+from dataplatform.core.dedup.semantic_history import sync as semantic_sync
 from dataplatform.core.dedup.semantic_index import (
     DEFAULT_SIMILARITY_THRESHOLD,
-    find_similar_between,
     find_similar_pairs,
-    semantic_deduplicate,
+    greedy_keep,
 )
-from dataplatform.core.scoring.embedding_table import matrix_of, rows_for
+from dataplatform.core.scoring.embedding_table import rows_for
 from dataplatform.core.store.profile import is_smoke
 from dataplatform.core.store.schema import ledger_row, ledger_table
 from dataplatform.resources.warehouse import WarehouseResource
@@ -74,13 +78,27 @@ def semantic_deduped(
 
     current = read_input(home, UPSTREAM.path[-1], date).sort_by("pair_id")
     vectors = _embeddings_for(current, read_input(home, EMBEDDINGS, date))
-    history = _kept_history(home, date)
-    history_vectors = matrix_of(history.column("image_embedding"), vectors.shape[1])
+    rebuilt = sync_history(context, home, (INGESTED_IDS,), date)
+    days = semantic_sync(home, date)
+    if days:
+        context.log.warning(
+            f"{STATE} state rebuilt from the warehouse for {len(days)} day(s) "
+            f"({', '.join(days[:5])}{', ...' if len(days) > 5 else ''})"
+        )
+    rebuilt += [f"{STATE}:{d}" for d in days]
+    state = semantic_store(home)
+    # The earlier kept pairs at the threshold of one of the day's, from the persistent index:
+    # all that the greedy decision uses (core/dedup/semantic_history.py).
+    history = state.search(vectors, threshold, date)
     rank = _rank(current, config.keep_rule)
-    decision = semantic_deduplicate(vectors, threshold, rank, history_vectors)
+    decision = greedy_keep(
+        rank,
+        find_similar_pairs(vectors, threshold),
+        (history.query, history.row, history.similarity),
+    )
 
     rows = current.to_pylist()
-    hist_ids = table_column(history, "pair_id")
+    hist_ids = table_column(history.history, "pair_id")
     ledger_rows = []
     cluster_sizes: Counter[str] = Counter()
     for k in np.flatnonzero(~decision.keep):
@@ -101,15 +119,18 @@ def semantic_deduped(
     ledger = ledger_table(ledger_rows)
     kept = current.filter(pa.array(decision.keep))
     kept_vectors = vectors[decision.keep]
-    i, j, sim = find_similar_pairs(kept_vectors, threshold)
-    q, r, sim_h = find_similar_between(kept_vectors, history_vectors, threshold)
-    violations = len(i) + len(q)
+    # The check reuses the lookup: kept pairs against each other, and against the history the
+    # index returned for them.
+    i, _, _ = find_similar_pairs(kept_vectors, threshold)
+    violations = len(i) + int(np.count_nonzero(decision.keep[history.query]))
     size_counts = Counter(1 + n for n in cluster_sizes.values())
     extra = {
         "threshold": float(threshold),
         "keep_rule": config.keep_rule,
         "profile": "smoke (threshold raised)" if smoke else "production",
-        "history_pairs": history.num_rows,
+        "history_pairs": state.rows_before(date),
+        **state.advice(vectors, date),
+        **state_metadata(context, home, SEMANTIC_SPEC, date, rebuilt),
         "cluster_sizes": dg.MetadataValue.table(
             records=[
                 dg.TableRecord({"cluster_size": size, "clusters": n})
@@ -126,6 +147,7 @@ def semantic_deduped(
         metadata={"pairs_above_threshold": violations},
         description=f"no two kept pairs have image cosine >= {threshold}",
     )
+    kept_ids = kept.column("pair_id")
     return finish_stage(
         day,
         current.num_rows,
@@ -133,8 +155,10 @@ def semantic_deduped(
         ledger,
         metadata=extra,
         checks=[none_similar],
-        pair_ids=hist_ids + table_column(kept, "pair_id"),
+        pair_ids=concat_columns(kept_ids, ingested_before(home, kept, date).column("pair_id")),
         pair_id_scope=GLOBAL_SCOPE,
+        # The commit id just written, so that a takedown racing the record leaves a mismatch.
+        on_commit=lambda commit: semantic_record(home, date, kept_vectors, kept, commit),
     )
 
 
@@ -147,21 +171,6 @@ def _embeddings_for(current: pa.Table, embeddings: pa.Table) -> np.ndarray:
             f"{exc.args[0]} for {UPSTREAM.path[-1]}; "
             "re-materialize clip_scored and quality_filtered for this day"
         ) from exc
-
-
-def _kept_history(home, date: str) -> pa.Table:
-    """Earlier days' kept pairs with their image embeddings."""
-    kept = read_input_history(home, STAGE, date, ["pair_id", "date"])
-    embeddings = read_input_history(home, EMBEDDINGS, date, ["pair_id", "date", "image_embedding"])
-    con = duckdb.connect()
-    con.register("kept", kept)
-    con.register("emb", embeddings)
-    joined = con.sql(
-        "SELECT kept.pair_id, kept.date, emb.image_embedding FROM kept "
-        "JOIN emb USING (pair_id, date) ORDER BY kept.date, kept.pair_id"
-    ).to_arrow_table()
-    con.close()
-    return joined
 
 
 def _rank(current: pa.Table, keep_rule: str) -> np.ndarray:

@@ -15,6 +15,7 @@ from dataplatform.core.dedup.history_state import (
     PHASH_KEPT,
     state_root,
 )
+from dataplatform.core.dedup.semantic_history import store as semantic_store
 from dataplatform.core.records.takedown_apply import apply_takedowns
 from dataplatform.core.records.takedown_requests import TakedownRequest
 from dataplatform.core.store.home import Home
@@ -131,3 +132,31 @@ def _rows_of(home: Home, spec) -> pa.Table:
     return pa.concat_tables(
         read_partition(home, spec.table, d).select(spec.schema.names) for d in DAYS
     )
+
+
+def test_semantic_state_repairs_itself_and_rebuilds(tmp_path: Path):
+    clean = Home(tmp_path / "clean")
+    build_three_days(clean.landing)
+    for day in DAYS:
+        assert materialize_day(clean, day).success
+    expected = _kept(clean, "semantic_deduped")
+
+    home = Home(tmp_path / "home")
+    shutil.copytree(clean.landing, home.landing)
+    assert materialize_day(home, DAYS[0]).success
+    shutil.rmtree(semantic_store(home).folder)  # the state lost: the next day rebuilds it
+    result = materialize_day(home, DAYS[1])
+    assert result.success
+    meta = result.asset_materializations_for_node("semantic_deduped")[0].metadata
+    assert f"semantic_deduped:{DAYS[0]}" in meta["state_days_rebuilt"].value
+    assert materialize_day(home, DAYS[2]).success
+    assert _kept(home, "semantic_deduped") == expected
+
+    state = semantic_store(home)
+    assert sorted(state.dates()) == DAYS
+    fingerprint = state.quantizer().fingerprint
+    assert main(["--home", str(home.root), "rebuild-state"]) == 0
+    assert sorted(state.dates()) == DAYS
+    for day, record in state.dates().items():
+        assert record.commit == commit_id(partition_file(home, "semantic_deduped", day))
+    assert state.quantizer().fingerprint != fingerprint  # retrained on every day's sample

@@ -371,9 +371,13 @@ class StateStore:
         kept.append(Segment(name or "", rows if name else 0, {date: DayRecord(rows, commit)}))
         return self._compacted(kept)
 
+    def _as_keys(self, keys: np.ndarray) -> np.ndarray:
+        """What a segment is searched by: uint64 keys here (vectors in the semantic state)."""
+        return np.asarray(keys, dtype=np.uint64)
+
     def record_day(self, date: str, keys: np.ndarray, rows: pa.Table, commit: str | None) -> None:
         """Make ``rows`` (with their ``keys``) the state's content for ``date``; compact."""
-        keys = np.asarray(keys, dtype=np.uint64)
+        keys = self._as_keys(keys)
         if len(keys) != rows.num_rows:
             raise ValueError(f"{len(keys)} keys for {rows.num_rows} rows")
         with self._locked():
@@ -387,7 +391,7 @@ class StateStore:
         with self._locked():
             segments: list[Segment] = []
             for date, keys, rows, commit in days:
-                keys = np.asarray(keys, dtype=np.uint64)
+                keys = self._as_keys(keys)
                 name = self._write_segment(keys, rows) if rows.num_rows else None
                 segments = self._with_day(segments, date, name, rows.num_rows, commit)
                 count += 1

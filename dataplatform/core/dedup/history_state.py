@@ -160,15 +160,22 @@ def rebuild_all(home: Home) -> dict[str, int]:
                 yield date, spec.key(rows), rows, commit
 
         done[spec.name] = spec.store(home).rebuild(days())
+    from dataplatform.core.dedup import semantic_history
+
+    done[semantic_history.NAME] = semantic_history.rebuild(home)
     return done
 
 
 def remove_pairs(home: Home, pair_ids: list[str]) -> dict[str, int]:
     """Delete ``pair_ids`` from every state's files (takedowns), then resync the days whose
     partitions the takedown rewrote. Returns the live rows removed per state."""
+    from dataplatform.core.dedup import semantic_history
+
     removed = {spec.name: spec.store(home).remove_pairs(pair_ids) for spec in SPECS}
+    removed[semantic_history.NAME] = semantic_history.store(home).remove_pairs(pair_ids)
     for spec in SPECS:
         sync(home, spec, END_OF_TIME)
+    semantic_history.sync(home, END_OF_TIME)
     return removed
 
 

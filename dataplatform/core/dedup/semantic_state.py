@@ -318,12 +318,15 @@ def load_quantizer(path: Path) -> Quantizer:
 def drift(quantizer: Quantizer, vectors: np.ndarray) -> float:
     """Mean distance (1 - cosine) of ``vectors`` to their nearest centroid, relative to that of
     the sample rows held out at training: about 1 for vectors like the sample, above
-    ``DRIFT_RETRAIN_THRESHOLD`` when the quantizer should be retrained."""
+    ``DRIFT_RETRAIN_THRESHOLD`` when the quantizer should be retrained. NaN when the training
+    sample gave no reference (too small a sample, or every held-out row on a centroid)."""
     v = _as_unit_vectors(vectors, "vectors")
     _check_dimension(quantizer, v, "vectors")
     if len(v) == 0:
         raise ValueError("drift needs at least one vector")
     _set_faiss_threads()
+    if not quantizer.reference_distance > 0:
+        return math.nan
     return _mean_distance(quantizer, v) / quantizer.reference_distance
 
 

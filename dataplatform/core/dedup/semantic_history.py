@@ -1,0 +1,395 @@
+"""semantic_deduped's history from the persistent state: the kept embeddings, in IVF-SQ8 segments.
+
+The segments are ``semantic_state`` segments (codes, error bounds, exact vectors, ids) kept in a
+``StateStore`` manifest, so the semantic state has the same lifecycle as the exact and pHash
+states: one segment a day, size-tiered merges, dates retired on a re-run, a grace period for
+readers, sync against the warehouse's commit ids, one-swap rebuild, takedown removal.
+
+The coarse quantizer is trained once, on the first day written, and again only by
+``dataplatform rebuild-state``, which trains it on a sample of every kept embedding in the
+warehouse (up to ``SAMPLE_ROWS``) before it rebuilds the segments. Quantizers live under
+``quantizers/<fingerprint>/`` and a search loads the one its segments were written with, so a
+rebuild's new quantizer and segments are swapped in together by the manifest. Each day's
+metadata reports the drift of the day's vectors against the quantizer and advises a retrain
+when it passes ``DRIFT_RETRAIN_THRESHOLD``, or when the history has outgrown the quantizer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dataplatform.core.dedup import semantic_state
+from dataplatform.core.dedup.dedup_state import (
+    END_OF_TIME,
+    DayRecord,
+    Segment,
+    SegmentGone,
+    StateError,
+    StateStore,
+    stale_dates,
+)
+from dataplatform.core.dedup.semantic_index import ivf_parameters
+from dataplatform.core.scoring.embedding_table import rows_for
+from dataplatform.core.store.home import Home
+from dataplatform.core.store.warehouse import (
+    commit_id,
+    partition_dates,
+    partition_file,
+    read_partition,
+)
+
+log = logging.getLogger(__name__)
+
+NAME = "semantic_deduped"
+EMBEDDINGS_TABLE = "embeddings"
+IDS_SCHEMA = pa.schema([("pair_id", pa.string()), ("date", pa.string())])
+QUANTIZERS_FOLDER = "quantizers"  # one folder per trained quantizer, named by fingerprint
+SAMPLE_ROWS = 200_000
+# The quantizer has outgrown its history when ivf_parameters asks for this many times its lists.
+OUTGROWN_FACTOR = 4
+
+
+@dataclass(frozen=True)
+class HistoryMatches:
+    """Every (day row, earlier kept pair) at the threshold: ``history`` lists the pairs once, in
+    (date, pair_id) order, and ``row`` points into it (the order greedy ties are broken in)."""
+
+    query: np.ndarray  # int64
+    row: np.ndarray  # int64
+    similarity: np.ndarray  # float32
+    history: pa.Table  # pair_id, date
+
+
+class SemanticStore(StateStore):
+    """A ``StateStore`` whose segments are ``semantic_state`` segments of unit vectors."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, NAME, IDS_SCHEMA)
+        self.quantizers = self.folder / QUANTIZERS_FOLDER
+        self._training: semantic_state.Quantizer | None = None  # set while rebuilding
+
+    def quantizer(self) -> semantic_state.Quantizer | None:
+        """The quantizer the live segments were written with (the newest one if none are)."""
+        if self._training is not None:
+            return self._training
+        for segment in self.manifest():
+            if segment.name:
+                try:
+                    info = semantic_state.segment_info(self.segment_folder(segment))
+                except FileNotFoundError as exc:
+                    raise SegmentGone(f"{self.segment_folder(segment)} is gone") from exc
+                return semantic_state.load_quantizer(self.quantizers / info.quantizer_fingerprint)
+        trained = (
+            sorted(
+                self.quantizers.glob("*/" + semantic_state.QUANTIZER_FILE),
+                key=lambda p: p.stat().st_mtime,
+            )
+            if self.quantizers.exists()
+            else []
+        )
+        return semantic_state.load_quantizer(trained[-1].parent) if trained else None
+
+    def train(self, sample: np.ndarray, *, expected_rows: int | None = None):
+        """Train a quantizer on ``sample`` and keep it under its fingerprint."""
+        self.quantizers.mkdir(parents=True, exist_ok=True)
+        staged = self.quantizers / f".tmp-{uuid.uuid4().hex}"
+        quantizer = semantic_state.train_quantizer(sample, staged, expected_rows=expected_rows)
+        final = self.quantizers / quantizer.fingerprint
+        if final.exists():
+            shutil.rmtree(staged, ignore_errors=True)
+        else:
+            staged.rename(final)
+        log.info(
+            "%s state: quantizer %s trained on %d vectors, %d lists",
+            NAME,
+            quantizer.fingerprint,
+            len(sample),
+            quantizer.nlist,
+        )
+        return semantic_state.load_quantizer(final)
+
+    def _as_keys(self, keys: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(keys, dtype=np.float32)
+
+    def _quantizer_for(self, vectors: np.ndarray, date: str) -> semantic_state.Quantizer:
+        """The live quantizer; a new one when there is none, or when the embeddings changed
+        dimension (another CLIP model) and no other day's segment still uses the old one."""
+        quantizer = self.quantizer()
+        if quantizer is not None and quantizer.dim == vectors.shape[1]:
+            return quantizer
+        if quantizer is not None:
+            others = sorted(d for s in self.manifest() if s.name for d in s.dates if d != date)
+            if others:
+                raise StateError(
+                    f"{date}'s image embeddings have d={vectors.shape[1]}, but the semantic "
+                    f"history ({others[0]}..{others[-1]}) was embedded with d={quantizer.dim}: "
+                    "re-materialize clip_scored for every day with one model, then run "
+                    "`dataplatform rebuild-state`"
+                )
+        return self.train(vectors)
+
+    def _write_segment(self, keys: np.ndarray, rows: pa.Table) -> str:
+        name = f"seg-{uuid.uuid4().hex}"
+        semantic_state.write_segment(
+            self.folder / name,
+            self._quantizer_for(keys, rows.column("date")[0].as_py()),
+            rows.column("pair_id").to_pylist(),
+            rows.column("date").to_pylist(),
+            keys,
+        )
+        return name
+
+    def _segment_ids(self, segment) -> pa.Table:
+        try:
+            return semantic_state._open_segment(self.segment_folder(segment)).ids()
+        except FileNotFoundError as exc:
+            raise SegmentGone(f"{self.segment_folder(segment)} is gone") from exc
+
+    def _rewritten(self, sources: Sequence, drop: set[str]) -> str:
+        """A new segment of ``sources`` without the pairs ``drop`` (not visible until named)."""
+        name = f"seg-{uuid.uuid4().hex}"
+        semantic_state.merge_segments([self.segment_folder(s) for s in sources], self.folder / name)
+        if drop:
+            semantic_state.remove_pairs(self.folder / name, sorted(drop))
+        return name
+
+    def _retired_ids(self, segment) -> set[str]:
+        ids = self._segment_ids(segment)
+        live = self.live(segment, ids, END_OF_TIME)
+        return set(ids.column("pair_id").filter(pa.array(~live)).to_pylist())
+
+    def _merge(self, group: Sequence):
+        drop: set[str] = set()
+        records = {}
+        for segment in group:
+            drop |= self._retired_ids(segment)
+            records.update(segment.dates)
+        name = self._rewritten(group, drop)
+        rows = semantic_state.segment_rows(self.folder / name)
+        return Segment(name, rows, records)
+
+    def remove_pairs(self, pair_ids: Sequence[str]) -> int:
+        wanted = set(pair_ids)
+        removed = 0
+        with self._locked():
+            out = []
+            for segment in self.manifest():
+                if not segment.name:
+                    out.append(segment)
+                    continue
+                ids = self._segment_ids(segment)
+                hit = pc.is_in(
+                    ids.column("pair_id"), value_set=pa.array(sorted(wanted), pa.string())
+                )
+                if not pc.any(hit).as_py():
+                    out.append(segment)
+                    continue
+                live = self.live(segment, ids, END_OF_TIME)
+                removed += int(np.count_nonzero(np.asarray(hit) & live))
+                drop = set(ids.column("pair_id").filter(hit).to_pylist()) | self._retired_ids(
+                    segment
+                )
+                name = self._rewritten([segment], drop)
+                rows = semantic_state.segment_rows(self.folder / name)
+                counted = (
+                    pc.value_counts(
+                        semantic_state._open_segment(self.folder / name).ids().column("date")
+                    ).to_pylist()
+                    if rows
+                    else []
+                )
+                present = {c["values"]: c["counts"] for c in counted}
+                records = {
+                    d: DayRecord(present.get(d, 0), r.commit) for d, r in segment.dates.items()
+                }
+                out.append(Segment(name if rows else "", rows, records))
+            self._write_manifest([s for s in out if s.dates], purge=True)
+        return removed
+
+    def search(self, queries: np.ndarray, threshold: float, before: str) -> HistoryMatches:
+        """Every earlier kept pair at ``threshold`` of a row of ``queries``."""
+        return self.retrying(lambda: self._search(queries, threshold, before))
+
+    def _search(self, queries: np.ndarray, threshold: float, before: str) -> HistoryMatches:
+        segments = self.segments_for(before)
+        quantizer = self.quantizer()
+        empty = HistoryMatches(
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.float32),
+            IDS_SCHEMA.empty_table(),
+        )
+        if not segments or quantizer is None or len(queries) == 0:
+            return empty
+        folders = [self.segment_folder(s) for s in segments]
+        for folder in folders:
+            if not folder.exists():
+                raise SegmentGone(f"{folder} is gone")
+        try:
+            found = semantic_state.search_segments(folders, quantizer, queries, threshold)
+        except semantic_state.CorruptSegmentError as exc:
+            raise StateError(f"{exc}; run `dataplatform rebuild-state`") from exc
+        rows = pa.table({"pair_id": found.pair_id, "date": found.date})
+        keep = np.zeros(len(found), bool)
+        for k, segment in enumerate(segments):
+            mine = found.segment == k
+            if mine.any():
+                keep[mine] = self.live(segment, rows.filter(pa.array(mine)), before)
+        if not keep.any():
+            return empty
+        rows = rows.filter(pa.array(keep))
+        history = pc.unique(
+            pc.binary_join_element_wise(rows["date"], rows["pair_id"], "\x00")
+        ).sort()
+        parts = [h.split("\x00") for h in history.to_pylist()]
+        table = pa.table({"pair_id": [p[1] for p in parts], "date": [p[0] for p in parts]})
+        index = pc.index_in(
+            pc.binary_join_element_wise(rows["date"], rows["pair_id"], "\x00"), value_set=history
+        )
+        return HistoryMatches(
+            found.query[keep].astype(np.int64),
+            np.asarray(index, dtype=np.int64),
+            found.similarity[keep].astype(np.float32),
+            table,
+        )
+
+    def advice(self, vectors: np.ndarray, before: str) -> dict[str, object]:
+        """The day's drift against the quantizer and whether a retrain is advised."""
+        quantizer = self.quantizer()
+        if quantizer is None or len(vectors) == 0:
+            return {"semantic_quantizer_lists": quantizer.nlist if quantizer else 0}
+        if quantizer.dim != vectors.shape[1]:
+            return {
+                "semantic_quantizer_lists": quantizer.nlist,
+                "semantic_retrain_advised": (
+                    f"the day's embeddings have d={vectors.shape[1]}, the quantizer "
+                    f"d={quantizer.dim} (another CLIP model)"
+                ),
+            }
+        drift = semantic_state.drift(quantizer, vectors)
+        history = self.rows_before(before)
+        wanted = ivf_parameters(max(history, 1), 0.95)[0] if history else quantizer.nlist
+        reasons = []
+        if math.isnan(drift):
+            reasons.append("the quantizer's training sample was too small to measure drift")
+        elif drift > semantic_state.DRIFT_RETRAIN_THRESHOLD:
+            reasons.append(
+                f"the day's drift {drift:.2f} is above {semantic_state.DRIFT_RETRAIN_THRESHOLD}"
+            )
+        if wanted > OUTGROWN_FACTOR * quantizer.nlist:
+            reasons.append(
+                f"{history} history vectors want about {wanted} lists, the quantizer has "
+                f"{quantizer.nlist}"
+            )
+        return {
+            "semantic_quantizer_lists": quantizer.nlist,
+            "semantic_drift": "n/a" if math.isnan(drift) else round(float(drift), 3),
+            "semantic_retrain_advised": "; ".join(reasons) or "-",
+        }
+
+
+def store(home: Home) -> SemanticStore:
+    from dataplatform.core.dedup.history_state import state_root
+
+    return SemanticStore(state_root(home))
+
+
+@dataclass(frozen=True)
+class SemanticSpec:
+    """The semantic state as the assets' shared helpers name it (like a ``StateSpec``)."""
+
+    name: str = NAME
+    table: str = NAME
+
+    def store(self, home: Home) -> SemanticStore:
+        return store(home)
+
+
+SEMANTIC_SPEC = SemanticSpec()
+
+
+def _day(home: Home, date: str) -> tuple[np.ndarray, pa.Table]:
+    """The kept pairs of ``date`` (pair_id, date) and their image embeddings, in that order."""
+    kept = read_partition(home, NAME, date).select(["pair_id", "date"])
+    if kept.num_rows == 0:
+        return np.zeros((0, 0), np.float32), kept
+    embeddings = read_partition(home, EMBEDDINGS_TABLE, date)
+    return rows_for(kept.column("pair_id").to_pylist(), embeddings), kept
+
+
+def _commits(home: Home, before: str) -> dict[str, str | None]:
+    return {
+        d: commit_id(partition_file(home, NAME, d))
+        for d in partition_dates(home, NAME)
+        if d < before
+    }
+
+
+def sync(home: Home, before: str) -> list[str]:
+    """Rebuild the days before ``before`` the state lacks or holds from another commit."""
+    state = store(home)
+    commits = _commits(home, before)
+    rebuild, drop = stale_dates(state.dates(), commits, before)
+    if drop:
+        state.drop_dates(drop)
+    for date in rebuild:
+        vectors, kept = _day(home, date)
+        state.record_day(date, vectors, kept, commits[date])
+    return rebuild
+
+
+def record(home: Home, date: str, vectors: np.ndarray, kept: pa.Table, commit: str) -> None:
+    store(home).record_day(date, vectors, kept.select(["pair_id", "date"]), commit)
+
+
+def rebuild(home: Home) -> int:
+    """Retrain the quantizer on a sample of every kept embedding and rebuild every day with it;
+    the new segments, and with them the new quantizer, are swapped in by one manifest replace
+    (``dataplatform rebuild-state``). Returns the days rebuilt."""
+    state = store(home)
+    commits = _commits(home, END_OF_TIME)
+    sample = _sample(home, sorted(commits))
+    if len(sample):
+        state._training = state.train(
+            sample, expected_rows=max(len(sample), _history_rows(home, sorted(commits)))
+        )
+
+    def days() -> Iterator[tuple[str, np.ndarray, pa.Table, str | None]]:
+        for date in sorted(commits):
+            vectors, kept = _day(home, date)
+            yield date, vectors, kept, commits[date]
+
+    try:
+        return state.rebuild(days())
+    finally:
+        state._training = None
+
+
+def _history_rows(home: Home, dates: Sequence[str]) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.read_metadata(partition_file(home, NAME, d)).num_rows for d in dates)
+
+
+def _sample(home: Home, dates: Sequence[str]) -> np.ndarray:
+    """Up to ``SAMPLE_ROWS`` kept embeddings, spread evenly over ``dates`` (seeded)."""
+    rng = np.random.default_rng(0)
+    per_day = max(1, SAMPLE_ROWS // max(1, len(dates)))
+    parts = []
+    for date in dates:
+        vectors, _ = _day(home, date)
+        if len(vectors) > per_day:
+            vectors = vectors[np.sort(rng.choice(len(vectors), per_day, replace=False))]
+        if len(vectors):
+            parts.append(vectors)
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)

@@ -1,0 +1,135 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from dataplatform.core.dedup.dedup_state import StateError
+from dataplatform.core.dedup.semantic_history import SemanticStore
+
+DAYS = [f"2025-01-{d:02d}" for d in range(1, 21)]
+DIM = 64
+THRESHOLD = 0.95
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+CENTRES = _unit(np.random.default_rng(0).normal(size=(40, DIM)))
+
+
+def day(date: str, n: int, seed: int) -> tuple[np.ndarray, pa.Table]:
+    """Unit vectors near a few shared centres (so days hold copies of each other)."""
+    rng = np.random.default_rng(seed)
+    centre = CENTRES[rng.integers(0, len(CENTRES), n)]
+    vectors = _unit(centre + rng.normal(scale=rng.choice([0.02, 0.3], n)[:, None], size=(n, DIM)))
+    ids = pa.table({"pair_id": [f"{date}-{i}" for i in range(n)], "date": [date] * n})
+    return vectors, ids
+
+
+def brute(days: dict, queries: np.ndarray, before: str) -> set[tuple[int, str]]:
+    found = set()
+    for date, (vectors, ids) in days.items():
+        if date >= before:
+            continue
+        sims = queries.astype(np.float64) @ vectors.astype(np.float64).T
+        for q, r in zip(*np.nonzero(sims >= THRESHOLD), strict=True):
+            found.add((int(q), ids["pair_id"][int(r)].as_py()))
+    return found
+
+
+def found(store: SemanticStore, queries: np.ndarray, before: str) -> set[tuple[int, str]]:
+    matches = store.search(queries, THRESHOLD, before)
+    ids = matches.history["pair_id"].to_pylist()
+    return {(int(q), ids[r]) for q, r in zip(matches.query, matches.row, strict=True)}
+
+
+@pytest.fixture
+def store(tmp_path) -> SemanticStore:
+    return SemanticStore(tmp_path)
+
+
+def test_history_before_each_day_is_what_brute_force_finds(store):
+    days = {d: day(d, 120, seed=k) for k, d in enumerate(DAYS[:8])}
+    for d, (vectors, ids) in days.items():
+        store.record_day(d, vectors, ids, "c")
+    assert len([s for s in store.manifest() if s.name]) < len(DAYS)  # merged
+    queries, _ = day("2025-02-01", 60, seed=99)
+    for before in [DAYS[0], DAYS[3], "2025-02-01"]:
+        assert found(store, queries, before) == brute(days, queries, before)
+
+
+def test_history_rows_are_ordered_by_date_then_pair_id(store):
+    days = {d: day(d, 80, seed=k) for k, d in enumerate(DAYS[:3])}
+    for d, (vectors, ids) in days.items():
+        store.record_day(d, vectors, ids, "c")
+    history = store.search(day("2025-02-01", 40, seed=5)[0], THRESHOLD, "2025-02-01").history
+    keys = list(zip(history["date"].to_pylist(), history["pair_id"].to_pylist(), strict=True))
+    assert keys == sorted(keys) and len(keys) == len(set(keys))
+
+
+def test_rerun_merge_and_removal_keep_history_exact(store):
+    days = {d: day(d, 100, seed=k) for k, d in enumerate(DAYS[:5])}
+    for d, (vectors, ids) in days.items():
+        store.record_day(d, vectors, ids, "c")
+    days[DAYS[1]] = day(DAYS[1], 30, seed=50)  # a re-run day, its old rows inside a merge
+    store.record_day(DAYS[1], *days[DAYS[1]], "c2")
+    for k, d in enumerate(DAYS[5:]):  # the merged segment with a retired date merges again
+        days[d] = day(d, 100, seed=200 + k)
+        store.record_day(d, *days[d], "c")
+    largest = max(store.manifest(), key=lambda s: s.rows)
+    # The merge of the segment DAYS[1] was retired from kept none of its old rows.
+    assert DAYS[1] not in largest.dates and largest.rows == largest.live_rows == 1500
+    queries, _ = day("2025-02-01", 60, seed=98)
+    assert found(store, queries, "2025-02-01") == brute(days, queries, "2025-02-01")
+    gone = [f"{DAYS[0]}-{i}" for i in range(10)]
+    assert store.remove_pairs(gone) == 10
+    vectors, ids = days[DAYS[0]]
+    days[DAYS[0]] = (vectors[10:], ids.slice(10))
+    assert found(store, queries, "2025-02-01") == brute(days, queries, "2025-02-01")
+    assert store.dates()[DAYS[0]].rows == 90
+
+
+def test_a_new_quantizer_comes_in_with_its_segments(store):
+    days = {d: day(d, 100, seed=k) for k, d in enumerate(DAYS[:3])}
+    for d, (vectors, ids) in days.items():
+        store.record_day(d, vectors, ids, "c")
+    first = store.quantizer().fingerprint
+    queries, _ = day("2025-02-01", 40, seed=97)
+    before = found(store, queries, "2025-02-01")
+    sample = np.concatenate([v for v, _ in days.values()])
+    store._training = store.train(sample[::-1].copy())
+    seen_meanwhile = []
+
+    def rebuilt():
+        for d, (vectors, ids) in days.items():
+            seen_meanwhile.append(
+                found(store.__class__(store.folder.parent), queries, "2025-02-01")
+            )
+            yield d, vectors, ids, "c"
+
+    store.rebuild(rebuilt())
+    store._training = None
+    assert store.quantizer().fingerprint != first
+    assert all(s == before for s in seen_meanwhile)
+    assert found(store, queries, "2025-02-01") == before == brute(days, queries, "2025-02-01")
+
+
+def test_drift_and_retrain_advice(store):
+    vectors, ids = day(DAYS[0], 400, seed=1)
+    store.record_day(DAYS[0], vectors, ids, "c")
+    same = store.advice(day(DAYS[1], 200, seed=2)[0], DAYS[1])
+    assert same["semantic_retrain_advised"] == "-"
+    elsewhere = _unit(np.random.default_rng(7).normal(size=(200, DIM)))
+    advice = store.advice(elsewhere, DAYS[1])
+    assert advice["semantic_drift"] > 1.2
+    assert "drift" in advice["semantic_retrain_advised"]
+
+
+def test_another_embedding_model_is_refused_with_what_to_do(store):
+    vectors, ids = day(DAYS[0], 50, seed=1)
+    store.record_day(DAYS[0], vectors, ids, "c")
+    store.record_day(DAYS[0], _unit(vectors[:, :32]), ids, "c2")  # the same day, re-run
+    assert store.quantizer().dim == 32
+    narrow, narrow_ids = day(DAYS[1], 20, seed=2)
+    with pytest.raises(StateError, match="d=64.*d=32.*rebuild-state"):
+        store.record_day(DAYS[1], narrow, narrow_ids, "c")
