@@ -417,21 +417,26 @@ class StateStore:
         with self._locked():
             out = []
             for segment in self.manifest():
-                if not segment.name:
+                ids = self._ids(segment) if segment.name else None
+                hit = None if ids is None else pc.is_in(ids.column("pair_id"), value_set=wanted)
+                if hit is None or not pc.any(hit).as_py():
                     out.append(segment)
                     continue
-                rows = self._rows(segment)
-                hit = pc.is_in(rows.column("pair_id"), value_set=wanted)
-                if not pc.any(hit).as_py():
-                    out.append(segment)
-                    continue
-                live = self.live(segment, rows, END_OF_TIME)
+                live = self.live(segment, ids, END_OF_TIME)
                 removed += int(np.count_nonzero(np.asarray(hit) & live))
-                keep = pc.invert(hit)
-                keys = np.asarray(self._keys(segment))[np.asarray(keep)]
-                out.append(self._rewrite(segment, keys, rows.filter(keep)))
+                out.append(self._without(segment, np.asarray(hit)))
             self._write_manifest([s for s in out if s.dates], purge=True)
         return removed
+
+    def _ids(self, segment: Segment) -> pa.Table:
+        """pair_id and date of every row of ``segment``, in its row order."""
+        return self._rows(segment)
+
+    def _without(self, segment: Segment, drop: np.ndarray) -> Segment:
+        """``segment`` rewritten without the rows ``drop`` marks."""
+        keep = ~drop
+        rows = self._rows(segment).filter(pa.array(keep))
+        return self._rewrite(segment, np.asarray(self._keys(segment))[keep], rows)
 
     def _rewrite(self, segment: Segment, keys: np.ndarray, rows: pa.Table) -> Segment:
         """``segment`` with only ``rows`` (live dates kept), its day counts recounted."""

@@ -178,43 +178,18 @@ class SemanticStore(StateStore):
         rows = semantic_state.segment_rows(self.folder / name)
         return Segment(name, rows, records)
 
-    def remove_pairs(self, pair_ids: Sequence[str]) -> int:
-        wanted = set(pair_ids)
-        removed = 0
-        with self._locked():
-            out = []
-            for segment in self.manifest():
-                if not segment.name:
-                    out.append(segment)
-                    continue
-                ids = self._segment_ids(segment)
-                hit = pc.is_in(
-                    ids.column("pair_id"), value_set=pa.array(sorted(wanted), pa.string())
-                )
-                if not pc.any(hit).as_py():
-                    out.append(segment)
-                    continue
-                live = self.live(segment, ids, END_OF_TIME)
-                removed += int(np.count_nonzero(np.asarray(hit) & live))
-                drop = set(ids.column("pair_id").filter(hit).to_pylist()) | self._retired_ids(
-                    segment
-                )
-                name = self._rewritten([segment], drop)
-                rows = semantic_state.segment_rows(self.folder / name)
-                counted = (
-                    pc.value_counts(
-                        semantic_state._open_segment(self.folder / name).ids().column("date")
-                    ).to_pylist()
-                    if rows
-                    else []
-                )
-                present = {c["values"]: c["counts"] for c in counted}
-                records = {
-                    d: DayRecord(present.get(d, 0), r.commit) for d, r in segment.dates.items()
-                }
-                out.append(Segment(name if rows else "", rows, records))
-            self._write_manifest([s for s in out if s.dates], purge=True)
-        return removed
+    def _ids(self, segment: Segment) -> pa.Table:
+        return self._segment_ids(segment)
+
+    def _without(self, segment: Segment, drop: np.ndarray) -> Segment:
+        ids = self._segment_ids(segment)
+        dropped = set(ids.column("pair_id").filter(pa.array(drop)).to_pylist())
+        name = self._rewritten([segment], dropped | self._retired_ids(segment))
+        rows = semantic_state.segment_rows(self.folder / name)
+        kept_ids = self._segment_ids(Segment(name, rows)) if rows else IDS_SCHEMA.empty_table()
+        present = {c["values"]: c["counts"] for c in pc.value_counts(kept_ids["date"]).to_pylist()}
+        records = {d: DayRecord(present.get(d, 0), r.commit) for d, r in segment.dates.items()}
+        return Segment(name if rows else "", rows, records)
 
     def search(self, queries: np.ndarray, threshold: float, before: str) -> HistoryMatches:
         """Every earlier kept pair at ``threshold`` of a row of ``queries``."""
