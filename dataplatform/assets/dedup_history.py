@@ -45,7 +45,8 @@ def state_metadata(
     date: str,
     rebuilt: list[str],
 ) -> dict[str, object]:
-    """The state's size and repairs, and the later days a re-run of ``date`` leaves stale."""
+    """The history's size, the state's segments and repairs, and the later days a re-run of
+    ``date`` leaves stale."""
     store = spec.store(home)
     dates = store.dates()
     later = sorted(d for d in dates if d > date)
@@ -56,6 +57,7 @@ def state_metadata(
             f"{later[0]}..{later[-1]} ({len(later)} day(s)) to decide them again"
         )
     return {
+        "history_pairs": store.rows_before(date),
         "state_segments": len([s for s in store.manifest() if s.name]),
         "state_days_rebuilt": ", ".join(rebuilt) or "-",
         "stale_later_days": ", ".join(later) or "-",

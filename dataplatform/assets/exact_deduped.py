@@ -107,10 +107,7 @@ def exact_deduped(
         current.num_rows,
         result.kept,
         ledger,
-        metadata={
-            "history_pairs": EXACT_KEPT.store(home).rows_before(date),
-            **state_metadata(context, home, EXACT_KEPT, date, rebuilt),
-        },
+        metadata=state_metadata(context, home, EXACT_KEPT, date, rebuilt),
         checks=[sha_unique],
         pair_ids=concat_columns(
             kept_ids, rows_with(ids_history, "pair_id", kept_ids).column("pair_id")

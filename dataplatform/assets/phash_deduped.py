@@ -100,7 +100,6 @@ def phash_deduped(
         ledger,
         metadata={
             "threshold_bits": config.threshold,
-            "history_pairs": PHASH_KEPT.store(home).rows_before(date),
             **state_metadata(context, home, PHASH_KEPT, date, rebuilt),
         },
         checks=[none_near],

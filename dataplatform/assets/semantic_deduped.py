@@ -128,7 +128,6 @@ def semantic_deduped(
         "threshold": float(threshold),
         "keep_rule": config.keep_rule,
         "profile": "smoke (threshold raised)" if smoke else "production",
-        "history_pairs": state.rows_before(date),
         **state.advice(vectors, date),
         **state_metadata(context, home, SEMANTIC_SPEC, date, rebuilt),
         "cluster_sizes": dg.MetadataValue.table(
