@@ -105,26 +105,40 @@ def sync(home: Home, spec: StateSpec, before: str) -> list[str]:
     stale) reads only the footers; a warehouse written before the state existed is rebuilt
     once, a day at a time, and says so in the log.
     """
-    store = spec.store(home)
-    commits = warehouse_commits(home, spec.table, before)
+
+    def load(date: str) -> tuple[np.ndarray, pa.Table]:
+        rows = read_partition(home, spec.table, date).select(spec.schema.names)
+        return spec.key(rows), rows
+
+    return sync_days(home, spec.store(home), spec.table, before, load)
+
+
+def sync_days(
+    home: Home,
+    store: StateStore,
+    table: str,
+    before: str,
+    load: Callable[[str], tuple[np.ndarray, pa.Table]],
+) -> list[str]:
+    """``sync`` for any state: ``table``'s partitions are the record, ``load`` gives one
+    day's keys and rows from them (the semantic state loads embeddings)."""
+    commits = warehouse_commits(home, table, before)
     rebuild, drop = stale_dates(store.dates(), commits, before)
     if drop:
-        log.warning(
-            "%s state: dropping %s, whose %s partitions are gone", spec.name, drop, spec.table
-        )
+        log.warning("%s state: dropping %s, whose %s partitions are gone", store.name, drop, table)
         store.drop_dates(drop)
     if rebuild:
         log.warning(
             "%s state: rebuilding %d day(s) from the warehouse (%s%s): missing or from another "
             "commit",
-            spec.name,
+            store.name,
             len(rebuild),
             ", ".join(rebuild[:5]),
             ", ..." if len(rebuild) > 5 else "",
         )
     for date in rebuild:
-        rows = read_partition(home, spec.table, date).select(spec.schema.names)
-        store.record_day(date, spec.key(rows), rows, commits[date])
+        keys, rows = load(date)
+        store.record_day(date, keys, rows, commits[date])
     return rebuild
 
 

@@ -36,14 +36,12 @@ from dataplatform.core.dedup.dedup_state import (
     SegmentGone,
     StateError,
     StateStore,
-    stale_dates,
 )
+from dataplatform.core.dedup.history_state import state_root, sync_days, warehouse_commits
 from dataplatform.core.dedup.semantic_index import ivf_parameters
 from dataplatform.core.scoring.embedding_table import rows_for
 from dataplatform.core.store.home import Home
 from dataplatform.core.store.warehouse import (
-    commit_id,
-    partition_dates,
     partition_file,
     read_partition,
 )
@@ -274,8 +272,6 @@ class SemanticStore(StateStore):
 
 
 def store(home: Home) -> SemanticStore:
-    from dataplatform.core.dedup.history_state import state_root
-
     return SemanticStore(state_root(home))
 
 
@@ -302,25 +298,9 @@ def _day(home: Home, date: str) -> tuple[np.ndarray, pa.Table]:
     return rows_for(kept.column("pair_id").to_pylist(), embeddings), kept
 
 
-def _commits(home: Home, before: str) -> dict[str, str | None]:
-    return {
-        d: commit_id(partition_file(home, NAME, d))
-        for d in partition_dates(home, NAME)
-        if d < before
-    }
-
-
 def sync(home: Home, before: str) -> list[str]:
     """Rebuild the days before ``before`` the state lacks or holds from another commit."""
-    state = store(home)
-    commits = _commits(home, before)
-    rebuild, drop = stale_dates(state.dates(), commits, before)
-    if drop:
-        state.drop_dates(drop)
-    for date in rebuild:
-        vectors, kept = _day(home, date)
-        state.record_day(date, vectors, kept, commits[date])
-    return rebuild
+    return sync_days(home, store(home), NAME, before, lambda date: _day(home, date))
 
 
 def record(home: Home, date: str, vectors: np.ndarray, kept: pa.Table, commit: str) -> None:
@@ -332,7 +312,7 @@ def rebuild(home: Home) -> int:
     the new segments, and with them the new quantizer, are swapped in by one manifest replace
     (``dataplatform rebuild-state``). Returns the days rebuilt."""
     state = store(home)
-    commits = _commits(home, END_OF_TIME)
+    commits = warehouse_commits(home, NAME, END_OF_TIME)
     sample = _sample(home, sorted(commits))
     if len(sample):
         state._training = state.train(
