@@ -4,12 +4,19 @@ One stage and one date: a deterministic sample of the kept rows with their score
 rows grouped by reason (spread over the score range), the duplicate clusters with their
 originals, the pairs a takedown removed, and a thumbnail for each, all capped by
 ``ReviewLimits`` so a huge partition costs what a small one does. ``review_sheet`` renders it.
+
+A sheet is rendered on the daily path, so it reads what its rows need and not the history: the
+raw_pairs partitions of the rows' own dates and of the days the ingested-ids state says an
+original was ingested on, and every stage's ledger on those days (plus the takedown ledger, a
+row per taken-down pair). A day the state cannot answer for is read instead, and the sheet
+says so (``Sheet.raw_days_scanned``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import glob
+import logging
 import os
 import re
 from collections import defaultdict
@@ -22,6 +29,12 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dataplatform.core.dedup.dedup_state import END_OF_TIME, StateError, stale_dates
+from dataplatform.core.dedup.history_state import (
+    INGESTED_IDS,
+    ingested_before,
+    warehouse_commits,
+)
 from dataplatform.core.ingest.image_store import read_location
 from dataplatform.core.ingest.ingest_folder import STAGE as RAW_PAIRS
 from dataplatform.core.records.funnel import reason_counts
@@ -35,12 +48,14 @@ from dataplatform.core.scoring.scores import REVIEW, scores
 from dataplatform.core.store.home import Home
 from dataplatform.core.store.schema import LEDGER_SCHEMA
 from dataplatform.core.store.warehouse import (
-    LEDGER_TABLE,
     PART_FILE,
+    ledger_dates,
     ledger_dir,
     partition_dir,
-    table_glob,
+    partition_file,
 )
+
+log = logging.getLogger(__name__)
 
 # The stage and reason core.takedown writes; spelled out, not imported, so that takedown code
 # can import the review modules to render sheets again.
@@ -84,19 +99,33 @@ def review_dates_showing(home: Home, pair_ids: Iterable[str]) -> list[str]:
     """Dates whose sheets show any of ``pair_ids``: re-render these after a takedown.
 
     A pair appears on its own date and, as the kept original of a duplicate cluster, on the
-    date of every copy that names it in ``duplicate_of``.
+    date of every copy that names it in ``duplicate_of``. Its raw_pairs dates come from the
+    ingested-ids state (the days it cannot answer for are read); its ledger rows and copies
+    need a scan of the whole ledger (a refused row shows its caption on its own day, which may
+    precede every other), which DuckDB streams: three columns, memory bounded by the dates
+    found. This runs on a takedown's refresh, not on the daily path.
     """
-    wanted = pa.table({"pair_id": pa.array(sorted(set(pair_ids)), pa.string())})
+    ids = sorted(set(pair_ids))
+    if not ids:
+        return []
+    wanted = pa.table({"pair_id": pa.array(ids, pa.string())})
     con = duckdb.connect()
     con.register("wanted", wanted)
     dates: set[str] = set()
-    for table in _tables_with_files(home, [RAW_PAIRS, LEDGER_TABLE]):
-        source = _read_parquet(table_glob(home, table))
-        match = "x.pair_id = w.pair_id"
-        if table == LEDGER_TABLE:
-            match += " OR x.duplicate_of = w.pair_id"
+    ingested, unanswered = _ingested_dates(home, ids, END_OF_TIME)
+    dates.update(d for _, d in ingested)
+    if unanswered:
+        source = _read_parquet([partition_file(home, RAW_PAIRS, d) for d in unanswered])
         rows = con.execute(
-            f"SELECT DISTINCT x.date FROM {source} x JOIN wanted w ON {match}"
+            f"SELECT DISTINCT date FROM {source} WHERE pair_id IN (SELECT pair_id FROM wanted)"
+        ).fetchall()
+        dates.update(r[0] for r in rows)
+    files = _ledger_files(home)
+    if files:
+        rows = con.execute(
+            f"SELECT DISTINCT x.date FROM {_read_parquet(files)} x "
+            "WHERE x.pair_id IN (SELECT pair_id FROM wanted) "
+            "OR x.duplicate_of IN (SELECT pair_id FROM wanted)"
         ).fetchall()
         dates.update(r[0] for r in rows)
     con.close()
@@ -151,9 +180,11 @@ class Sheet:
     cluster_total: int
     images: dict[tuple[str, str], SheetImage]
     sizes: dict[tuple[str, str], tuple[int | None, int | None]]  # raw_pairs' width, height
-    taken_down: set[str]
+    taken_down: set[str]  # the shown pairs a takedown names
     taken_down_since: list[str]  # pairs of this date that a takedown removed after curation
     rendered_at: str
+    # raw_pairs days read whole because the ingested-ids state could not answer for them.
+    raw_days_scanned: list[str] = field(default_factory=list)
 
 
 def load_sheet(home: Home, stage: str, date: str, limits: ReviewLimits = DEFAULT_LIMITS) -> Sheet:
@@ -175,7 +206,6 @@ def load_sheet(home: Home, stage: str, date: str, limits: ReviewLimits = DEFAULT
     score_summary = _score_summary(con, kept_source, score_columns)
 
     ledger = _ledger(home, stage, date).to_pylist()
-    taken_down, taken_down_since = _taken_down(home, con, date)
     duplicates = [r for r in ledger if r["duplicate_of"] is not None]
     others = [r for r in ledger if r["duplicate_of"] is None]
     by_reason: dict[str, list[dict]] = defaultdict(list)
@@ -195,6 +225,7 @@ def load_sheet(home: Home, stage: str, date: str, limits: ReviewLimits = DEFAULT
     # Image locations live in raw_pairs. A removed row is the raw row of its own date (pair_ids
     # may be reused on a later day); an original is the earliest raw row of that id on or
     # before this date. raw_pairs' own rejects never made it into raw_pairs: no thumbnail.
+    # Only the days holding these rows are read, and the ledgers of those days.
     removed_keys = (
         []
         if stage == RAW_PAIRS
@@ -203,12 +234,16 @@ def load_sheet(home: Home, stage: str, date: str, limits: ReviewLimits = DEFAULT
     removed_keys += [(r["pair_id"], r["date"]) for _, rows in shown_groups for r in rows]
     kept_keys = [(p.pair_id, p.date) for p in kept_sample]
     original_ids = [original for original, _ in shown_groups]
-    raw = _raw_rows(home, con, [k[0] for k in kept_keys + removed_keys] + original_ids)
+    raw, raw_days_scanned = _raw_rows(home, con, date, kept_keys + removed_keys, original_ids)
 
     for pair in kept_sample:
         pair.location = raw.get((pair.pair_id, pair.date), {}).get("image_location")
     originals = {pid: _original(raw, pid, date) for pid in original_ids}
-    later = _later_removals(home, con, [p for p in originals.values() if p.date])
+    found = [p for p in originals.values() if p.date]
+    around = _ledger_rows_on(home, con, sorted({date, *(p.date for p in found)}))
+    shown = {p.pair_id for p in kept_sample} | {r["pair_id"] for r in ledger} | set(original_ids)
+    taken_down, taken_down_since = _taken_down(home, con, date, around, shown)
+    later = _later_removals(around, found)
 
     clusters = []
     for original_id, rows in shown_groups:
@@ -249,6 +284,7 @@ def load_sheet(home: Home, stage: str, date: str, limits: ReviewLimits = DEFAULT
         taken_down=taken_down,
         taken_down_since=taken_down_since,
         rendered_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        raw_days_scanned=raw_days_scanned,
     )
 
 
@@ -307,9 +343,9 @@ def _score_summary(
     summary = []
     for column in columns:
         c = _quote(column)
-        lo, mid, hi, n = con.execute(
+        ((lo, mid, hi, n),) = con.execute(
             f"SELECT min({c}), median({c}), max({c}), count({c}) FROM {source}"
-        ).fetchone()
+        ).fetchall()
         summary.append((column, lo, mid, hi, int(n)))
     return summary
 
@@ -325,41 +361,124 @@ def _ledger(home: Home, stage: str, date: str, columns: list[str] | None = None)
     return pq.read_table(path, columns=columns, partitioning=None)
 
 
+def _ledger_rows_on(
+    home: Home, con: duckdb.DuckDBPyConnection, dates: list[str]
+) -> list[tuple[str, str, str, str]]:
+    """(pair_id, date, stage, reason) of every stage's ledger on ``dates``, by stage, reason."""
+    files = [f for d in dates for f in _ledger_files(home, date=d)]
+    if not files:
+        return []
+    return con.execute(
+        f"SELECT pair_id, date, stage, reason FROM {_read_parquet(files)} ORDER BY stage, reason"
+    ).fetchall()
+
+
 def _taken_down(
-    home: Home, con: duckdb.DuckDBPyConnection, date: str
+    home: Home,
+    con: duckdb.DuckDBPyConnection,
+    date: str,
+    around: list[tuple[str, str, str, str]],
+    shown: set[str],
 ) -> tuple[set[str], list[str]]:
-    """Every pair_id ever taken down, and those of ``date`` a takedown removed from the tables.
+    """The pairs a takedown names among ``shown`` and ``around`` (the ledgers of the sheet's
+    days), and those of ``date`` a takedown removed from the tables.
 
     Ingest refusals (reason ``takedown`` in raw_pairs' ledger) are on the raw_pairs sheet
-    already; a takedown applied later (stage ``takedown``) left no row in any stage table.
+    already; a takedown applied later (stage ``takedown``) left no row in any stage table, and
+    its row is under the pair's ingest date, which for an original taken down (gone from
+    raw_pairs) is unknown: the takedown ledger is read on every date it has, a row per
+    taken-down pair, not per pair ingested.
     """
-    if not _tables_with_files(home, [LEDGER_TABLE]):
-        return set(), []
-    source = _read_parquet(table_glob(home, LEDGER_TABLE))
-    rows = con.execute(
-        f"SELECT DISTINCT pair_id, date, stage FROM {source} WHERE stage = ? OR reason = ?",
-        [TAKEDOWN, TAKEDOWN],
-    ).fetchall()
-    since = sorted({pid for pid, day, stage in rows if stage == TAKEDOWN and day == date})
-    return {r[0] for r in rows}, since
+    named = {pid for pid, _, stage, reason in around if TAKEDOWN in (stage, reason)}
+    since = sorted({pid for pid, day, stage, _ in around if stage == TAKEDOWN and day == date})
+    files = [ledger_dir(home, TAKEDOWN, d) / PART_FILE for d in ledger_dates(home, TAKEDOWN)]
+    if files and shown:
+        con.register("shown_ids", pa.table({"pair_id": pa.array(sorted(shown), pa.string())}))
+        rows = con.execute(
+            f"SELECT DISTINCT pair_id FROM {_read_parquet(files)} "
+            "WHERE pair_id IN (SELECT pair_id FROM shown_ids)"
+        ).fetchall()
+        con.unregister("shown_ids")
+        named.update(r[0] for r in rows)
+    return named | set(since), since
 
 
 def _raw_rows(
-    home: Home, con: duckdb.DuckDBPyConnection, pair_ids: list[str]
-) -> dict[tuple[str, str], dict]:
-    """raw_pairs rows of any date for ``pair_ids``, keyed by (pair_id, date)."""
-    if not pair_ids or not _tables_with_files(home, [RAW_PAIRS]):
-        return {}
-    con.register("wanted_ids", pa.table({"pair_id": pa.array(sorted(set(pair_ids)), pa.string())}))
-    source = _read_parquet(table_glob(home, RAW_PAIRS))
+    home: Home,
+    con: duckdb.DuckDBPyConnection,
+    date: str,
+    keys: list[tuple[str, str]],
+    original_ids: list[str],
+) -> tuple[dict[tuple[str, str], dict], list[str]]:
+    """raw_pairs rows of ``keys`` (pair_id, date) and of ``original_ids`` on or before ``date``,
+    keyed by (pair_id, date); and the days read whole because the state could not answer.
+
+    Only the days that hold them are read: the keys' own dates, ``date``, and the earlier days
+    on which the ingested-ids state says an original was ingested.
+    """
+    days = {d for _, d in keys}
+    scanned: list[str] = []
+    if original_ids:
+        ingested, scanned = _ingested_dates(home, original_ids, date)
+        days |= {d for _, d in ingested} | set(scanned) | {date}
+    files = [partition_file(home, RAW_PAIRS, d) for d in sorted(days)]
+    files = [f for f in files if Path(f).is_file()]
+    ids = sorted({pid for pid, _ in keys} | set(original_ids))
+    if not files or not ids:
+        return {}, scanned
+    con.register("wanted_ids", pa.table({"pair_id": pa.array(ids, pa.string())}))
     cursor = con.execute(
         f"SELECT r.pair_id, r.date, r.text, r.width, r.height, r.image_location "
-        f"FROM {source} r JOIN wanted_ids w USING (pair_id)"
+        f"FROM {_read_parquet(files)} r JOIN wanted_ids w USING (pair_id)"
     )
     names = [d[0] for d in cursor.description]
     rows = cursor.fetchall()
     con.unregister("wanted_ids")
-    return {(row[0], row[1]): dict(zip(names, row, strict=True)) for row in rows}
+    return {(row[0], row[1]): dict(zip(names, row, strict=True)) for row in rows}, scanned
+
+
+def _ingested_dates(
+    home: Home, pair_ids: list[str], before: str
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """(pair_id, date) of the raw_pairs rows of ``pair_ids`` dated before ``before``, from the
+    ingested-ids state; and the raw_pairs days it cannot answer for, to be read instead.
+
+    The state answers for a day it holds from the commit that day's partition has now (one
+    footer read a day, no rows). A day it lacks or holds from another commit (a warehouse
+    written before the state, a run killed between its commit and its state update) is
+    returned and logged, and so is every day when the state cannot be read: the caller reads
+    those partitions, so the answer is the warehouse's either way.
+    """
+    commits = warehouse_commits(home, RAW_PAIRS, before)
+    if not commits or not pair_ids:
+        return [], []
+    try:
+        stale, _ = stale_dates(INGESTED_IDS.store(home).dates(), commits, before)
+        current = pa.table({"pair_id": pa.array(pair_ids, pa.string())})
+        found = ingested_before(home, current, before)
+    except StateError as exc:
+        log.warning(
+            "%s state unreadable (%s): reading all %d raw_pairs day(s) before %s instead",
+            INGESTED_IDS.name,
+            exc,
+            len(commits),
+            before,
+        )
+        return [], sorted(commits)
+    if stale:
+        log.warning(
+            "%s state lacks %d raw_pairs day(s) before %s or holds them from another commit "
+            "(%s%s): reading those partitions instead; the next run's sync or "
+            "`dataplatform rebuild-state` brings it up to date",
+            INGESTED_IDS.name,
+            len(stale),
+            before,
+            ", ".join(stale[:5]),
+            ", ..." if len(stale) > 5 else "",
+        )
+    unanswered = set(stale)
+    pairs = zip(found.column("pair_id").to_pylist(), found.column("date").to_pylist(), strict=True)
+    return [(p, d) for p, d in pairs if d in commits and d not in unanswered], stale
 
 
 def _original(raw: dict[tuple[str, str], dict], pair_id: str, date: str) -> SheetPair:
@@ -378,27 +497,17 @@ def _original(raw: dict[tuple[str, str], dict], pair_id: str, date: str) -> Shee
 
 
 def _later_removals(
-    home: Home, con: duckdb.DuckDBPyConnection, originals: list[SheetPair]
+    around: list[tuple[str, str, str, str]], originals: list[SheetPair]
 ) -> dict[tuple[str, str], list[tuple[str, str]]]:
-    """Ledger rows of the originals themselves: a kept original may be dropped downstream."""
-    if not originals or not _tables_with_files(home, [LEDGER_TABLE]):
-        return {}
-    keys = pa.table(
-        {
-            "pair_id": pa.array([p.pair_id for p in originals], pa.string()),
-            "date": pa.array([p.date for p in originals], pa.string()),
-        }
-    )
-    con.register("originals", keys)
-    source = _read_parquet(table_glob(home, LEDGER_TABLE))
-    rows = con.execute(
-        f"SELECT l.pair_id, l.date, l.stage, l.reason FROM {source} l "
-        f"JOIN originals o USING (pair_id, date) ORDER BY l.stage, l.reason"
-    ).fetchall()
-    con.unregister("originals")
+    """Ledger rows of the originals themselves: a kept original may be dropped downstream.
+
+    ``around`` holds every stage's ledger on each original's date, where its rows are.
+    """
+    keys = {(p.pair_id, p.date) for p in originals}
     found: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
-    for pair_id, day, stage, reason in rows:
-        found[(pair_id, day)].append((stage, reason))
+    for pair_id, day, stage, reason in around:
+        if (pair_id, day) in keys:
+            found[(pair_id, day)].append((stage, reason))
     return found
 
 
@@ -469,13 +578,16 @@ def _closeness(row: dict) -> float:
     return 0.0
 
 
-def _tables_with_files(home: Home, tables: list[str]) -> list[str]:
-    return [t for t in tables if glob.glob(table_glob(home, t))]
+def _ledger_files(home: Home, date: str = "*") -> list[str]:
+    """Every stage's ledger file on ``date`` (every date by default)."""
+    return sorted(glob.glob(str(ledger_dir(home, "*", date) / PART_FILE)))
 
 
-def _read_parquet(path: str | Path) -> str:
-    quoted = str(path).replace("'", "''")
-    return f"read_parquet('{quoted}', union_by_name = true, hive_partitioning = false)"
+def _read_parquet(paths: str | Path | Sequence[str | Path]) -> str:
+    """A DuckDB read of the named files (every read of the warehouse here goes through it)."""
+    files = [paths] if isinstance(paths, str | Path) else list(paths)
+    quoted = ", ".join("'" + str(p).replace("'", "''") + "'" for p in files)
+    return f"read_parquet([{quoted}], union_by_name = true, hive_partitioning = false)"
 
 
 def _quote(name: str) -> str:
