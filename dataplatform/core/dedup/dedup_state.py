@@ -59,6 +59,7 @@ STATE_FOLDER = "state"
 MANIFEST = "manifest.json"
 KEYS_FILE = "keys.npy"
 ROWS_FILE = "rows.arrow"
+BATCHES_FILE = "batches.npy"  # the first row of each batch of rows.arrow, then the row count
 _TIER_FACTOR = 4  # segments within a factor of 4 in size are merged, 4 at a time
 _MERGE_AT = 4
 _BATCH_ROWS = 1 << 16  # rows per record batch of rows.arrow: a hit reads only its batch
@@ -197,20 +198,27 @@ class StateStore:
         return keys
 
     @contextmanager
-    def _reader(self, segment: Segment) -> Iterator[ipc.RecordBatchFileReader]:
+    def _reader(self, segment: Segment) -> Iterator[tuple[ipc.RecordBatchFileReader, np.ndarray]]:
+        """The segment's rows.arrow and the first row of each of its batches (and the count).
+
+        The batch starts come from ``batches.npy``, checked against the file's batch count and
+        the manifest's rows, so that opening a segment reads no batch: a lookup then reads only
+        the batches its hits are in, whatever the history's size. A segment written before
+        that file existed has its batches counted, which reads all of them."""
         path = self.folder / segment.name / ROWS_FILE
         try:
             # Read, not memory-mapped: Arrow pages a mapped batch in whole (and that counts
             # as the process's memory); a read batch is freed once its hits are taken.
             with pa.OSFile(str(path)) as source:
                 reader = ipc.open_file(source)
-                rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
-                if rows != segment.rows:
+                starts = self._batch_starts(segment, reader)
+                if len(starts) != reader.num_record_batches + 1 or starts[-1] != segment.rows:
                     raise StateError(
-                        f"{path} holds {rows} rows, the manifest says {segment.rows}; "
+                        f"{path} holds {reader.num_record_batches} batches ending at row "
+                        f"{starts[-1]}, the manifest says {segment.rows} rows; "
                         "run `dataplatform rebuild-state`"
                     )
-                yield reader
+                yield reader, starts
         except FileNotFoundError as exc:
             raise SegmentGone(f"{path} is gone") from exc
         except (OSError, pa.ArrowException) as exc:
@@ -218,9 +226,24 @@ class StateStore:
                 f"{path} is unreadable ({exc}); run `dataplatform rebuild-state`"
             ) from exc
 
+    def _batch_starts(self, segment: Segment, reader: ipc.RecordBatchFileReader) -> np.ndarray:
+        path = self.folder / segment.name / BATCHES_FILE
+        if path.exists():
+            try:
+                starts = np.load(path, allow_pickle=False)
+            except ValueError as exc:
+                raise StateError(
+                    f"{path} is unreadable ({exc}); run `dataplatform rebuild-state`"
+                ) from exc
+            if starts.dtype != np.int64 or starts.ndim != 1 or (np.diff(starts) <= 0).any():
+                raise StateError(f"{path} holds no batch starts; run `dataplatform rebuild-state`")
+            return starts
+        sizes = [reader.get_batch(i).num_rows for i in range(reader.num_record_batches)]
+        return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+
     def _rows(self, segment: Segment) -> pa.Table:
         """Every row of ``segment`` (compaction and takedowns; a lookup uses ``take``)."""
-        with self._reader(segment) as reader:
+        with self._reader(segment) as (reader, _):
             return reader.read_all()
 
     def segments_for(self, before: str) -> list[Segment]:
@@ -240,9 +263,7 @@ class StateStore:
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size == 0:
             return self.schema.empty_table()
-        with self._reader(segment) as reader:
-            sizes = [reader.get_batch(i).num_rows for i in range(reader.num_record_batches)]
-            starts = np.concatenate([[0], np.cumsum(sizes)])
+        with self._reader(segment) as (reader, starts):
             batch = np.searchsorted(starts, rows, side="right") - 1
             order = np.argsort(batch, kind="stable")
             pieces = []
@@ -347,8 +368,13 @@ class StateStore:
         sorted_keys = np.ascontiguousarray(keys[order], dtype=np.uint64)
         np.save(temp / KEYS_FILE, sorted_keys)
         table = rows.select(self.schema.names).cast(self.schema).take(pa.array(order))
+        starts = [0]
         with ipc.new_file(str(temp / ROWS_FILE), self.schema) as writer:
-            writer.write_table(table, max_chunksize=_BATCH_ROWS)
+            for batch in table.to_batches(max_chunksize=_BATCH_ROWS):
+                if batch.num_rows:
+                    writer.write_batch(batch)
+                    starts.append(starts[-1] + batch.num_rows)
+        np.save(temp / BATCHES_FILE, np.asarray(starts, np.int64))
         if self.index is not None:
             self.index(temp, sorted_keys)
         for path in temp.iterdir():

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from dataplatform.core.dedup import dedup_state
 from dataplatform.core.dedup.dedup_state import (
     MANIFEST,
     DayRecord,
@@ -264,3 +265,44 @@ def test_rebuild_swaps_in_the_new_state_at_the_end(store):
     assert all(s == brute(old, queries, "2025-02-01") for s in seen_meanwhile)
     assert found(store, queries, "2025-02-01") == brute(new, queries, "2025-02-01")
     assert sorted(store.dates()) == DAYS[:5]
+
+
+def test_a_lookup_reads_only_the_batches_of_its_hits(store, monkeypatch):
+    """Opening a segment reads no batch (its starts are stored), and ``take`` reads the one
+    batch its rows are in: a day's lookups cost what the day hits, not the segment's size."""
+    rows = 3 * dedup_state._BATCH_ROWS + 5
+    record(store, DAYS[0], day_rows(DAYS[0], rows, seed=1))
+    (segment,) = [s for s in store.manifest() if s.name]
+    starts = np.load(store.segment_folder(segment) / dedup_state.BATCHES_FILE)
+    assert starts.tolist() == [0, *(k * dedup_state._BATCH_ROWS for k in (1, 2, 3)), rows]
+    read = []
+    original = pa.ipc.RecordBatchFileReader.get_batch
+    monkeypatch.setattr(
+        pa.ipc.RecordBatchFileReader,
+        "get_batch",
+        lambda self, i: read.append(i) or original(self, i),
+    )
+    taken = store.take(segment, np.array([rows - 1, rows - 2]))
+    assert read == [3]
+    assert taken.num_rows == 2
+    wanted = f"{7:016x}"
+    hits = store.find_equal(key_of_hex([wanted]), DAYS[1])
+    assert len(hits.query) and hits.rows["value"].to_pylist() == [wanted] * len(hits.query)
+
+
+def test_a_segment_without_batch_starts_is_still_read(store):
+    """Segments written before batches.npy existed have their batches counted instead."""
+    days = {DAYS[0]: day_rows(DAYS[0], 40, seed=2)}
+    record(store, DAYS[0], days[DAYS[0]])
+    (segment,) = [s for s in store.manifest() if s.name]
+    (store.segment_folder(segment) / dedup_state.BATCHES_FILE).unlink()
+    queries = [f"{v:016x}" for v in range(50)]
+    assert found(store, queries, DAYS[1]) == brute(days, queries, DAYS[1])
+
+
+def test_batch_starts_that_disagree_with_the_manifest_are_an_error(store):
+    record(store, DAYS[0], day_rows(DAYS[0], 40, seed=3))
+    (segment,) = [s for s in store.manifest() if s.name]
+    np.save(store.segment_folder(segment) / dedup_state.BATCHES_FILE, np.array([0, 2], np.int64))
+    with pytest.raises(StateError, match="rebuild-state"):
+        store.take(segment, np.array([0]))
