@@ -51,6 +51,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from dataplatform.core.store.durable import fsync_path, replace_json
+from dataplatform.core.store.folder_mirror import FolderMirror
 
 T = TypeVar("T")
 
@@ -132,13 +133,19 @@ class StateStore:
         name: str,
         schema: pa.Schema,
         index: Callable[[Path, np.ndarray], None] | None = None,
+        mirror_url: str | None = None,
     ) -> None:
         """``index``, when given, writes a search structure over a new segment's sorted keys
-        into its folder before the folder is renamed into place (pHash: the band tables)."""
+        into its folder before the folder is renamed into place (pHash: the band tables).
+
+        ``mirror_url`` (an object-store folder beside the warehouse) makes the local folder a
+        cache of the state kept there: ``refresh`` and every write start from its copy, and
+        every write publishes the result to it (``folder_mirror``)."""
         self.folder = Path(root) / name
         self.name = name
         self.schema = schema
         self.index = index
+        self.mirror = FolderMirror(self.folder, mirror_url) if mirror_url else None
 
     def segment_folder(self, segment: Segment) -> Path:
         return self.folder / segment.name
@@ -319,13 +326,26 @@ class StateStore:
 
     # ---- writing --------------------------------------------------------------------------
 
+    def refresh(self) -> None:
+        """Bring the local copy up to the object store's (a no-op without a mirror): a day
+        calls it before it reads the state, so that what another machine recorded counts."""
+        if self.mirror is not None:
+            with self._locked(publish=False):
+                pass
+
     @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, *, publish: bool = True) -> Iterator[None]:
+        """One writer at a time on this machine; with a mirror, the write starts from the
+        object store's copy and, when it succeeds, publishes its result there."""
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / ".lock", "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
+                if self.mirror is not None:
+                    self.mirror.pull()
                 yield
+                if self.mirror is not None and publish:
+                    self.mirror.push()
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 

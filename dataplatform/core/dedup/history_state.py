@@ -43,6 +43,8 @@ from dataplatform.core.store.warehouse import (
 
 log = logging.getLogger(__name__)
 
+MIRROR_FOLDER = "_state"  # below an object-store warehouse's URL
+
 _TEXT = pa.string()
 IDS_SCHEMA = pa.schema([("pair_id", _TEXT), ("date", _TEXT)])
 SHA_SCHEMA = pa.schema([("pair_id", _TEXT), ("date", _TEXT), ("image_sha256", _TEXT)])
@@ -60,12 +62,24 @@ class StateSpec:
     index: Callable[[Path, np.ndarray], None] | None = None
 
     def store(self, home: Home) -> StateStore:
-        return StateStore(state_root(home), self.name, self.schema, self.index)
+        return StateStore(
+            state_root(home), self.name, self.schema, self.index, state_mirror_url(home, self.name)
+        )
 
 
 def state_root(home: Home) -> Path:
-    """Where the state lives: below the home (a local cache beside an object-store warehouse)."""
+    """Where the state is read and written: below the home (with an object-store warehouse,
+    the local cache of the copy beside it: ``state_mirror_url``)."""
     return home.root / STATE_FOLDER
+
+
+def state_mirror_url(home: Home, name: str) -> str | None:
+    """Where the state ``name`` is kept beside an object-store warehouse, so that every machine
+    that runs a day shares it (``_state/`` is skipped by the table listings, like
+    ``_commits/``); None for a local warehouse, whose state is the local folder itself."""
+    if not home.warehouse_url:
+        return None
+    return f"{home.warehouse_url}/{MIRROR_FOLDER}/{name}"
 
 
 def _ids_key(rows: pa.Table) -> np.ndarray:
@@ -122,6 +136,7 @@ def sync_days(
 ) -> list[str]:
     """``sync`` for any state: ``table``'s partitions are the record, ``load`` gives one
     day's keys and rows from them (the semantic state loads embeddings)."""
+    store.refresh()
     commits = warehouse_commits(home, table, before)
     rebuild, drop = stale_dates(store.dates(), commits, before)
     if drop:

@@ -1,0 +1,128 @@
+"""The dedup state beside an object-store warehouse, shared by two machines (moto on loopback)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from dataplatform.core.dedup import dedup_state
+from dataplatform.core.dedup.dedup_state import StateStore, key_of_text
+from dataplatform.core.dedup.history_state import (
+    INGESTED_IDS,
+    MIRROR_FOLDER,
+    ingested_before,
+    state_mirror_url,
+)
+from dataplatform.core.store import folder_mirror
+from dataplatform.core.store.folder_mirror import FolderMirror
+from dataplatform.core.store.home import Home
+from dataplatform.core.store.object_store import open_store
+from dataplatform.core.store.warehouse import warehouse_tables, write_partition
+from tests.core.store.test_object_store import (  # noqa: F401 - the moto fixtures
+    BUCKET,
+    s3_endpoint,
+    s3_home,
+)
+
+SCHEMA = pa.schema([("pair_id", pa.string()), ("date", pa.string())])
+
+
+def _day(date: str, ids: list[str]) -> tuple[np.ndarray, pa.Table]:
+    return key_of_text(ids), pa.table({"pair_id": ids, "date": [date] * len(ids)}, schema=SCHEMA)
+
+
+def _machine(root: Path, url: str) -> StateStore:
+    return StateStore(root, "ids", SCHEMA, mirror_url=url)
+
+
+def _found(store: StateStore, ids: list[str], before: str) -> set[tuple[str, str]]:
+    hits = store.find_equal(key_of_text(ids), before)
+    return set(zip(hits.rows["pair_id"].to_pylist(), hits.rows["date"].to_pylist(), strict=True))
+
+
+def test_two_machines_share_the_state_through_the_object_store(
+    s3_endpoint: str,  # noqa: F811 - the fixture
+    tmp_path: Path,
+):
+    url = f"s3://{BUCKET}/two-machines/_state/ids"
+    a, b = _machine(tmp_path / "a", url), _machine(tmp_path / "b", url)
+    a.record_day("2024-01-01", *_day("2024-01-01", ["p1", "p2"]), "c1")
+    a.record_day("2024-01-02", *_day("2024-01-02", ["p3"]), "c2")
+
+    assert b.dates() == {}  # nothing local yet
+    b.refresh()
+    assert set(b.dates()) == {"2024-01-01", "2024-01-02"}
+    assert _found(b, ["p1", "p3", "zz"], "2024-01-03") == {
+        ("p1", "2024-01-01"),
+        ("p3", "2024-01-02"),
+    }
+
+    # B writes a day; A's next write starts from it instead of overwriting it.
+    b.record_day("2024-01-03", *_day("2024-01-03", ["p4"]), "c3")
+    a.record_day("2024-01-04", *_day("2024-01-04", ["p5"]), "c4")
+    b.refresh()
+    assert set(b.dates()) == {"2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04"}
+    assert _found(b, ["p4", "p5"], "2024-01-05") == {("p4", "2024-01-03"), ("p5", "2024-01-04")}
+
+
+def test_segments_retired_locally_leave_the_object_store_too(
+    s3_endpoint: str,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """Compaction merges one-day segments; once their grace is over they go from both sides,
+    so the object store holds what the manifest names and nothing that grows without end."""
+    monkeypatch.setattr(dedup_state, "RETIRED_GRACE_S", 0.0)
+    url = f"s3://{BUCKET}/retired/_state/ids"
+    store = _machine(tmp_path / "a", url)
+    for k in range(1, 6):
+        date = f"2024-01-0{k}"
+        store.record_day(date, *_day(date, [f"p{k}"]), f"c{k}")
+    live = {s.name for s in store.manifest() if s.name}
+    objects = open_store(url).listing(url)
+    segments = {o[len(url) + 1 :].split("/")[0] for o in objects} - {"manifest.json"}
+    assert segments == live
+    assert len(live) < 5  # merged
+
+
+def test_pull_replaces_the_manifest_last(
+    s3_endpoint: str,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """A reader of the local copy never sees a manifest that names files it does not have."""
+    url = f"s3://{BUCKET}/order/_state/ids"
+    _machine(tmp_path / "a", url).record_day("2024-01-01", *_day("2024-01-01", ["p1"]), "c1")
+    mirror = FolderMirror(tmp_path / "b" / "ids", url)
+    written: list[str] = []
+    replace = folder_mirror.os.replace
+
+    def spy(source, target) -> None:
+        written.append(Path(target).relative_to(mirror.local).as_posix())
+        replace(source, target)
+
+    monkeypatch.setattr(folder_mirror.os, "replace", spy)
+    assert mirror.pull() == len(written) > 2
+    assert written[-1] == "manifest.json"
+    assert all(w.startswith("seg-") for w in written[:-1])
+    assert mirror.pull() == 0  # unchanged: one GET, nothing fetched
+
+
+def test_the_warehouse_keeps_the_state_beside_it(s3_home: Home, tmp_path: Path):  # noqa: F811
+    """With an s3:// warehouse the state is mirrored under ``<warehouse>/_state/``, which no
+    table listing mistakes for a table, and a second home on another machine reads it."""
+    assert state_mirror_url(s3_home, "ingested_ids") == (
+        f"{s3_home.warehouse_url}/{MIRROR_FOLDER}/ingested_ids"
+    )
+    assert state_mirror_url(Home(tmp_path / "local"), "ingested_ids") is None
+    rows = pa.table({"pair_id": ["a", "b"], "date": ["2024-01-01"] * 2})
+    write_partition(s3_home, "raw_pairs", "2024-01-01", rows)
+    INGESTED_IDS.store(s3_home).record_day("2024-01-01", key_of_text(["a", "b"]), rows, "c1")
+    assert warehouse_tables(s3_home) == ["raw_pairs"]
+    other = Home(tmp_path / "other-machine", s3_home.warehouse_url)
+    INGESTED_IDS.store(other).refresh()
+    found = ingested_before(other, pa.table({"pair_id": ["b", "c"]}), "2024-01-02")
+    assert found.to_pylist() == [{"pair_id": "b", "date": "2024-01-01"}]
