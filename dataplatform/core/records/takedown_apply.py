@@ -32,7 +32,7 @@ from dataplatform.core.records.takedown_requests import (
     TakedownMatch,
     TakedownRequest,
     ledger_rows,
-    match_pairs,
+    match_batches,
 )
 from dataplatform.core.store.home import Home
 from dataplatform.core.store.schema import LEDGER_SCHEMA
@@ -49,6 +49,9 @@ from dataplatform.core.store.warehouse import (
 from dataplatform.core.tokens.webdataset_export import remove_samples, sample_key
 
 _EXPORTS_FILE = "exports.json"
+# Rows of raw_pairs matched at a time: memory holds one batch of MATCH_COLUMNS (about 10 MB at
+# this size), whatever the history's length.
+MATCH_BATCH_ROWS = 1 << 16
 # Ledger rows that are not themselves takedown records.
 _NOT_TAKEDOWN = f"l.stage <> '{TAKEDOWN_STAGE}' AND l.reason <> '{TAKEDOWN_REASON}'"
 
@@ -76,14 +79,18 @@ def apply_takedowns(
     requests: Sequence[TakedownRequest],
     export_dirs: Sequence[Path] = (),
     now: dt.datetime | None = None,
+    batch_rows: int = MATCH_BATCH_ROWS,
 ) -> TakedownReport:
     """Remove every matching pair from every warehouse table and export, and prove it.
 
     Matches come from ``raw_pairs`` (every pair that was ever ingested and not since taken
-    down). Each partition holding a matched pair is rewritten without it (atomically), each
-    removed pair gets a ``takedown`` ledger row under its ingest date, export shards are
-    rewritten without its samples, and a final scan of every table and shard must find none of
-    them; the receipt under ``warehouse/takedowns/`` records all of it.
+    down), streamed ``batch_rows`` rows at a time: a url or a pHash within a distance can only
+    be found by a scan, which for a takedown (not a daily step) is fine as long as its memory
+    is one batch and the matches, not the history. Each partition holding a matched pair is
+    rewritten without it (atomically), each removed pair gets a ``takedown`` ledger row under
+    its ingest date, export shards are rewritten without its samples, and a final scan of
+    every table and shard must find none of them; the receipt under ``warehouse/takedowns/``
+    records all of it.
     """
     now = now or dt.datetime.now(dt.UTC)
     report = TakedownReport(requests=len(requests), matches=[])
@@ -92,8 +99,10 @@ def apply_takedowns(
         tables = warehouse_tables(home)
         if "raw_pairs" not in tables or not requests:
             return _finish(home, report, requests, export_dirs, now)
-        candidates = con.sql(f"SELECT {', '.join(MATCH_COLUMNS)} FROM raw_pairs").arrow()
-        report.matches = match_pairs(_as_table(candidates), requests)
+        if batch_rows < 1:
+            raise ValueError(f"batch_rows must be at least 1 (got {batch_rows})")
+        scan = con.sql(f"SELECT {', '.join(MATCH_COLUMNS)} FROM raw_pairs")
+        report.matches = match_batches(_batches(scan, batch_rows), requests)
         if not report.matches:
             return _finish(home, report, requests, export_dirs, now)
         removed = pa.table(
@@ -294,6 +303,13 @@ def _locked(home: Home, date: str):
 
 def _columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
     return {r[0] for r in con.execute(f'DESCRIBE "{table}"').fetchall()}
+
+
+def _batches(relation: duckdb.DuckDBPyRelation, rows: int) -> pa.RecordBatchReader:
+    """The relation's rows as a stream of record batches of at most ``rows`` rows."""
+    # DuckDB 1.1 (the oldest supported) has fetch_record_batch only; newer ones deprecate it.
+    reader = getattr(relation, "to_arrow_reader", None) or relation.fetch_record_batch
+    return reader(rows)
 
 
 def _as_table(data) -> pa.Table:

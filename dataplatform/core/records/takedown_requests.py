@@ -213,56 +213,128 @@ def normalize_url(url: str | None) -> str | None:
     )
 
 
-def match_pairs(pairs: pa.Table, requests: Sequence[TakedownRequest]) -> list[TakedownMatch]:
+def match_pairs(
+    pairs: pa.Table | pa.RecordBatch, requests: Sequence[TakedownRequest]
+) -> list[TakedownMatch]:
     """The pairs of ``pairs`` (needs MATCH_COLUMNS) that a request names, in table order.
 
     A pair named by several requests is matched once, by the first request in file order; the
-    others are listed in ``also``.
+    others are listed in ``also``. Each row is decided on its own, so a table matched a batch
+    at a time (:func:`match_batches`) gives the same matches in the same order. The columns
+    are compared vectorized; only urls that can normalize to a requested one pay for parsing.
     """
     if not requests or pairs.num_rows == 0:
         return []
-    ids = pairs.column("pair_id").to_pylist()
     found: dict[int, list[tuple[TakedownRequest, int | None]]] = {}
 
-    def add(rows: Iterable[int], request: TakedownRequest, distances=None) -> None:
-        for n, k in enumerate(rows):
-            found.setdefault(int(k), []).append(
+    def add(rows: np.ndarray, request: TakedownRequest, distances=None) -> None:
+        for n, k in enumerate(rows.tolist()):
+            found.setdefault(k, []).append(
                 (request, None if distances is None else int(distances[n]))
             )
 
-    urls = [normalize_url(u) for u in pairs.column("url").to_pylist()]
-    shas = pairs.column("image_sha256").to_pylist()
     hashes: np.ndarray | None = None
     for request in requests:
         if request.kind == "pair_id":
-            add((k for k, v in enumerate(ids) if v == request.value), request)
+            add(_equal_rows(pairs.column("pair_id"), request.value), request)
         elif request.kind == "url":
-            wanted = normalize_url(request.value)
-            add((k for k, v in enumerate(urls) if v == wanted), request)
+            add(_url_rows(pairs.column("url"), request.value), request)
         elif request.kind == "image_sha256":
-            add((k for k, v in enumerate(shas) if v == request.value), request)
+            add(_equal_rows(pairs.column("image_sha256"), request.value), request)
         else:
             if hashes is None:
-                hashes, valid = _hash_array(pairs.column("phash").to_pylist())
+                hashes, valid = _hash_array(pairs.column("phash"))
             distance = _popcount(hashes ^ np.uint64(from_hex(request.phash)))
             rows = np.flatnonzero(valid & (distance <= request.max_distance))
             add(rows, request, distance[rows])
-    dates = pairs.column("date").to_pylist()
+    rows = sorted(found)
+    taken = pa.array(rows, pa.int64())
+    ids = pairs.column("pair_id").take(taken).to_pylist()
+    dates = pairs.column("date").take(taken).to_pylist()
     return [
         TakedownMatch(
-            pair_id=ids[k],
-            date=dates[k],
-            request=hits[0][0],
-            distance=hits[0][1],
-            also=tuple(r.request_id for r, _ in hits[1:]),
+            pair_id=ids[n],
+            date=dates[n],
+            request=found[k][0][0],
+            distance=found[k][0][1],
+            also=tuple(r.request_id for r, _ in found[k][1:]),
         )
-        for k, hits in sorted(found.items())
+        for n, k in enumerate(rows)
     ]
 
 
-def _hash_array(values: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
-    valid = np.array([bool(v) for v in values], dtype=bool)
-    return np.array([from_hex(v) if v else 0 for v in values], dtype=np.uint64), valid
+def match_batches(
+    batches: Iterable[pa.RecordBatch | pa.Table], requests: Sequence[TakedownRequest]
+) -> list[TakedownMatch]:
+    """:func:`match_pairs` over a stream of batches, in stream order: memory holds one batch
+    and the matches, whatever the stream's length."""
+    matches: list[TakedownMatch] = []
+    for batch in batches:
+        matches.extend(match_pairs(batch, requests))
+    return matches
+
+
+def _equal_rows(column: pa.Array | pa.ChunkedArray, value: str) -> np.ndarray:
+    return np.flatnonzero(np.asarray(pc.fill_null(pc.equal(column, value), False)))
+
+
+def _url_rows(column: pa.Array | pa.ChunkedArray, wanted: str) -> np.ndarray:
+    """Rows whose url normalizes to ``wanted``'s normal form.
+
+    Normalizing parses the url, too slow for every row of a history, so the rows are first
+    narrowed by a test that no match can fail: an ASCII url without tab, CR or LF (which
+    ``urlsplit`` would remove) contains the wanted host in any case, and its path and query
+    verbatim, since ``normalize_url`` lowercases only scheme and host and drops the fragment.
+    Any other url is parsed.
+    """
+    target = normalize_url(wanted)
+    if target is None:
+        return np.zeros(0, np.int64)
+    parts = urllib.parse.urlsplit(target)
+    candidates = pc.is_valid(column)
+    if parts.netloc:
+        odd = pc.or_(
+            pc.invert(pc.string_is_ascii(column)), pc.match_substring_regex(column, "[\t\r\n]")
+        )
+        rest = parts.path + (f"?{parts.query}" if parts.query else "")
+        near = pc.and_(
+            pc.match_substring(column, parts.netloc, ignore_case=True),
+            pc.match_substring(column, rest),
+        )
+        candidates = pc.and_(candidates, pc.or_(odd, near))
+    rows = np.flatnonzero(np.asarray(pc.fill_null(candidates, False)))
+    urls = column.take(pa.array(rows, pa.int64())).to_pylist()
+    return rows[np.array([normalize_url(u) == target for u in urls], dtype=bool)]
+
+
+# Each byte's hex digit value, 255 where it is not one.
+_HEX_DIGIT = np.full(256, 255, dtype=np.uint8)
+for _value, _digit in enumerate("0123456789abcdef"):
+    _HEX_DIGIT[ord(_digit)] = _HEX_DIGIT[ord(_digit.upper())] = _value
+_NIBBLE_SHIFTS = np.arange(60, -4, -4, dtype=np.uint64)
+
+
+def _hash_array(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's pHash as a uint64, and whether it has one (null or empty: none).
+
+    Parsed from the column's bytes at once; any value that is not 16 hex digits raises
+    ``from_hex``'s error naming it.
+    """
+    text = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    text = text.cast(pa.string())
+    valid = np.asarray(pc.fill_null(pc.greater(pc.utf8_length(text), 0), False))
+    filled = pc.if_else(pa.array(valid), text, "0" * 16)
+    lengths = np.asarray(pc.binary_length(filled))
+    digits = np.zeros((len(filled), 16), dtype=np.uint8)
+    if (lengths == 16).all():
+        data = filled.cast(pa.binary(16)).buffers()[1]
+        digits = _HEX_DIGIT[np.frombuffer(data, np.uint8, count=16 * len(filled), offset=0)]
+        digits = digits.reshape(-1, 16)
+    bad = np.flatnonzero((lengths != 16) | (digits == 255).any(axis=1))
+    if bad.size:
+        from_hex(filled[int(bad[0])].as_py())  # raises, naming the value
+    hashes = np.bitwise_or.reduce(digits.astype(np.uint64) << _NIBBLE_SHIFTS, axis=1)
+    return hashes.astype(np.uint64), valid
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:
@@ -342,6 +414,7 @@ __all__ = [
     "exclude_taken_down",
     "ledger_rows",
     "load_takedowns",
+    "match_batches",
     "match_pairs",
     "normalize_url",
     "requests_digest",
