@@ -82,7 +82,8 @@ def data_cards(
     )
 
     def card_metadata() -> dict:
-        # The dataset cards count the committed partition, so they are written after it.
+        # The dataset cards count the committed partition, so they are written after it; the
+        # day's card stores the day's summary, which the overall card merges with the others'.
         partition_card = write_dataset_card(home, stages, date, runs)
         overall_card = write_dataset_card(home, stages, None)
         ui_card = card_markdown(
@@ -103,6 +104,8 @@ def data_cards(
             "overall_card_path": dg.MetadataValue.path(
                 str(document_path(home, f"{overall_card.folder}/card.md"))
             ),
+            # Days whose stored summary was missing or stale, rebuilt from their partitions.
+            "overall_summaries_rebuilt": ", ".join(overall_card.card["summaries_rebuilt"]) or "-",
             "licenses": dg.MetadataValue.json(partition_card.card["licenses"]),
             "stage_runs": dg.MetadataValue.json([r.as_dict() for r in runs]),
             # The cards link the review sheets of every stage, not of a stage of their own.

@@ -12,19 +12,36 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dataplatform.core.records.funnel import warehouse_funnel
-from dataplatform.core.records.plots import histogram_png
+from dataplatform.core.records.plots import bars_png
+from dataplatform.core.records.score_stats import Binning, ScoreStats
+from dataplatform.core.records.takedown_requests import TAKEDOWN_STAGE
 from dataplatform.core.scoring.scores import CARD, DATASET_CARD, Score, scores
 from dataplatform.core.store.home import Home
-from dataplatform.core.store.warehouse import connect, write_document
-from dataplatform.core.tokens.token_budget import DEFAULT_TARGET_TOKENS, budget, tokens_per_day
+from dataplatform.core.store.warehouse import (
+    REMOTE_READ_THREADS,
+    commit_id,
+    document_exists,
+    has_ledger,
+    has_partition,
+    partition_dates,
+    partition_file,
+    read_document,
+    read_ledger,
+    read_partition,
+    write_document,
+)
+from dataplatform.core.tokens.token_budget import DEFAULT_TARGET_TOKENS, budget
 
 CARDS_TABLE = "data_cards"
 CARD_FOLDER = "dataset_cards"
@@ -146,53 +163,73 @@ def _transforms(row: dict) -> list[dict]:
 
 
 # --- dataset cards ---------------------------------------------------------------------------
+#
+# A day's card is computed from that day's files alone and stores its aggregates, all of them
+# mergeable, as ``summary.json`` beside it. The overall card is the merge of every carded day's
+# summary: O(days) small documents and footers, never a row of the history.
+
+SUMMARY_FILE = "summary.json"
+# Bump when what a summary holds changes: a summary of another layout is rebuilt from its day.
+SUMMARY_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
-def dataset_card(
-    home: Home,
-    stages: Sequence[str],
-    date: str | None,
-    runs: Sequence[StageRun] = (),
-    target_tokens: int = DEFAULT_TARGET_TOKENS,
-    now: dt.datetime | None = None,
-) -> dict:
-    """The dataset card of one partition (``date``) or of every partition (None), as data."""
-    now = now or dt.datetime.now(dt.UTC)
+def card_folder(date: str | None) -> str:
+    """The folder (relative to the warehouse) of a day's dataset card, or of the overall one."""
+    return f"{CARD_FOLDER}/{'date=' + date if date else ALL_SCOPE}"
+
+
+def _binnings() -> dict[str, Binning]:
+    return {s.name: Binning.for_range(s.plot_range) for s in card_scores()}
+
+
+def _layout(stages: Sequence[str]) -> dict:
+    """What a summary's numbers mean: a summary of another layout cannot be merged as it is."""
+    bins = {name: b.as_list() for name, b in _binnings().items()}
+    return {"version": SUMMARY_VERSION, "stages": list(stages), "bins": bins}
+
+
+def day_summary(home: Home, stages: Sequence[str], date: str) -> dict:
+    """The mergeable aggregates of one day, read from that day's files alone.
+
+    ``stamp`` is the commit of the day's card partition, read before the rows: a summary whose
+    stamp no longer matches that partition's footer describes other rows and is rebuilt.
+    """
+    return _summarise_day(home, stages, date)[0]
+
+
+def _summarise_day(home: Home, stages: Sequence[str], date: str) -> tuple[dict, dict[str, dict]]:
+    """The day's summary and its exact score summaries (the day card has every value)."""
+    carded = has_partition(home, CARDS_TABLE, date)
+    stamp = commit_id(partition_file(home, CARDS_TABLE, date)) if carded else None
+    cards = read_partition(home, CARDS_TABLE, date) if carded else None
     funnel = warehouse_funnel(home, list(stages), date)
-    con = connect(home)
-    try:
-        tables = {
-            r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
-        }
-        where, params = ("", {}) if date is None else ("WHERE date = $date", {"date": date})
-        cards = (
-            con.sql(f"SELECT * FROM {CARDS_TABLE} {where}", params=params).to_arrow_table()
-            if CARDS_TABLE in tables
-            else None
+    ledger = _day_ledger(home, [*stages, TAKEDOWN_STAGE], date)
+    stats, exact = {}, {}
+    for name, binning in _binnings().items():
+        # Cards written before a scorer was registered lack its column.
+        values = (
+            cards.column(name).cast(pa.float64()).to_numpy()
+            if cards is not None and name in cards.column_names
+            else np.empty(0)
         )
-        if isinstance(cards, pa.RecordBatchReader):
-            cards = cards.read_all()
-        takedowns = _takedown_count(con, tables, date)
-        license_drops = _license_drops(con, tables, date)
-        versions = (
-            sorted({v for v in cards.column("dataset_version").to_pylist() if v})
-            if cards is not None and cards.num_rows
-            else []
-        )
-    finally:
-        con.close()
-    rows = cards.to_pylist() if cards is not None else []
-    per_day = tokens_per_day(home, CARDS_TABLE) if cards is not None else {}
-    if date is not None:
-        per_day = {d: v for d, v in per_day.items() if d == date}
-    budget_rows = budget(per_day, target_tokens) if per_day else []
-    return {
-        "scope": date or ALL_SCOPE,
-        "generated_at": now.isoformat(timespec="seconds"),
-        "dataset_versions": versions,
-        "pairs": len(rows),
-        "arrived": (funnel[0].rows_in if funnel else 0) + takedowns,
-        "taken_down": takedowns,
+        stats[name] = ScoreStats.of(values, binning).as_dict()
+        exact[name] = _summary(values)
+    rows = cards.num_rows if cards is not None else 0
+    tokens = pc.sum(cards.column("token_count")).as_py() if rows else 0
+    versions = cards.column("dataset_version").drop_null().unique().to_pylist() if rows else []
+    drops = Counter(
+        lic if lic is not None else "(none)"
+        for lic, reason in zip(ledger["license"], ledger["reason"], strict=True)
+        if reason.startswith("license_")
+    )
+    summary = {
+        "layout": _layout(stages),
+        "date": date,
+        "stamp": stamp,
+        "pairs": rows,
+        "taken_down": sum(1 for s in ledger["stage"] if s == TAKEDOWN_STAGE),
         "funnel": [
             {
                 "stage": f.stage,
@@ -204,12 +241,159 @@ def dataset_card(
             for f in funnel
         ],
         "licenses": {
-            "kept": dict(Counter(r["license"] or "(none)" for r in rows).most_common()),
-            "kept_by_status": dict(Counter(r["license_status"] or "(unknown)" for r in rows)),
-            "dropped": license_drops,
+            "kept": _value_counts(cards, "license", "(none)"),
+            "kept_by_status": _value_counts(cards, "license_status", "(unknown)"),
+            "dropped": _ranked(drops),
         },
-        # .get: cards written before a scorer was registered lack its column.
-        "scores": {s.name: _summary([r.get(s.name) for r in rows]) for s in card_scores()},
+        "dataset_versions": sorted(v for v in versions if v),
+        "tokens": [rows, int(tokens or 0)],
+        "scores": stats,
+    }
+    return summary, exact
+
+
+def _day_ledger(home: Home, stages: Sequence[str], date: str) -> dict[str, list]:
+    """``stage``, ``reason`` and ``license`` of the day's ledger rows of ``stages``."""
+    columns: dict[str, list] = {"stage": [], "reason": [], "license": []}
+    for stage in stages:
+        if has_ledger(home, stage, date):
+            table = read_ledger(home, stage, date)
+            for name in columns:
+                columns[name] += table.column(name).to_pylist()
+    return columns
+
+
+def _value_counts(cards: pa.Table | None, column: str, missing: str) -> dict[str, int]:
+    if cards is None or not cards.num_rows:
+        return {}
+    counts: Counter[str] = Counter()
+    for row in pc.value_counts(cards.column(column)).to_pylist():
+        counts[row["values"] or missing] += int(row["counts"])
+    return _ranked(counts)
+
+
+def _ranked(counts: Mapping[str, int]) -> dict[str, int]:
+    """Most frequent first, ties by name: the same order whatever order the days merge in."""
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def carded_summaries(home: Home, stages: Sequence[str]) -> tuple[list[dict], list[str]]:
+    """Every carded day's summary, oldest first, and the days whose summary was rebuilt.
+
+    A summary is read as stored when its layout is the current one and its stamp is the commit
+    of the day's card partition (one footer). Otherwise (written before summaries existed, by
+    other code, or before the partition was rewritten) it is rebuilt from that day's files
+    alone, written back and logged, so the next overall card reads it as stored.
+    """
+    layout = _layout(stages)
+
+    def load(date: str) -> tuple[dict, bool]:
+        relative = f"{card_folder(date)}/{SUMMARY_FILE}"
+        stored = (
+            json.loads(read_document(home, relative)) if document_exists(home, relative) else None
+        )
+        if (
+            stored is not None
+            and stored.get("layout") == layout
+            and stored.get("stamp") == commit_id(partition_file(home, CARDS_TABLE, date))
+        ):
+            return stored, False
+        log.warning(
+            "dataset card summary of %s is %s: rebuilding it from that day's partitions",
+            date,
+            "missing" if stored is None else "stale",
+        )
+        summary = day_summary(home, stages, date)
+        write_document(home, relative, json.dumps(summary, sort_keys=True) + "\n")
+        return summary, True
+
+    dates = partition_dates(home, CARDS_TABLE)
+    if isinstance(home.warehouse, str):
+        with ThreadPoolExecutor(REMOTE_READ_THREADS) as pool:
+            loaded = list(pool.map(load, dates))
+    else:
+        loaded = [load(d) for d in dates]
+    return [s for s, _ in loaded], [
+        d for d, (_, rebuilt) in zip(dates, loaded, strict=True) if rebuilt
+    ]
+
+
+def merge_summaries(summaries: Sequence[dict], stages: Sequence[str]) -> dict:
+    """The summaries of several days as one: every count and histogram added, versions joined."""
+    funnel = [{"stage": s, "in": 0, "kept": 0, "removed": 0, "reasons": Counter()} for s in stages]
+    kept, status, dropped = Counter(), Counter(), Counter()
+    stats = {name: ScoreStats(b) for name, b in _binnings().items()}
+    pairs = taken_down = 0
+    versions: set[str] = set()
+    for summary in summaries:
+        pairs += summary["pairs"]
+        taken_down += summary["taken_down"]
+        for total, day in zip(funnel, summary["funnel"], strict=True):
+            for key in ("in", "kept", "removed"):
+                total[key] += day[key]
+            total["reasons"].update(day["reasons"])
+        kept.update(summary["licenses"]["kept"])
+        status.update(summary["licenses"]["kept_by_status"])
+        dropped.update(summary["licenses"]["dropped"])
+        versions.update(summary["dataset_versions"])
+        for name, day_stats in summary["scores"].items():
+            stats[name] = stats[name].merge(ScoreStats.from_dict(day_stats))
+    for total in funnel:
+        total["reasons"] = _ranked(total["reasons"])
+    return {
+        "pairs": pairs,
+        "taken_down": taken_down,
+        "funnel": funnel,
+        "licenses": {
+            "kept": _ranked(kept),
+            "kept_by_status": _ranked(status),
+            "dropped": _ranked(dropped),
+        },
+        "dataset_versions": sorted(versions),
+        "tokens": {s["date"]: tuple(s["tokens"]) for s in summaries},
+        "scores": stats,
+    }
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """A computed card and what writing it needs beside the card itself."""
+
+    card: dict
+    stats: dict[str, ScoreStats]
+    day_summary: dict | None  # the day's summary to store; None for the overall card
+
+
+def _compute(
+    home: Home,
+    stages: Sequence[str],
+    date: str | None,
+    runs: Sequence[StageRun],
+    target_tokens: int,
+    now: dt.datetime | None,
+) -> _Scope:
+    if date is not None:
+        day, exact = _summarise_day(home, stages, date)
+        merged = merge_summaries([day], stages)
+        score_summaries, rebuilt, days = exact, None, 1
+    else:
+        summaries, rebuilt = carded_summaries(home, stages)
+        merged = merge_summaries(summaries, stages)
+        score_summaries = {name: s.summary() for name, s in merged["scores"].items()}
+        day, days = None, len(summaries)
+    funnel = merged["funnel"]
+    per_day = {d: v for d, v in merged["tokens"].items() if d == date or date is None}
+    card = {
+        "scope": date or ALL_SCOPE,
+        "generated_at": (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds"),
+        "dataset_versions": merged["dataset_versions"],
+        "days": days,
+        "pairs": merged["pairs"],
+        "arrived": (funnel[0]["in"] if funnel else 0) + merged["taken_down"],
+        "taken_down": merged["taken_down"],
+        "funnel": funnel,
+        "licenses": merged["licenses"],
+        "scores": score_summaries,
         "token_budget": [
             {
                 "scope": b.scope,
@@ -218,43 +402,36 @@ def dataset_card(
                 "tokens_per_image": b.tokens_per_image,
                 "progress": b.progress,
             }
-            for b in budget_rows
+            for b in (budget(per_day, target_tokens) if per_day else [])
         ],
         "stage_runs": [r.as_dict() for r in runs],
     }
+    if rebuilt is not None:
+        card["summaries_rebuilt"] = rebuilt
+    return _Scope(card, merged["scores"], day)
 
 
-def _ledger_query(
-    con, tables: set[str], select: str, cond: str, date: str | None, tail: str = ""
-) -> list:
-    """``select`` over ledger rows matching ``cond`` (and ``date`` when given), then ``tail``."""
-    if "rejections" not in tables:
-        return []
-    params = {} if date is None else {"date": date}
-    where = cond + ("" if date is None else " AND date = $date")
-    return con.execute(f"SELECT {select} FROM rejections WHERE {where} {tail}", params).fetchall()
+def dataset_card(
+    home: Home,
+    stages: Sequence[str],
+    date: str | None,
+    runs: Sequence[StageRun] = (),
+    target_tokens: int = DEFAULT_TARGET_TOKENS,
+    now: dt.datetime | None = None,
+) -> dict:
+    """The dataset card of one partition (``date``) or of every carded partition (None).
+
+    A day's card reads that day's files; the overall card merges the days' stored summaries
+    (``carded_summaries``), so both cost a day, not the history. The overall percentiles are
+    read from fixed-bin histograms (each score's ``percentiles_from`` says how fine); its
+    counts, sums, means, min and max are exact.
+    """
+    return _compute(home, stages, date, runs, target_tokens, now).card
 
 
-def _takedown_count(con, tables: set[str], date: str | None) -> int:
-    rows = _ledger_query(con, tables, "count(*)", "stage = 'takedown'", date)
-    return int(rows[0][0]) if rows else 0
-
-
-def _license_drops(con, tables: set[str], date: str | None) -> dict[str, int]:
-    rows = _ledger_query(
-        con,
-        tables,
-        "coalesce(license, '(none)') AS license, count(*) AS n",
-        "reason LIKE 'license_%'",
-        date,
-        "GROUP BY 1 ORDER BY 2 DESC, 1",
-    )
-    return {str(k): int(n) for k, n in rows}
-
-
-def _summary(values: list) -> dict:
-    data = np.array([v for v in values if v is not None], dtype=np.float64)
-    data = data[np.isfinite(data)]
+def _summary(values: np.ndarray) -> dict:
+    """Exact summary of one day's values (NaN for nulls), keys as ``ScoreStats.summary``."""
+    data = values[np.isfinite(values)]
     if not data.size:
         return {"count": 0}
     p5, p50, p95 = np.percentile(data, [5, 50, 95])
@@ -269,32 +446,25 @@ def _summary(values: list) -> dict:
     }
 
 
-def score_plots(home: Home, date: str | None) -> dict[str, bytes]:
-    """A histogram PNG per score with at least one value, over the cards in scope."""
-    con = connect(home)
-    try:
-        tables = {
-            r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
-        }
-        if CARDS_TABLE not in tables:
-            return {}
-        where, params = ("", {}) if date is None else ("WHERE date = $date", {"date": date})
-        present = {d[0] for d in con.execute(f"SELECT * FROM {CARDS_TABLE} LIMIT 0").description}
-        plots = {}
-        for score in card_scores():
-            name = score.name
-            if name not in present:  # registered after every card in scope was written
-                continue
-            values = [
-                r[0]
-                for r in con.execute(f"SELECT {name} FROM {CARDS_TABLE} {where}", params).fetchall()
-                if r[0] is not None
-            ]
-            if values:
-                plots[name] = histogram_png(values, value_range=score.plot_range, title=name)
-        return plots
-    finally:
-        con.close()
+def score_plots(stats: Mapping[str, ScoreStats]) -> dict[str, bytes]:
+    """A histogram PNG per score with at least one value, drawn from its binned counts."""
+    plots = {}
+    for name, score_stats in stats.items():
+        if score_stats.count:
+            bars, value_range = score_stats.plot_counts()
+            plots[name] = bars_png(bars, value_range, title=name, n=score_stats.count)
+    return plots
+
+
+def _merge_lines(card: dict) -> list[str]:
+    """What the overall card merged, and which days' summaries it had to rebuild."""
+    if card["scope"] != ALL_SCOPE:
+        return []
+    lines = [f"Merged from the summaries of {card['days']} carded day(s)."]
+    if card.get("summaries_rebuilt"):
+        rebuilt = ", ".join(card["summaries_rebuilt"])
+        lines.append(f"Summaries missing or stale, rebuilt from their day's partitions: {rebuilt}.")
+    return [*lines, ""]
 
 
 def card_markdown(card: dict, images: Sequence[str]) -> str:
@@ -308,6 +478,7 @@ def card_markdown(card: dict, images: Sequence[str]) -> str:
         f"Generated {card['generated_at']}. Dataset version(s): "
         f"{', '.join(card['dataset_versions']) or '-'}.",
         "",
+        *_merge_lines(card),
         f"**{card['pairs']}** pairs enter training, of {card['arrived']} that arrived"
         + (f" ({card['taken_down']} later taken down)" if card["taken_down"] else "")
         + ".",
@@ -342,6 +513,19 @@ def card_markdown(card: dict, images: Sequence[str]) -> str:
             )
         else:
             lines.append(f"| {name} | 0 | - | - | - | - |")
+    binned = [
+        f"{name} {s['percentiles_from']}"
+        for name, s in card["scores"].items()
+        if s.get("percentiles_from")
+    ]
+    if binned:
+        lines += [
+            "",
+            "Counts, means, min and max are exact; p5, p50 and p95 are read from the days' "
+            "fixed-bin histograms, each within one bin of the exact value: "
+            + "; ".join(binned)
+            + ".",
+        ]
     lines.append("")
     lines += list(images)
     lines += ["", "## Token budget", "", "| scope | images | tokens | tokens/image | progress |"]
@@ -377,13 +561,21 @@ def write_dataset_card(
     runs: Sequence[StageRun] = (),
     now: dt.datetime | None = None,
 ) -> WrittenCard:
-    """Compute and write ``card.json``, ``card.md`` and ``plots/*.png`` for one scope."""
-    card = dataset_card(home, stages, date, runs, now=now)
-    plots = score_plots(home, date)
-    folder = f"{CARD_FOLDER}/{'date=' + date if date else ALL_SCOPE}"
+    """Compute and write ``card.json``, ``card.md`` and ``plots/*.png`` for one scope.
+
+    A day's card also (re)writes the day's ``summary.json`` first, so the overall card written
+    next merges this day's current numbers.
+    """
+    scope = _compute(home, stages, date, runs, DEFAULT_TARGET_TOKENS, now)
+    folder = card_folder(date)
+    if scope.day_summary is not None:
+        summary = json.dumps(scope.day_summary, sort_keys=True) + "\n"
+        write_document(home, f"{folder}/{SUMMARY_FILE}", summary)
+    plots = score_plots(scope.stats)
     for name, png in plots.items():
         write_document(home, f"{folder}/plots/{name}.png", png)
-    markdown = card_markdown(card, [f"![{name}](plots/{name}.png)" for name in plots])
-    write_document(home, f"{folder}/card.json", json.dumps(card, indent=2, sort_keys=True) + "\n")
+    markdown = card_markdown(scope.card, [f"![{name}](plots/{name}.png)" for name in plots])
+    card_json = json.dumps(scope.card, indent=2, sort_keys=True) + "\n"
+    write_document(home, f"{folder}/card.json", card_json)
     write_document(home, f"{folder}/card.md", markdown)
-    return WrittenCard(card, markdown, plots, folder)
+    return WrittenCard(scope.card, markdown, plots, folder)

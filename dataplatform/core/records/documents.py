@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from dataplatform.core.records.data_cards import CARD_FOLDER, StageRun, write_dataset_card
+from dataplatform.core.records.data_cards import StageRun, card_folder, write_dataset_card
 from dataplatform.core.records.review_rows import review_dates_showing
 from dataplatform.core.records.review_sheet import render_partition_review
 from dataplatform.core.store.home import Home
@@ -19,7 +19,7 @@ from dataplatform.core.store.warehouse import document_exists, document_path, re
 
 def recorded_runs(home: Home, date: str) -> list[StageRun]:
     """The stage runs the partition's dataset card recorded when ``data_cards`` last ran."""
-    relative = f"{CARD_FOLDER}/date={date}/card.json"
+    relative = f"{card_folder(date)}/card.json"
     if not document_exists(home, relative):
         return []
     card = json.loads(read_document(home, relative))
@@ -30,10 +30,14 @@ def refresh_documents(
     home: Home, dates: Sequence[str], pair_ids: Sequence[str], stages: Sequence[str]
 ) -> list[Path]:
     """Render anew the dataset cards of ``dates`` (and overall) and every review sheet that
-    shows one of ``pair_ids`` (on its own date, or as the original of a later copy)."""
+    shows one of ``pair_ids`` (on its own date, or as the original of a later copy).
+
+    Each day's card rewrites that day's summary before the overall card merges the summaries;
+    a carded day without a card here is caught by its stale stamp and rebuilt by the merge.
+    """
     written: list[Path] = []
     for date in sorted(set(dates)):
-        if document_exists(home, f"{CARD_FOLDER}/date={date}/card.json"):
+        if document_exists(home, f"{card_folder(date)}/card.json"):
             card = write_dataset_card(home, stages, date, recorded_runs(home, date))
             written.append(document_path(home, f"{card.folder}/card.md"))
     if not home.warehouse_url:  # review sheets are rendered for a local warehouse only

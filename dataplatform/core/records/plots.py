@@ -32,11 +32,32 @@ def histogram_png(
     if hi <= lo:
         hi = lo + 1.0
     counts, _ = np.histogram(data, bins=bins, range=(lo, hi))
+    return bars_png(counts, (lo, hi), title=title, marker=marker, n=int(data.size))
+
+
+def bars_png(
+    counts: Sequence[int] | np.ndarray,
+    value_range: tuple[float, float],
+    *,
+    title: str = "",
+    marker: float | None = None,
+    n: int | None = None,
+) -> bytes:
+    """Histogram bars already counted (equal bins over ``value_range``), as PNG bytes.
+
+    Apart from ``histogram_png`` so that a histogram merged from stored counts (the overall
+    dataset card's) draws without the values it counts.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    bins = len(counts)
+    lo, hi = value_range
+    if hi <= lo:
+        hi = lo + 1.0
     image = Image.new("RGB", (WIDTH, HEIGHT), "white")
     draw = ImageDraw.Draw(image)
     plot_w, plot_h = WIDTH - 2 * MARGIN, HEIGHT - 2 * MARGIN
-    top = max(int(counts.max()), 1)
-    bar_w = plot_w / bins
+    top = max(int(counts.max()) if bins else 0, 1)
+    bar_w = plot_w / max(bins, 1)
     for k, count in enumerate(counts):
         x0 = MARGIN + k * bar_w
         y0 = HEIGHT - MARGIN - plot_h * count / top
@@ -45,7 +66,8 @@ def histogram_png(
     if marker is not None and lo <= marker <= hi:
         x = MARGIN + plot_w * (marker - lo) / (hi - lo)
         draw.line([x, MARGIN, x, HEIGHT - MARGIN], fill=(200, 40, 40), width=2)
-    draw.text((MARGIN, 8), f"{title}  n={data.size}  max bin={top}", fill="black")
+    shown = int(counts.sum()) if n is None else n
+    draw.text((MARGIN, 8), f"{title}  n={shown}  max bin={top}", fill="black")
     draw.text((MARGIN, HEIGHT - MARGIN + 6), f"{lo:.3g}", fill="black")
     draw.text((WIDTH - MARGIN - 30, HEIGHT - MARGIN + 6), f"{hi:.3g}", fill="black")
     buffer = io.BytesIO()

@@ -185,14 +185,19 @@ def recover(home: Home) -> list[str]:
     return [Path(r).stem for r in records]
 
 
+def read_footer(path: Location) -> pq.FileMetaData:
+    """The Parquet footer of the file at ``path`` (row counts, statistics, key-value metadata),
+    local or remote; CorruptPartitionError naming the file when it cannot be read."""
+    with _unreadable_as_corrupt(path):
+        if isinstance(path, str):
+            return _store_for(path).parquet_metadata(path)
+        return pq.read_metadata(path)
+
+
 def commit_id(path: Location) -> str | None:
     """The commit that wrote the Parquet file at ``path`` (None for files written before commits
     were stamped); reads only the footer."""
-    with _unreadable_as_corrupt(path):
-        if isinstance(path, str):
-            metadata = _store_for(path).parquet_metadata(path)
-        else:
-            metadata = pq.read_metadata(path)
+    metadata = read_footer(path)
     value = (metadata.metadata or {}).get(COMMIT_KEY)
     return value.decode() if value is not None else None
 
@@ -432,8 +437,11 @@ def has_ledger(home: Home, stage: str, date: str) -> bool:
     return _is_file(ledger_file(home, stage, date))
 
 
-def read_partition(home: Home, table_name: str, date: str) -> pa.Table:
-    """One partition; CorruptPartitionError (naming the file) when it cannot be read."""
+def read_partition(
+    home: Home, table_name: str, date: str, columns: list[str] | None = None
+) -> pa.Table:
+    """One partition (``columns`` of it, or all); CorruptPartitionError (naming the file) when
+    it cannot be read."""
     recover(home)
     path = partition_file(home, table_name, date)
     if not _is_file(path):
@@ -441,7 +449,7 @@ def read_partition(home: Home, table_name: str, date: str) -> pa.Table:
             f"{table_name} has no partition {date} under {partition_dir(home, table_name, date)}: "
             f"materialize {SIDE_TABLES.get(table_name, table_name)} for {date} first"
         )
-    return _read(path)
+    return _read(path, columns)
 
 
 def read_ledger(home: Home, stage: str, date: str) -> pa.Table:

@@ -10,16 +10,24 @@ import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
 from dataplatform.core.store.home import Home
-from dataplatform.core.store.warehouse import partition_dates, read_partition
+from dataplatform.core.store.warehouse import (
+    partition_dates,
+    partition_file,
+    read_footer,
+    read_partition,
+)
 
 TOTAL_SCOPE = "total"
 # 7.6's lower end: image tokens at 10% of a 30T-token mix. Progress is reported against it.
 DEFAULT_TARGET_TOKENS = 3_000_000_000_000
 
 WIDTH, HEIGHT, MARGIN = 480, 240, 40
+TOKEN_COUNT = "token_count"
 
 
 @dataclass(frozen=True)
@@ -127,9 +135,46 @@ def budget_plot_png(rows: Sequence[BudgetRow]) -> bytes:
 
 
 def tokens_per_day(home: Home, table: str = "tokens") -> dict[str, tuple[int, int]]:
-    """(images, tokens) of every materialized day of the tokens table, as ``budget`` takes them."""
+    """(images, tokens) of every materialized day of ``table``, as ``budget`` takes them.
+
+    Read from each partition's footer: its row count, and the sum of ``token_count`` from the
+    column's statistics, exact wherever a row group's min equals its max (one resolution and
+    tokenizer give every image of a day the same count). Only a day whose counts vary within a
+    row group has that column read, that day alone; no day's other columns are read.
+    """
     totals = {}
     for date in partition_dates(home, table):
-        counts = read_partition(home, table, date).column("token_count").to_pylist()
-        totals[date] = (len(counts), int(sum(counts)))
+        footer = read_footer(partition_file(home, table, date))
+        tokens = _footer_tokens(footer, table, date)
+        if tokens is None:
+            column = read_partition(home, table, date, [TOKEN_COUNT]).column(TOKEN_COUNT)
+            tokens = int(pc.sum(column).as_py() or 0)
+        totals[date] = (footer.num_rows, tokens)
     return totals
+
+
+def _footer_tokens(footer: pq.FileMetaData, table: str, date: str) -> int | None:
+    """The day's token sum from the statistics alone, or None where they cannot give it."""
+    names = footer.schema.names
+    if TOKEN_COUNT not in names:
+        raise ValueError(
+            f"{table} {date} has no {TOKEN_COUNT} column: it is not a tokens table; "
+            f"materialize tokens for {date}"
+        )
+    index = names.index(TOKEN_COUNT)
+    total = 0
+    for k in range(footer.num_row_groups):
+        group = footer.row_group(k)
+        if not group.num_rows:
+            continue
+        stats = group.column(index).statistics
+        if stats is None:
+            return None
+        if not stats.has_min_max:
+            if stats.has_null_count and stats.null_count == group.num_rows:
+                continue  # every count null: nothing to add
+            return None
+        if stats.min != stats.max or not stats.has_null_count:
+            return None
+        total += (group.num_rows - stats.null_count) * int(stats.min)
+    return total

@@ -5,9 +5,14 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from dataplatform.core.store.home import Home
+from dataplatform.core.store.warehouse import commit_stage, partition_file, write_partition
+from dataplatform.core.tokens import token_budget
 from dataplatform.core.tokens.token_budget import (
     HEIGHT,
     MARGIN,
@@ -83,3 +88,50 @@ def test_plot_without_days() -> None:
     pixels = _decode(budget_plot_png(budget({}, 1000)))
     assert not (pixels == (70, 110, 180)).all(axis=-1).any()
     assert (pixels == (200, 40, 40)).all(axis=-1).any()
+
+
+def _tokens_day(home, date: str, counts: list[int | None], row_group_size: int | None = None):
+    table = pa.table(
+        {
+            "pair_id": [f"{date}-{k}" for k in range(len(counts))],
+            "date": [date] * len(counts),
+            "token_count": pa.array(counts, pa.int32()),
+        }
+    )
+    commit_stage(home, date, {"tokens": table})
+    if row_group_size:  # several row groups, as a large day has
+        pq.write_table(
+            pq.read_table(partition_file(home, "tokens", date)),
+            partition_file(home, "tokens", date),
+            row_group_size=row_group_size,
+        )
+
+
+def test_tokens_per_day_reads_footers_and_only_a_varying_days_column(tmp_path, monkeypatch):
+    home = Home(tmp_path / "home")
+    _tokens_day(home, "2025-01-01", [784] * 5)
+    _tokens_day(home, "2025-01-02", [784, 784, None, 784], row_group_size=2)
+    _tokens_day(home, "2025-01-03", [256, 784, 784])  # two resolutions in one day
+    _tokens_day(home, "2025-01-04", [])
+    read = []
+    original = token_budget.read_partition
+
+    def spy(home, table, date, columns=None):
+        read.append((date, columns))
+        return original(home, table, date, columns)
+
+    monkeypatch.setattr(token_budget, "read_partition", spy)
+    assert token_budget.tokens_per_day(home) == {
+        "2025-01-01": (5, 5 * 784),
+        "2025-01-02": (4, 3 * 784),
+        "2025-01-03": (3, 256 + 2 * 784),
+        "2025-01-04": (0, 0),
+    }
+    assert read == [("2025-01-03", ["token_count"])]
+
+
+def test_tokens_per_day_names_a_table_without_token_counts(tmp_path):
+    home = Home(tmp_path / "home")
+    write_partition(home, "raw_pairs", "2025-01-01", pa.table({"pair_id": ["a"]}))
+    with pytest.raises(ValueError, match="raw_pairs 2025-01-01 has no token_count column"):
+        token_budget.tokens_per_day(home, "raw_pairs")
