@@ -246,7 +246,6 @@ class _BandTable(_SortedBand):
         index_type = np.int32 if len(hashes) < 2**31 else np.int64  # halves the table memory
         counts = np.bincount(self.values, minlength=size)
         self.occupied = counts > 0
-        self.several = counts > 1
         self.counts = counts.astype(index_type)
         self.starts = (np.cumsum(counts) - counts).astype(index_type)
         self.first_hash = np.zeros(size, np.uint64)
@@ -277,11 +276,13 @@ class _BandTable(_SortedBand):
                 if keep.size:
                     found = self.order.take(self.starts.take(key.take(keep)))
                     matches.found.append((left.order.take(a.take(keep)), found, dist))
-                several = np.flatnonzero(self.several.take(key))
+                # One gather of the run lengths serves the "several" test and the rest's length.
+                count = self.counts.take(key)
+                several = np.flatnonzero(count > 1)
                 if several.size:
-                    key = key.take(several)
-                    rest = self.counts.take(key) - 1
-                    matches.check_runs(left, a.take(several), self, self.starts.take(key) + 1, rest)
+                    rest = count.take(several) - 1
+                    start = self.starts.take(key.take(several)) + 1
+                    matches.check_runs(left, a.take(several), self, start, rest)
 
 
 def _sorted_result(
@@ -461,7 +462,6 @@ def _stored_table(folder: Path, k: int, band: _Band) -> _BandTable:
     table.counts = counts
     table.starts = np.asarray(starts[:-1])
     table.occupied = counts > 0
-    table.several = counts > 1
     return table
 
 
