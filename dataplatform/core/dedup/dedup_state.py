@@ -33,6 +33,7 @@ commit ids, and the stage rebuilds those days' segments from their partitions (s
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -64,6 +65,7 @@ BATCHES_FILE = "batches.npy"  # the first row of each batch of rows.arrow, then 
 _TIER_FACTOR = 4  # segments within a factor of 4 in size are merged, 4 at a time
 _MERGE_AT = 4
 _BATCH_ROWS = 1 << 16  # rows per record batch of rows.arrow: a hit reads only its batch
+_MERGE_CHUNK = 1 << 16  # rows taken from each segment per step of a merge
 # A segment that leaves the manifest stays on disk this long, so that a reader that read the
 # manifest before the change can still open it (readers take no lock); a takedown purges at once.
 RETIRED_GRACE_S = 600.0
@@ -134,18 +136,24 @@ class StateStore:
         schema: pa.Schema,
         index: Callable[[Path, np.ndarray], None] | None = None,
         mirror_url: str | None = None,
+        max_merged_rows: int | None = None,
     ) -> None:
         """``index``, when given, writes a search structure over a new segment's sorted keys
         into its folder before the folder is renamed into place (pHash: the band tables).
 
         ``mirror_url`` (an object-store folder beside the warehouse) makes the local folder a
         cache of the state kept there: ``refresh`` and every write start from its copy, and
-        every write publishes the result to it (``folder_mirror``)."""
+        every write publishes the result to it (``folder_mirror``).
+
+        ``max_merged_rows`` caps what compaction builds, for an ``index`` that needs a whole
+        segment in memory (pHash band tables are sorted whole): segments past a quarter of it
+        are no longer merged. Without it, merges stream and segments grow without bound."""
         self.folder = Path(root) / name
         self.name = name
         self.schema = schema
         self.index = index
         self.mirror = FolderMirror(self.folder, mirror_url) if mirror_url else None
+        self.max_merged_rows = max_merged_rows
 
     def segment_folder(self, segment: Segment) -> Path:
         return self.folder / segment.name
@@ -382,27 +390,28 @@ class StateStore:
     def _write_segment(self, keys: np.ndarray, rows: pa.Table) -> str:
         """Sort by key, write under a temp name, rename into place; return the folder name."""
         order = np.argsort(keys, kind="stable")
-        name = f"seg-{uuid.uuid4().hex}"
-        temp = self.folder / f".tmp-{name}"
-        temp.mkdir(parents=True)
-        sorted_keys = np.ascontiguousarray(keys[order], dtype=np.uint64)
-        np.save(temp / KEYS_FILE, sorted_keys)
-        table = rows.select(self.schema.names).cast(self.schema).take(pa.array(order))
-        starts = [0]
-        with ipc.new_file(str(temp / ROWS_FILE), self.schema) as writer:
-            for batch in table.to_batches(max_chunksize=_BATCH_ROWS):
-                if batch.num_rows:
-                    writer.write_batch(batch)
-                    starts.append(starts[-1] + batch.num_rows)
-        np.save(temp / BATCHES_FILE, np.asarray(starts, np.int64))
-        if self.index is not None:
-            self.index(temp, sorted_keys)
-        for path in temp.iterdir():
-            fsync_path(path)
-        fsync_path(temp)
-        os.rename(temp, self.folder / name)
-        fsync_path(self.folder)
-        return name
+        with self._new_segment(len(keys)) as out:
+            out.add(keys[order], rows.select(self.schema.names).take(pa.array(order)))
+        return out.name
+
+    @contextmanager
+    def _new_segment(self, rows: int) -> Iterator[_SegmentWriter]:
+        """A segment of ``rows`` rows written in key order a piece at a time, then indexed,
+        made durable and renamed into place; a failure leaves only a temp folder."""
+        out = _SegmentWriter(self.folder, self.schema, rows)
+        try:
+            yield out
+            out.close()
+            if self.index is not None:
+                self.index(out.temp, np.load(out.temp / KEYS_FILE, mmap_mode="r"))
+            for path in out.temp.iterdir():
+                fsync_path(path)
+            fsync_path(out.temp)
+            os.rename(out.temp, self.folder / out.name)
+            fsync_path(self.folder)
+        except BaseException:
+            out.abort()
+            raise
 
     def _with_day(
         self, segments: list[Segment], date: str, name: str | None, rows: int, commit: str | None
@@ -498,7 +507,7 @@ class StateStore:
         while True:
             tiers: dict[int, list[Segment]] = {}
             for s in segments:
-                if s.name:
+                if s.name and self._mergeable(s):
                     tiers.setdefault(_tier(s.live_rows), []).append(s)
             full = [group for _, group in sorted(tiers.items()) if len(group) >= _MERGE_AT]
             if not full:
@@ -506,16 +515,42 @@ class StateStore:
             group = full[0][:_MERGE_AT]
             segments = [s for s in segments if s not in group] + [self._merge(group)]
 
+    def _mergeable(self, segment: Segment) -> bool:
+        cap = self.max_merged_rows
+        return cap is None or segment.live_rows * _MERGE_AT <= cap
+
     def _merge(self, group: Sequence[Segment]) -> Segment:
-        keys, tables, records = [], [], {}
+        """One segment of ``group``'s live rows, in key order (ties: group order, then row
+        order), merged a chunk at a time: memory holds ``_MERGE_CHUNK`` rows per segment,
+        not the segments, whatever their size."""
+        records: dict[str, DayRecord] = {}
         for segment in group:
-            rows = self._rows(segment)
-            live = self.live(segment, rows, END_OF_TIME)
-            keys.append(np.asarray(self._keys(segment))[live])
-            tables.append(rows.filter(pa.array(live)))
             records.update(segment.dates)
-        merged = pa.concat_tables(tables)
-        return Segment(self._write_segment(np.concatenate(keys), merged), merged.num_rows, records)
+        total = sum(s.live_rows for s in group)
+        keys = [self._keys(segment) for segment in group]
+        at = [0] * len(group)
+        with contextlib.ExitStack() as stack:
+            readers = [_RangeReader(*stack.enter_context(self._reader(s))) for s in group]
+            with self._new_segment(total) as out:
+                while active := [k for k in range(len(group)) if at[k] < len(keys[k])]:
+                    # Every key <= bound of every segment goes into this chunk, so the chunks
+                    # come out in order; the segment that set the bound gives a whole chunk.
+                    bound = min(
+                        keys[k][min(at[k] + _MERGE_CHUNK, len(keys[k])) - 1] for k in active
+                    )
+                    chunk_keys, chunk_rows = [], []
+                    for k in active:
+                        window = keys[k][at[k] : at[k] + _MERGE_CHUNK]
+                        end = at[k] + int(np.searchsorted(window, bound, side="right"))
+                        rows = readers[k].rows(at[k], end)
+                        live = self.live(group[k], rows, END_OF_TIME)
+                        chunk_keys.append(np.asarray(keys[k][at[k] : end])[live])
+                        chunk_rows.append(rows.filter(pa.array(live)))
+                        at[k] = end
+                    merged_keys = np.concatenate(chunk_keys)
+                    order = np.argsort(merged_keys, kind="stable")
+                    out.add(merged_keys[order], pa.concat_tables(chunk_rows).take(pa.array(order)))
+        return Segment(out.name, total, records)
 
     def _remove_unreferenced(self, keep: set[str]) -> None:
         """Delete segment folders outside ``keep`` (retired past their grace, or never named:
@@ -533,6 +568,73 @@ class StateStore:
         """Forget everything."""
         with self._locked():
             self._write_manifest([], purge=True)
+
+
+class _SegmentWriter:
+    """The files of a segment being written under ``.tmp-<name>``: the keys into a .npy whose
+    length is known up front (streamed, never held or memory-mapped whole), the rows batch by
+    batch, and the first row of each batch."""
+
+    def __init__(self, folder: Path, schema: pa.Schema, rows: int) -> None:
+        self.name = f"seg-{uuid.uuid4().hex}"
+        self.temp = folder / f".tmp-{self.name}"
+        self.temp.mkdir(parents=True)
+        self.schema, self.rows, self.written = schema, rows, 0
+        self.starts = [0]
+        self._keys = open(self.temp / KEYS_FILE, "wb")  # noqa: SIM115 - closed by close/abort
+        header = {"descr": np.dtype(np.uint64).str, "fortran_order": False, "shape": (rows,)}
+        np.lib.format.write_array_header_1_0(self._keys, header)
+        self._writer = ipc.new_file(str(self.temp / ROWS_FILE), schema)
+
+    def add(self, keys: np.ndarray, rows: pa.Table) -> None:
+        """Append ``rows`` and their ``keys``, which follow every key added before."""
+        if len(keys) != rows.num_rows or self.written + len(keys) > self.rows:
+            raise ValueError(
+                f"{len(keys)} keys for {rows.num_rows} rows, {self.written} of {self.rows} written"
+            )
+        self._keys.write(np.ascontiguousarray(keys, dtype=np.uint64).tobytes())
+        for batch in rows.select(self.schema.names).cast(self.schema).to_batches(_BATCH_ROWS):
+            if batch.num_rows:
+                self._writer.write_batch(batch)
+                self.starts.append(self.starts[-1] + batch.num_rows)
+        self.written += len(keys)
+
+    def close(self) -> None:
+        self._writer.close()
+        self._keys.close()
+        if self.written != self.rows:
+            raise StateError(
+                f"segment {self.name}: {self.written} rows written where the manifest's day "
+                f"counts say {self.rows}; run `dataplatform rebuild-state`"
+            )
+        np.save(self.temp / BATCHES_FILE, np.asarray(self.starts, np.int64))
+
+    def abort(self) -> None:
+        for handle in (self._writer, self._keys):
+            with contextlib.suppress(Exception):
+                handle.close()
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
+class _RangeReader:
+    """Consecutive row ranges of a segment's rows.arrow, each batch read once."""
+
+    def __init__(self, reader: ipc.RecordBatchFileReader, starts: np.ndarray) -> None:
+        self.reader, self.starts = reader, starts
+        self._batch, self._index = None, -1
+
+    def rows(self, lo: int, hi: int) -> pa.Table:
+        pieces = []
+        while lo < hi:
+            b = int(np.searchsorted(self.starts, lo, side="right")) - 1
+            if b != self._index:
+                self._batch, self._index = self.reader.get_batch(b), b
+            first, end = int(self.starts[b]), int(self.starts[b + 1])
+            pieces.append(self._batch.slice(lo - first, min(hi, end) - lo))
+            lo = min(hi, end)
+        if not pieces:
+            return pa.Table.from_batches([], self.reader.schema)
+        return pa.Table.from_batches(pieces)
 
 
 def _tier(rows: int) -> int:

@@ -60,10 +60,16 @@ class StateSpec:
     schema: pa.Schema
     key: Callable[[pa.Table], np.ndarray]
     index: Callable[[Path, np.ndarray], None] | None = None
+    max_merged_rows: int | None = None
 
     def store(self, home: Home) -> StateStore:
         return StateStore(
-            state_root(home), self.name, self.schema, self.index, state_mirror_url(home, self.name)
+            state_root(home),
+            self.name,
+            self.schema,
+            self.index,
+            state_mirror_url(home, self.name),
+            self.max_merged_rows,
         )
 
 
@@ -97,8 +103,17 @@ def _phash_key(rows: pa.Table) -> np.ndarray:
 # Every pair_id raw_pairs ingested (a pair_id stays unique even when its first row was dropped).
 INGESTED_IDS = StateSpec("ingested_ids", "raw_pairs", IDS_SCHEMA, _ids_key)
 EXACT_KEPT = StateSpec("exact_deduped", "exact_deduped", SHA_SCHEMA, _sha_key)
+# Band tables are built by sorting a whole segment (about 30 bytes a hash a band): segments stop
+# growing at 16.8M hashes (about 0.5 GB to build), so a compaction day stays within a day's
+# memory; past that the state holds more segments, each searched in turn.
+PHASH_MAX_SEGMENT = 1 << 24
 PHASH_KEPT = StateSpec(
-    "phash_deduped", "phash_deduped", PHASH_SCHEMA, _phash_key, index=write_band_tables
+    "phash_deduped",
+    "phash_deduped",
+    PHASH_SCHEMA,
+    _phash_key,
+    index=write_band_tables,
+    max_merged_rows=PHASH_MAX_SEGMENT,
 )
 SPECS = (INGESTED_IDS, EXACT_KEPT, PHASH_KEPT)
 

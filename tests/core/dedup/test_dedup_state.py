@@ -306,3 +306,51 @@ def test_batch_starts_that_disagree_with_the_manifest_are_an_error(store):
     np.save(store.segment_folder(segment) / dedup_state.BATCHES_FILE, np.array([0, 2], np.int64))
     with pytest.raises(StateError, match="rebuild-state"):
         store.take(segment, np.array([0]))
+
+
+def test_merges_stream_in_chunks_and_give_the_whole_merge(tmp_path, monkeypatch):
+    """Merged a few rows at a time (chunks of 3, batches of 4, keys tied across chunk ends),
+    the segments hold exactly what merging them whole gives: live rows in key order, ties in
+    segment then row order; and every lookup still equals brute force."""
+    monkeypatch.setattr(dedup_state, "_MERGE_CHUNK", 3)
+    monkeypatch.setattr(dedup_state, "_BATCH_ROWS", 4)
+    store = StateStore(tmp_path, "test", SCHEMA)
+    days = {}
+    for k, date in enumerate(DAYS[:12]):
+        days[date] = day_rows(date, 5 + 3 * (k % 4), seed=100 + k)
+        record(store, date, days[date])
+    # A re-run day leaves rows of its old segment dead; a later merge must drop them.
+    days[DAYS[2]] = day_rows(DAYS[2], 4, seed=999)
+    record(store, DAYS[2], days[DAYS[2]])
+    for k, date in enumerate(DAYS[12:17]):
+        days[date] = day_rows(date, 6, seed=200 + k)
+        record(store, date, days[date])
+    segments = [s for s in store.manifest() if s.name]
+    assert any(len(s.dates) >= 4 for s in segments)  # merges happened
+    for segment in segments:
+        keys = np.asarray(store._keys(segment))
+        rows = store._rows(segment)
+        assert np.all(keys[1:] >= keys[:-1])
+        assert rows.num_rows == len(keys) == segment.rows
+        expected = sorted(
+            (int(key_of_hex([v])[0]), p)
+            for d in segment.dates
+            for p, v in zip(
+                days[d]["pair_id"].to_pylist(), days[d]["value"].to_pylist(), strict=True
+            )
+        )
+        got = list(zip(keys.tolist(), rows["pair_id"].to_pylist(), strict=True))
+        assert sorted(got) == expected
+    queries = [f"{v:016x}" for v in range(50)]
+    for before in [DAYS[3], DAYS[10], "2025-02-01"]:
+        assert found(store, queries, before) == brute(days, queries, before)
+
+
+def test_a_capped_state_stops_merging_large_segments(tmp_path):
+    """With ``max_merged_rows`` no compaction builds a segment past it."""
+    store = StateStore(tmp_path, "test", SCHEMA, max_merged_rows=40)
+    for k, date in enumerate(DAYS):
+        record(store, date, day_rows(date, 10, seed=k))
+    segments = [s for s in store.manifest() if s.name]
+    assert max(s.rows for s in segments) <= 40
+    assert sum(s.rows for s in segments) == 10 * len(DAYS)
