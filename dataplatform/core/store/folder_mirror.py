@@ -10,8 +10,10 @@ shares, beside the warehouse. The state's layout makes the mirror simple:
   are compared by content.
 
 ``push`` uploads what the remote lacks or holds differently, the top manifest last, then
-deletes remote files that the local folder no longer has (the state removes a retired segment
-only after its grace period, so a reader that read the old manifest can still fetch it).
+deletes remote files that the local folder no longer has and that are older than
+``DELETE_GRACE_S`` (the state removes a retired segment only after its own grace period, so a
+reader that read the old manifest can still fetch it; and a segment another machine uploaded a
+moment ago, which this machine has not pulled, is never taken for a retired one).
 ``pull`` fetches the remote manifest and, when it differs from the local one, the files the
 local copy lacks, then replaces the local manifest last. A reader therefore sees the old state
 or the new one, never a manifest naming files it does not have. Writers on different machines
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from dataplatform.core.store.durable import fsync_path
 from dataplatform.core.store.object_store import ObjectStore, open_store
 
 TOP_MANIFEST = "manifest.json"
+DELETE_GRACE_S = 3600.0
 # Files that are rewritten in place: compared by content, not by size.
 _MUTABLE_SUFFIX = ".json"
 
@@ -62,7 +66,7 @@ class FolderMirror:
         if local_top.is_file() and local_top.read_bytes() == manifest:
             return 0
         fetched = 0
-        for url, relative in self._remote_files():
+        for url, relative, _ in self._remote_files():
             if relative == TOP_MANIFEST:
                 continue
             path = self.local / relative
@@ -81,7 +85,8 @@ class FolderMirror:
 
     def push(self) -> int:
         """Publish the local copy; returns the files uploaded (the top manifest included)."""
-        remote = dict((relative, url) for url, relative in self._remote_files())
+        listed = self._remote_files()
+        remote = {relative: url for url, relative, _ in listed}
         uploaded = 0
         local = dict(self._local_files())
         for relative, path in sorted(local.items()):
@@ -97,16 +102,25 @@ class FolderMirror:
         if TOP_MANIFEST in local:
             self.store.put(self._remote(TOP_MANIFEST), local[TOP_MANIFEST].read_bytes())
             uploaded += 1
-        gone = [url for relative, url in remote.items() if relative not in local]
+        now = time.time()
+        gone = [
+            url
+            for url, relative, modified in listed
+            if relative not in local and now - modified > DELETE_GRACE_S
+        ]
         self.store.delete(gone)
         return uploaded
 
     def _remote(self, relative: str) -> str:
         return f"{self.remote_url}/{relative}"
 
-    def _remote_files(self) -> list[tuple[str, str]]:
+    def _remote_files(self) -> list[tuple[str, str, float]]:
+        """(url, path below the mirror, last-modified time) of every remote file."""
         prefix = self.remote_url + "/"
-        return [(url, url[len(prefix) :]) for url in self.store.listing(self.remote_url)]
+        return [
+            (url, url[len(prefix) :], modified)
+            for url, modified in self.store.listing_times(self.remote_url)
+        ]
 
     def _local_files(self) -> list[tuple[str, Path]]:
         """Every file below ``local`` except hidden ones (the lock, temp folders)."""

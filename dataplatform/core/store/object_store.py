@@ -99,6 +99,17 @@ class ObjectStore:
                 return sorted(found)
             request["ContinuationToken"] = page["NextContinuationToken"]
 
+    def listing_times(self, prefix_url: str) -> list[tuple[str, float]]:
+        """Every object below ``prefix_url`` with its last-modified time (epoch seconds)."""
+        prefix = self._key(prefix_url).rstrip("/") + "/"
+        found = []
+        for key, info in sorted(self.fs.find(prefix, detail=True).items()):
+            modified = info.get("LastModified") or info.get("mtime") or info.get("created")
+            if hasattr(modified, "timestamp"):
+                modified = modified.timestamp()
+            found.append((self._url(key), float(modified or 0.0)))
+        return found
+
     def delete(self, urls: Iterable[str]) -> None:
         keys = [self._key(u) for u in urls]
         if keys:

@@ -76,6 +76,7 @@ def test_segments_retired_locally_leave_the_object_store_too(
     """Compaction merges one-day segments; once their grace is over they go from both sides,
     so the object store holds what the manifest names and nothing that grows without end."""
     monkeypatch.setattr(dedup_state, "RETIRED_GRACE_S", 0.0)
+    monkeypatch.setattr(folder_mirror, "DELETE_GRACE_S", 0.0)
     url = f"s3://{BUCKET}/retired/_state/ids"
     store = _machine(tmp_path / "a", url)
     for k in range(1, 6):
@@ -86,6 +87,21 @@ def test_segments_retired_locally_leave_the_object_store_too(
     segments = {o[len(url) + 1 :].split("/")[0] for o in objects} - {"manifest.json"}
     assert segments == live
     assert len(live) < 5  # merged
+
+
+def test_a_segment_another_machine_just_uploaded_is_not_deleted(
+    s3_endpoint: str,  # noqa: F811
+    tmp_path: Path,
+):
+    """Between another writer's segment upload and its manifest, this machine's push sees a
+    segment it does not have; only files past ``DELETE_GRACE_S`` are taken for retired ones."""
+    url = f"s3://{BUCKET}/foreign/_state/ids"
+    store = _machine(tmp_path / "a", url)
+    store.record_day("2024-01-01", *_day("2024-01-01", ["p1"]), "c1")
+    foreign = f"{url}/seg-from-another-machine/keys.npy"
+    open_store(url).put(foreign, b"not yet named by any manifest")
+    store.record_day("2024-01-02", *_day("2024-01-02", ["p2"]), "c2")
+    assert open_store(url).is_file(foreign)
 
 
 def test_pull_replaces_the_manifest_last(
