@@ -87,9 +87,9 @@ def semantic_deduped(
         )
     rebuilt += [f"{STATE}:{d}" for d in days]
     state = semantic_store(home)
-    # The earlier kept pairs at the threshold of one of the day's, from the persistent index:
+    # Each day row's nearest earlier kept pair at the threshold, from the persistent index:
     # all that the greedy decision uses (core/dedup/semantic_history.py).
-    history = state.search(vectors, threshold, date)
+    history = state.nearest(vectors, threshold, date)
     rank = _rank(current, config.keep_rule)
     decision = greedy_keep(
         rank,

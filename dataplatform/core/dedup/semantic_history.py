@@ -191,49 +191,60 @@ class SemanticStore(StateStore):
 
     def search(self, queries: np.ndarray, threshold: float, before: str) -> HistoryMatches:
         """Every earlier kept pair at ``threshold`` of a row of ``queries``."""
-        return self.retrying(lambda: self._search(queries, threshold, before))
+        return self.retrying(lambda: self._search(queries, threshold, before, nearest=False))
 
-    def _search(self, queries: np.ndarray, threshold: float, before: str) -> HistoryMatches:
+    def nearest(self, queries: np.ndarray, threshold: float, before: str) -> HistoryMatches:
+        """Each row of ``queries``' most similar earlier kept pair at ``threshold`` (ties: the
+        first in (date, pair_id) order): all that ``greedy_keep`` decides by, as it takes a
+        row's best history hit, which it prefers in that same order. Unlike ``search``, whose
+        pairs grow with the history (a cluster gathers members every day), this holds at most
+        one pair per row plus one block of the index's matches."""
+        return self.retrying(lambda: self._search(queries, threshold, before, nearest=True))
+
+    def _search(
+        self, queries: np.ndarray, threshold: float, before: str, *, nearest: bool
+    ) -> HistoryMatches:
         segments = self.segments_for(before)
         quantizer = self.quantizer()
-        empty = HistoryMatches(
-            np.zeros(0, np.int64),
-            np.zeros(0, np.int64),
-            np.zeros(0, np.float32),
-            IDS_SCHEMA.empty_table(),
-        )
         if not segments or quantizer is None or len(queries) == 0:
-            return empty
+            return _history_matches(_MATCHES_SCHEMA.empty_table())
         folders = [self.segment_folder(s) for s in segments]
         for folder in folders:
             if not folder.exists():
                 raise SegmentGone(f"{folder} is gone")
         try:
-            found = semantic_state.search_segments(folders, quantizer, queries, threshold)
+            if not nearest:
+                found = semantic_state.search_segments(folders, quantizer, queries, threshold)
+                return _history_matches(self._live(segments, found, before))
+            best = _MATCHES_SCHEMA.empty_table()
+            for block in semantic_state.search_segment_blocks(
+                folders, quantizer, queries, threshold
+            ):
+                best = _best_per_query(
+                    pa.concat_tables([best, self._live(segments, block, before)])
+                )
+            return _history_matches(best)
         except semantic_state.CorruptSegmentError as exc:
             raise StateError(f"{exc}; run `dataplatform rebuild-state`") from exc
-        rows = pa.table({"pair_id": found.pair_id, "date": found.date})
+
+    def _live(
+        self, segments: Sequence[Segment], found: semantic_state.SegmentMatches, before: str
+    ) -> pa.Table:
+        """The matches ``found`` in ``segments`` that count as history before ``before``."""
         keep = np.zeros(len(found), bool)
         for k, segment in enumerate(segments):
             mine = found.segment == k
             if mine.any():
-                keep[mine] = self.live(segment, rows.filter(pa.array(mine)), before)
-        if not keep.any():
-            return empty
-        rows = rows.filter(pa.array(keep))
-        history = pc.unique(
-            pc.binary_join_element_wise(rows["date"], rows["pair_id"], "\x00")
-        ).sort()
-        parts = [h.split("\x00") for h in history.to_pylist()]
-        table = pa.table({"pair_id": [p[1] for p in parts], "date": [p[0] for p in parts]})
-        index = pc.index_in(
-            pc.binary_join_element_wise(rows["date"], rows["pair_id"], "\x00"), value_set=history
-        )
-        return HistoryMatches(
-            found.query[keep].astype(np.int64),
-            np.asarray(index, dtype=np.int64),
-            found.similarity[keep].astype(np.float32),
-            table,
+                keep[mine] = self.live(segment, pa.table({"date": found.date.filter(mine)}), before)
+        mask = pa.array(keep)
+        return pa.table(
+            {
+                "query": found.query[keep].astype(np.int64),
+                "pair_id": found.pair_id.filter(mask),
+                "date": found.date.filter(mask),
+                "similarity": found.similarity[keep].astype(np.float32),
+            },
+            schema=_MATCHES_SCHEMA,
         )
 
     def advice(self, vectors: np.ndarray, before: str) -> dict[str, object]:
@@ -269,6 +280,54 @@ class SemanticStore(StateStore):
             "semantic_drift": "n/a" if math.isnan(drift) else round(float(drift), 3),
             "semantic_retrain_advised": "; ".join(reasons) or "-",
         }
+
+
+_MATCHES_SCHEMA = pa.schema(
+    [
+        ("query", pa.int64()),
+        ("pair_id", pa.string()),
+        ("date", pa.string()),
+        ("similarity", pa.float32()),
+    ]
+)
+
+
+def _best_per_query(matches: pa.Table) -> pa.Table:
+    """Per query, its highest similarity; ties to the first (date, pair_id)."""
+    ordered = matches.sort_by(
+        [
+            ("query", "ascending"),
+            ("similarity", "descending"),
+            ("date", "ascending"),
+            ("pair_id", "ascending"),
+        ]
+    )
+    query = ordered["query"].to_numpy()
+    first = np.ones(len(query), bool)
+    first[1:] = query[1:] != query[:-1]
+    return ordered.filter(pa.array(first))
+
+
+def _history_matches(matches: pa.Table) -> HistoryMatches:
+    """``matches`` (query, pair_id, date, similarity) with their history pairs listed once, in
+    (date, pair_id) order."""
+    if matches.num_rows == 0:
+        return HistoryMatches(
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.float32),
+            IDS_SCHEMA.empty_table(),
+        )
+    keys = pc.binary_join_element_wise(matches["date"], matches["pair_id"], "\x00")
+    history = pc.unique(keys).sort()
+    parts = [h.split("\x00") for h in history.to_pylist()]
+    table = pa.table({"pair_id": [p[1] for p in parts], "date": [p[0] for p in parts]})
+    return HistoryMatches(
+        matches["query"].to_numpy().astype(np.int64),
+        np.asarray(pc.index_in(keys, value_set=history), dtype=np.int64),
+        matches["similarity"].to_numpy().astype(np.float32),
+        table,
+    )
 
 
 def store(home: Home) -> SemanticStore:

@@ -17,7 +17,8 @@ both). A segment is a folder::
     v-<uuid>/codes.npy     uint8 (rows, d): the SQ8 code of each vector
     v-<uuid>/errors.npy    float32 (rows,): |x - decode(code(x))|, rounded up
     v-<uuid>/vectors.npy   float32 (rows, d) (or float16): the exact vectors, memory-mapped
-    v-<uuid>/ids.arrow     Arrow IPC file: pair_id, date (strings), memory-mapped
+    v-<uuid>/ids.arrow     Arrow IPC file: pair_id, date (strings), memory-mapped; a search
+                           reads only the record batches holding its matches
 
 Bytes per vector on disk at d = 512: 512 (codes) + 2,048 (float32 vectors; 1,024 as float16)
 + 4 (error) + the ids (~40), about 2.6 KB; the exact vectors are most of it and are read only
@@ -32,16 +33,23 @@ queries probing it with one matrix product, using ``q . decode(c) = q . (min + s
 (q * step) . c``. Cauchy-Schwarz bounds the codec's error for a query q and a stored x by
 ``|q| * |x - decode(code(x))|``, the stored error: a candidate is kept when its approximate
 score plus that bound (and a float32 rounding bound) reaches the threshold, so SQ8 loses no
-pair at all; recall is lost only to lists not probed. Candidates are re-scored in float64 from
-the exact vectors (memory-mapped, one segment at a time) and kept at >= threshold, as
-``find_similar_between`` does: reported similarities are exact and nothing below the threshold
-is reported.
+pair at all; recall is lost only to lists not probed. Each block's candidates are re-scored in
+float64 from the exact vectors (memory-mapped, the touched pages dropped after each chunk) and
+kept at >= threshold, as ``find_similar_between`` does: reported similarities are exact and
+nothing below the threshold is reported. The pair_id and date of the pairs kept are copied from
+only the record batches of ids.arrow that hold them.
 
 Memory during a query: the queries and their probe lists (day-sized), the offsets of every
 segment (8 * (nlist + 1) bytes each, which is why segments should be compacted with
-``merge_segments``), one block of lists' codes (``_BLOCK_ROWS`` rows across all segments, or a
-single list if larger), the candidates and results (day-sized). Nothing is proportional to the
-history's size except a list, which grows with history / nlist. Time: each query scans
+``merge_segments``), one block of codes (``_BLOCK_ROWS`` rows across all segments; a longer list
+is read a block at a time), that block's candidates, ``_VERIFY_CHUNK`` exact vectors, and the
+pairs found. Mapped file pages count as the process's memory (VmHWM), which is why the vectors'
+pages are dropped as they are used: kept, they grew the peak by about 550 bytes per history
+vector (bench/semantic_scale.py: 1.9 GiB at 1M, 4.1 GiB at 5M), as did the candidates of the
+whole search, which are now verified a block at a time. The pairs found are the one thing that
+grows with the history (a cluster gains members every day); ``search_segment_blocks`` yields
+them a block at a time for a caller that keeps only the best per query
+(``SemanticStore.nearest``). Time: each query scans
 history * nprobe / nlist codes, so pick ``nlist`` from the expected history when training
 (``expected_rows``), and retrain (a one-off re-encode of the history) when the history
 outgrows it or ``drift`` passes ``DRIFT_RETRAIN_THRESHOLD``.
@@ -514,6 +522,36 @@ def search_segments(
     """Every (query row, stored row) of ``segments`` with cosine >= ``threshold`` that the
     index finds: all of those in the ``nprobe`` lists nearest each query (default
     ``default_nprobe``; ``nprobe = quantizer.nlist`` finds exactly what brute force finds)."""
+    readers, verified = _search(segments, quantizer, queries, threshold, nprobe)
+    return _resolve(readers, list(verified))
+
+
+def search_segment_blocks(
+    segments: Sequence[Path],
+    quantizer: Quantizer,
+    queries: np.ndarray,
+    threshold: float,
+    *,
+    nprobe: int | None = None,
+) -> Iterator[SegmentMatches]:
+    """``search_segments``' matches one block of inverted lists at a time (each block sorted
+    as ``search_segments`` sorts; together, the same matches), for a caller that reduces them
+    as they come (the best per query) and so holds one block's matches, not the history's."""
+    readers, verified = _search(segments, quantizer, queries, threshold, nprobe)
+    for block in verified:
+        if len(block.query):
+            yield _resolve(readers, [block])
+
+
+def _search(
+    segments: Sequence[Path],
+    quantizer: Quantizer,
+    queries: np.ndarray,
+    threshold: float,
+    nprobe: int | None,
+) -> tuple[list[_OpenSegment], Iterator[_Verified]]:
+    """The opened segments, and the search's verified pairs one block of lists at a time
+    (arguments are checked before this returns, the search runs as the blocks are taken)."""
     q = _as_unit_vectors(queries, "queries")
     _check_dimension(quantizer, q, "queries")
     t = _check_threshold(threshold)
@@ -523,33 +561,40 @@ def search_segments(
     if not 1 <= nprobe <= nlist:
         raise ValueError(f"nprobe must be in 1..{nlist} (the quantizer's lists), got {nprobe}")
     if len(q) == 0 or not readers:
-        return _empty_matches()
+        return readers, iter(())
+    return readers, _verified_blocks(readers, quantizer, q, t, nprobe)
+
+
+def _verified_blocks(
+    readers: Sequence[_OpenSegment], quantizer: Quantizer, q: np.ndarray, t: float, nprobe: int
+) -> Iterator[_Verified]:
     _set_faiss_threads()
+    nlist = quantizer.nlist
     probes = quantizer.nearest_lists(q, nprobe)[1]
     flat = probes.ravel()
     list_queries = np.argsort(flat, kind="stable") // nprobe  # queries grouped by list
     query_offsets = _offsets(np.bincount(flat, minlength=nlist))
+    del probes, flat
     counts = sum(np.diff(r.offsets) for r in readers)
     probed = np.flatnonzero((np.diff(query_offsets) > 0) & (counts > 0))
 
-    scaled = (q * quantizer.sq_step).astype(np.float32)
+    scaled = (q * quantizer.sq_step).astype(np.float32, copy=False)
     offset = (quantizer.sq_min + 0.5 * quantizer.sq_step).astype(np.float64)
-    bias = (q @ offset).astype(np.float32)  # BLAS in float64 from the float32 rows
+    bias = np.empty(len(q), np.float32)
+    for lo in range(0, len(q), _QUERY_CHUNK):  # BLAS in float64, a chunk of rows widened at once
+        bias[lo : lo + _QUERY_CHUNK] = q[lo : lo + _QUERY_CHUNK] @ offset
     norms = np.sqrt(np.einsum("ij,ij->i", q, q, dtype=np.float64)).astype(np.float32)
     lower = np.float32(t - _rounding_bound(quantizer, float(norms.max())))
 
-    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for block in _list_blocks(counts, probed, _BLOCK_ROWS):
-        codes, errors, starts = _read_block(readers, block)
-        for k, lst in enumerate(block.tolist()):
-            who = list_queries[query_offsets[lst] : query_offsets[lst + 1]]
-            pieces = [
-                (s, codes[s][k], errors[s][k], starts[s][k])
-                for s in range(len(readers))
-                if len(codes[s][k])
-            ]
-            found.extend(_score_list(pieces, who, scaled[who], bias[who], norms[who], lower))
-    return _verify(readers, found, q, t)
+    with _exact_vectors(readers) as gathers:
+        for block in _code_blocks(readers, counts, probed):
+            found = []
+            for lst, pieces in block:
+                who = list_queries[query_offsets[lst] : query_offsets[lst + 1]]
+                found.extend(_score_list(pieces, who, scaled[who], bias[who], norms[who], lower))
+            # Verified block by block: the candidates of one block are bounded by the block
+            # and the day, while those of the whole search grow with the history.
+            yield _verify(gathers, found, q, t)
 
 
 def brute_force_search(
@@ -562,19 +607,22 @@ def brute_force_search(
     readers = [_open_segment(Path(s)) for s in segments]
     q64 = q.astype(np.float64)  # the baseline trades memory for simplicity
     step = max(64, _SCORE_CELLS // max(1, len(q)))  # stored rows scored per product
-    found = []
-    for s, reader in enumerate(readers):
+    for reader in readers:
         if reader.info.dim != q.shape[1]:
             raise ValueError(
                 f"queries have d={q.shape[1]}, segment {reader.info.path} d={reader.info.dim}"
             )
-        with reader.files((VECTORS,)) as files:
-            for lo in range(0, reader.info.rows, step):
-                hi = min(reader.info.rows, lo + step)
-                sims = q64 @ files.read(VECTORS, lo, hi).astype(np.float64).T
-                qi, ri = np.nonzero(sims >= t)
-                found.append((qi, np.full(len(qi), s), ri + lo))
-    return _verify(readers, found, q, t)
+    matches = []
+    with _exact_vectors(readers) as gathers:
+        for s, reader in enumerate(readers):
+            with reader.files((VECTORS,)) as files:
+                for lo in range(0, reader.info.rows, step):
+                    hi = min(reader.info.rows, lo + step)
+                    sims = q64 @ files.read(VECTORS, lo, hi).astype(np.float64).T
+                    qi, ri = np.nonzero(sims >= t)
+                    found = [(qi, np.full(len(qi), s), ri + lo)]
+                    matches.append(_verify(gathers, found, q, t))
+    return _resolve(readers, matches)
 
 
 def measure_recall(
@@ -688,6 +736,54 @@ def _list_blocks(counts: np.ndarray, lists: np.ndarray, max_rows: int) -> Iterat
         start = end
 
 
+_Piece = tuple[int, np.ndarray, np.ndarray, int]  # segment, codes, errors, first row
+
+
+def _code_blocks(
+    readers: Sequence[_OpenSegment], counts: np.ndarray, probed: np.ndarray
+) -> Iterator[list[tuple[int, list[_Piece]]]]:
+    """The codes of the ``probed`` lists in blocks of about ``_BLOCK_ROWS`` rows over all
+    segments: per block, (list, its pieces). A list longer than a block comes in several
+    blocks, so that no read grows with a list (lists grow with history / nlist)."""
+    for block in _list_blocks(counts, probed, _BLOCK_ROWS):
+        if len(block) == 1 and counts[block[0]] > _BLOCK_ROWS:
+            yield from _long_list(readers, int(block[0]))
+            continue
+        codes, errors, starts = _read_block(readers, block)
+        yield [
+            (
+                lst,
+                [
+                    (s, codes[s][k], errors[s][k], starts[s][k])
+                    for s in range(len(readers))
+                    if len(codes[s][k])
+                ],
+            )
+            for k, lst in enumerate(block.tolist())
+        ]
+
+
+def _long_list(
+    readers: Sequence[_OpenSegment], lst: int
+) -> Iterator[list[tuple[int, list[_Piece]]]]:
+    """The list ``lst`` of every segment, ``_BLOCK_ROWS`` rows at a time."""
+    pieces: list[_Piece] = []
+    rows = 0
+    for s, reader in enumerate(readers):
+        a, b = int(reader.offsets[lst]), int(reader.offsets[lst + 1])
+        with reader.files((CODES, ERRORS)) as files:
+            while a < b:
+                stop = min(b, a + _BLOCK_ROWS - rows)
+                pieces.append((s, files.read(CODES, a, stop), files.read(ERRORS, a, stop), a))
+                rows += stop - a
+                a = stop
+                if rows == _BLOCK_ROWS:
+                    yield [(lst, pieces)]
+                    pieces, rows = [], 0
+    if pieces:
+        yield [(lst, pieces)]
+
+
 def _read_block(
     readers: Sequence[_OpenSegment], block: np.ndarray
 ) -> tuple[list[list[np.ndarray]], list[list[np.ndarray]], list[list[int]]]:
@@ -715,7 +811,7 @@ def _read_block(
 
 
 def _score_list(
-    pieces: list[tuple[int, np.ndarray, np.ndarray, int]],
+    pieces: list[_Piece],
     who: np.ndarray,
     scaled: np.ndarray,
     bias: np.ndarray,
@@ -724,7 +820,9 @@ def _score_list(
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Candidates (query, segment, row) of one list: approximate score + the codec's error
     bound >= ``lower``. ``pieces`` are (segment, codes, errors, first row) of the list."""
-    max_rows = max(64, _SCORE_CELLS // len(who))
+    # Rows per product: at most _SCORE_CELLS scores, and at most _SCORE_CELLS codes widened
+    # to float32 (a list probed by few queries would otherwise widen all of its codes at once).
+    max_rows = max(64, _SCORE_CELLS // max(len(who), scaled.shape[1]))
     while pieces:
         chunk, rows = [], 0
         while pieces and rows < max_rows:
@@ -746,53 +844,91 @@ def _score_list(
             yield who[c], segment[r], row[r]
 
 
-def _verify(
+@dataclass(frozen=True)
+class _Verified:
+    """Candidates that reached the threshold when re-scored exactly, ids not yet resolved."""
+
+    query: np.ndarray  # int64
+    segment: np.ndarray  # int64
+    row: np.ndarray  # int64
+    similarity: np.ndarray  # float32
+
+
+@contextlib.contextmanager
+def _exact_vectors(
     readers: Sequence[_OpenSegment],
+) -> Iterator[list[Callable[[np.ndarray], np.ndarray]]]:
+    """Each segment's ``vectors()`` gather, open for the whole search."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(reader.vectors()) for reader in readers]
+
+
+def _verify(
+    gathers: Sequence[Callable[[np.ndarray], np.ndarray]],
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
     queries: np.ndarray,
     threshold: float,
-) -> SegmentMatches:
-    """Re-score candidates in float64 from the exact vectors, one segment at a time; keep
-    those >= ``threshold``; resolve their pair_id and date."""
+) -> _Verified:
+    """Re-score candidates (query, segment, row) in float64 from the exact vectors,
+    ``_VERIFY_CHUNK`` at a time in (segment, row) order, and keep those >= ``threshold``."""
     if not found:
-        return _empty_matches()
-    query = np.concatenate([f[0] for f in found]).astype(np.int64)
-    segment = np.concatenate([f[1] for f in found]).astype(np.int64)
-    row = np.concatenate([f[2] for f in found]).astype(np.int64)
+        empty = np.zeros(0, np.int64)
+        return _Verified(empty, empty, empty, np.zeros(0, np.float32))
+    query = np.concatenate([f[0] for f in found]).astype(np.int64, copy=False)
+    segment = np.concatenate([f[1] for f in found]).astype(np.int64, copy=False)
+    row = np.concatenate([f[2] for f in found]).astype(np.int64, copy=False)
+    found.clear()  # the caller's list: its arrays are copied above
     order = np.lexsort((row, segment))
     query, segment, row = query[order], segment[order], row[order]
-    bounds = np.searchsorted(segment, np.arange(len(readers) + 1))
-    parts = []
-    for s, reader in enumerate(readers):
-        lo, hi = bounds[s], bounds[s + 1]
-        if lo == hi:
-            continue
-        sims = np.empty(hi - lo, np.float64)
-        with reader.vectors() as gather:
-            for a in range(lo, hi, _VERIFY_CHUNK):
-                b = min(hi, a + _VERIFY_CHUNK)
-                x = gather(row[a:b]).astype(np.float64)
-                q64 = queries[query[a:b]].astype(np.float64)
-                sims[a - lo : b - lo] = np.einsum("ij,ij->i", q64, x)
-        keep = sims >= threshold
-        rows = row[lo:hi][keep]
-        ids = reader.ids().take(pa.array(rows))
-        parts.append(
-            pa.table(
-                {
-                    "query": query[lo:hi][keep],
-                    "date": ids["date"],
-                    "pair_id": ids["pair_id"],
-                    "similarity": sims[keep].astype(np.float32),
-                    "segment": np.full(len(rows), s, np.int64),
-                    "row": rows,
-                }
-            )
-        )
-    if not parts:
+    del order
+    bounds = np.searchsorted(segment, np.arange(len(gathers) + 1))
+    sims = np.empty(len(row), np.float64)
+    for s, gather in enumerate(gathers):
+        for a in range(bounds[s], bounds[s + 1], _VERIFY_CHUNK):
+            b = min(bounds[s + 1], a + _VERIFY_CHUNK)
+            x = gather(row[a:b]).astype(np.float64)
+            q64 = queries[query[a:b]].astype(np.float64)
+            sims[a:b] = np.einsum("ij,ij->i", q64, x)
+    keep = sims >= threshold
+    return _Verified(query[keep], segment[keep], row[keep], sims[keep].astype(np.float32))
+
+
+def _resolve(readers: Sequence[_OpenSegment], parts: Sequence[_Verified]) -> SegmentMatches:
+    """The verified pairs with their pair_id and date (read for those rows only), sorted by
+    (query, date, pair_id) and then (segment, row)."""
+    query = np.concatenate([np.zeros(0, np.int64), *(p.query for p in parts)])
+    if len(query) == 0:
         return _empty_matches()
-    table = pa.concat_tables(parts).sort_by(
-        [("query", "ascending"), ("date", "ascending"), ("pair_id", "ascending")]
+    segment = np.concatenate([p.segment for p in parts])
+    row = np.concatenate([p.row for p in parts])
+    similarity = np.concatenate([p.similarity for p in parts])
+    order = np.lexsort((row, segment))
+    query, segment, row, similarity = query[order], segment[order], row[order], similarity[order]
+    bounds = np.searchsorted(segment, np.arange(len(readers) + 1))
+    ids = pa.concat_tables(
+        [
+            readers[s].ids_of(row[bounds[s] : bounds[s + 1]])
+            for s in range(len(readers))
+            if bounds[s] < bounds[s + 1]
+        ]
+    )
+    table = pa.table(
+        {
+            "query": query,
+            "date": ids["date"],
+            "pair_id": ids["pair_id"],
+            "similarity": similarity,
+            "segment": segment,
+            "row": row,
+        }
+    ).sort_by(
+        [
+            ("query", "ascending"),
+            ("date", "ascending"),
+            ("pair_id", "ascending"),
+            ("segment", "ascending"),
+            ("row", "ascending"),
+        ]
     )
     return SegmentMatches(
         query=table["query"].to_numpy(),
@@ -942,10 +1078,13 @@ class _OpenSegment:
         try:
             return os.open(self.version_dir / name, os.O_RDONLY)
         except FileNotFoundError:
-            raise SegmentChangedError(
-                f"segment {self.directory} lost {self.info.version}/{name} while being read: it "
-                "was rewritten meanwhile; read it again"
-            ) from None
+            raise self._changed(name) from None
+
+    def _changed(self, name: str) -> SegmentChangedError:
+        return SegmentChangedError(
+            f"segment {self.directory} lost {self.info.version}/{name} while being read: it "
+            "was rewritten meanwhile; read it again"
+        )
 
     @contextlib.contextmanager
     def files(self, names: Sequence[str]) -> Iterator[_RowReader]:
@@ -959,7 +1098,9 @@ class _OpenSegment:
     @contextlib.contextmanager
     def vectors(self) -> Iterator[Callable[[np.ndarray], np.ndarray]]:
         """A function of row numbers giving copies of their exact vectors, read through a memory
-        map that lasts as long as the ``with`` (its pages leave with it)."""
+        map that lasts as long as the ``with``. The pages a call touched are dropped from the
+        map before it returns (``MADV_DONTNEED``; they stay in the page cache): mapped pages
+        count as the process's memory, and a search gathers rows from all over the history."""
         layout = self.layouts[VECTORS]
         fd = self._open(VECTORS)
         try:
@@ -969,13 +1110,49 @@ class _OpenSegment:
         shape = (self.info.rows, self.info.dim)
 
         def gather(rows: np.ndarray) -> np.ndarray:
+            if len(rows) == 0:
+                return np.zeros((0, shape[1]), layout.dtype)
             stored = np.frombuffer(mapped, layout.dtype, math.prod(shape), layout.offset)
-            return stored.reshape(shape)[rows]
+            taken = stored.reshape(shape)[rows]
+            del stored
+            # All of the map, not the rows' range: a fault maps its neighbours too.
+            mapped.madvise(mmap.MADV_DONTNEED)
+            return taken
 
         try:
             yield gather
         finally:
             mapped.close()
+
+    def ids_of(self, rows: np.ndarray) -> pa.Table:
+        """pair_id and date of ``rows`` (ascending, repeats allowed), in that order, copied from
+        only the record batches of ids.arrow that hold them: the file is memory-mapped, so the
+        other batches' pages are never touched, and the map is closed before returning."""
+        path = self.version_dir / IDS
+        try:
+            source = pa.memory_map(str(path))
+        except FileNotFoundError:
+            raise self._changed(IDS) from None
+        with source:
+            try:
+                reader = pa.ipc.open_file(source)
+                sizes = [reader.get_batch(i).num_rows for i in range(reader.num_record_batches)]
+            except pa.ArrowInvalid as exc:
+                raise CorruptSegmentError(path, f"not an Arrow file ({exc})") from exc
+            if sum(sizes) != self.info.rows or not reader.schema.equals(_IDS_SCHEMA):
+                raise CorruptSegmentError(
+                    path, f"{sum(sizes)} rows of {reader.schema} for {self.info.rows} rows"
+                )
+            starts = _offsets(np.asarray(sizes, np.int64))
+            cuts = np.searchsorted(rows, starts)
+            pieces = [
+                pa.Table.from_batches([reader.get_batch(b)]).take(
+                    pa.array(rows[cuts[b] : cuts[b + 1]] - starts[b])
+                )
+                for b in range(len(sizes))
+                if cuts[b] < cuts[b + 1]
+            ]
+            return pa.concat_tables(pieces or [_IDS_SCHEMA.empty_table()]).combine_chunks()
 
     def ids(self) -> pa.Table:
         """pair_id and date of every row, memory-mapped: the map goes when the table does, so

@@ -2,8 +2,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from dataplatform.core.dedup import semantic_state
 from dataplatform.core.dedup.dedup_state import StateError
 from dataplatform.core.dedup.semantic_history import SemanticStore
+from dataplatform.core.dedup.semantic_index import find_similar_pairs, greedy_keep
 
 DAYS = [f"2025-01-{d:02d}" for d in range(1, 21)]
 DIM = 64
@@ -133,3 +135,44 @@ def test_another_embedding_model_is_refused_with_what_to_do(store):
     narrow, narrow_ids = day(DAYS[1], 20, seed=2)
     with pytest.raises(StateError, match="d=64.*d=32.*rebuild-state"):
         store.record_day(DAYS[1], narrow, narrow_ids, "c")
+
+
+def test_nearest_is_each_rows_best_pair_and_decides_as_every_pair_does(store, monkeypatch):
+    """``nearest`` keeps one pair per day row (its memory follows the day, not the clusters'
+    growing membership), the one ``greedy_keep`` would pick from ``search``'s every pair."""
+    days = {d: day(d, 100, seed=k) for k, d in enumerate(DAYS[:6])}
+    days[DAYS[6]] = (days[DAYS[2]][0].copy(), day(DAYS[6], 100, seed=0)[1])  # exact ties
+    for d, (vectors, ids) in days.items():
+        store.record_day(d, vectors, ids, "c")
+    store.record_day(DAYS[3], *day(DAYS[3], 40, seed=60), "c2")  # retired rows in a merge
+    monkeypatch.setattr(semantic_state, "_BLOCK_ROWS", 16)  # many blocks to reduce over
+    queries = np.concatenate([day("2025-02-01", 60, seed=96)[0], days[DAYS[2]][0][:20]])
+    every = store.search(queries, THRESHOLD, "2025-02-01")
+    best = store.nearest(queries, THRESHOLD, "2025-02-01")
+    hist = every.history.to_pylist()
+    expected = {}
+    for q, r, s in zip(every.query.tolist(), every.row.tolist(), every.similarity, strict=True):
+        key = (-s, hist[r]["date"], hist[r]["pair_id"])
+        expected[q] = min(expected.get(q, key), key)
+    got = best.history.to_pylist()
+    assert {
+        q: (-s, got[r]["date"], got[r]["pair_id"])
+        for q, r, s in zip(best.query.tolist(), best.row.tolist(), best.similarity, strict=True)
+    } == expected
+    assert len(set(best.query.tolist())) == len(best.query) < len(every.query)
+    assert any(got[r]["date"] == DAYS[2] for r in best.row[-20:])  # the tie to the earlier day
+    rank = np.arange(len(queries))
+    pairs = find_similar_pairs(queries, THRESHOLD)
+    a = greedy_keep(rank, pairs, (every.query, every.row, every.similarity))
+    b = greedy_keep(rank, pairs, (best.query, best.row, best.similarity))
+    assert (a.keep == b.keep).all() and (a.dup_in_history == b.dup_in_history).all()
+    np.testing.assert_array_equal(a.similarity, b.similarity)
+    assert _targets(a, hist) == _targets(b, got)
+
+
+def _targets(decision, history: list[dict]) -> list:
+    """What each day row is a duplicate of: a history pair_id, a day row, or -1 (kept)."""
+    return [
+        history[t]["pair_id"] if h else int(t)
+        for t, h in zip(decision.duplicate_of, decision.dup_in_history, strict=True)
+    ]

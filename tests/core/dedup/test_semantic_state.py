@@ -6,17 +6,21 @@ written, damaged, or encoded with another quantizer."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
+from dataplatform.core.dedup import semantic_state
 from dataplatform.core.dedup.semantic_index import DEFAULT_SIMILARITY_THRESHOLD
 from dataplatform.core.dedup.semantic_state import (
     CODES,
     DRIFT_RETRAIN_THRESHOLD,
+    IDS,
     MANIFEST,
     VECTORS,
     CorruptSegmentError,
@@ -30,6 +34,7 @@ from dataplatform.core.dedup.semantic_state import (
     measure_recall,
     merge_segments,
     remove_pairs,
+    search_segment_blocks,
     search_segments,
     segment_info,
     segment_rows,
@@ -334,3 +339,80 @@ def test_empty_segments_and_queries(world: World, tmp_path: Path) -> None:
     assert len(search_segments([tmp_path / "empty"], world.quantizer, world.queries, T)) == 0
     assert len(search_segments(world.segments, world.quantizer, world.queries[:0], T)) == 0
     assert len(search_segments([], world.quantizer, world.queries, T)) == 0
+
+
+def _fields(m: SegmentMatches) -> tuple:
+    return (
+        m.query.tolist(),
+        m.pair_id.to_pylist(),
+        m.date.to_pylist(),
+        m.similarity.tolist(),
+        m.segment.tolist(),
+        m.row.tolist(),
+    )
+
+
+def test_small_blocks_and_split_lists_give_the_same_matches_in_the_same_order(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Candidates are verified block by block and a list longer than a block is read in
+    pieces (so memory follows the block, not the history): neither may change the answer."""
+    queries = world.queries[::4]
+    whole = search_segments(world.segments, world.quantizer, queries, T)
+    assert len(whole) > 100
+    blocks = list(search_segment_blocks(world.segments, world.quantizer, queries, T))
+    monkeypatch.setattr(semantic_state, "_BLOCK_ROWS", 7)  # lists hold ~45 rows a segment
+    monkeypatch.setattr(semantic_state, "_VERIFY_CHUNK", 5)
+    assert _fields(search_segments(world.segments, world.quantizer, queries, T)) == _fields(whole)
+    small = list(search_segment_blocks(world.segments, world.quantizer, queries, T))
+    assert len(blocks) == 1 < 10 < len(small)
+    for parts in (blocks, small):
+        pairs = sorted(p for b in parts for p in zip(*_fields(b), strict=True))
+        assert pairs == sorted(zip(*_fields(whole), strict=True))
+
+
+def _mapped_kib(path: Path) -> int | None:
+    """Resident KiB of this process's mapping of ``path`` (None: not mapped)."""
+    resident, inside = None, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):  # a mapping's header line
+                inside = len(fields) >= 6 and fields[5] == str(path)
+            elif inside and fields[0] == "Rss:":
+                resident = (resident or 0) + int(fields[1])
+    return resident
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux /proc needed")
+def test_gathering_exact_vectors_leaves_none_of_their_pages_mapped(world: World) -> None:
+    """Mapped file pages count as the process's memory (VmHWM): a search that gathered the
+    candidates' vectors from a mapping kept open grew by the history it touched."""
+    reader = semantic_state._open_segment(world.segments[0])
+    rows = np.arange(0, reader.info.rows, 3)
+    with reader.vectors() as gather:
+        got = gather(rows)
+        path = reader.version_dir / VECTORS
+        assert _mapped_kib(path) == 0
+    np.testing.assert_array_equal(
+        got, world.days[0][np.argsort(_lists(world, 0), kind="stable")][rows]
+    )
+
+
+def _lists(world: World, day: int) -> np.ndarray:
+    return world.quantizer.nearest_lists(world.days[day], 1)[1][:, 0]
+
+
+def test_ids_of_reads_the_rows_asked_for_from_a_many_batch_segment(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(semantic_state, "_COPY_ROWS", 500)  # merged ids come in small batches
+    merged = tmp_path / "merged"
+    merge_segments(world.segments, merged)
+    reader = semantic_state._open_segment(merged)
+    with pa.ipc.open_file(reader.version_dir / IDS) as ids_file:
+        assert ids_file.num_record_batches > 10
+    rows = np.sort(np.random.default_rng(5).integers(0, reader.info.rows, 700))
+    rows = np.concatenate([[0, 0], rows, [reader.info.rows - 1]])
+    assert reader.ids_of(rows).to_pylist() == reader.ids().take(pa.array(rows)).to_pylist()
+    assert reader.ids_of(rows[:0]).num_rows == 0
