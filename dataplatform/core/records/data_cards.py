@@ -170,7 +170,7 @@ def _transforms(row: dict) -> list[dict]:
 
 SUMMARY_FILE = "summary.json"
 # Bump when what a summary holds changes: a summary of another layout is rebuilt from its day.
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +227,7 @@ def _summarise_day(home: Home, stages: Sequence[str], date: str) -> tuple[dict, 
     summary = {
         "layout": _layout(stages),
         "date": date,
+        "carded": carded,
         "stamp": stamp,
         "pairs": rows,
         "taken_down": sum(1 for s in ledger["stage"] if s == TAKEDOWN_STAGE),
@@ -350,7 +351,8 @@ def merge_summaries(summaries: Sequence[dict], stages: Sequence[str]) -> dict:
             "dropped": _ranked(dropped),
         },
         "dataset_versions": sorted(versions),
-        "tokens": {s["date"]: tuple(s["tokens"]) for s in summaries},
+        # A day without a card partition has no token budget row (nothing of it was carded).
+        "tokens": {s["date"]: tuple(s["tokens"]) for s in summaries if s["carded"]},
         "scores": stats,
     }
 

@@ -255,3 +255,8 @@ def test_the_overall_card_reads_no_row_of_earlier_days(home):
     assert {k: v for k, v in after.items() if k != "generated_at"} == {
         k: v for k, v in before.items() if k != "generated_at"
     }
+
+
+def test_a_day_without_cards_has_no_budget_row(home):
+    card = write_dataset_card(home, STAGES, "2025-03-09").card
+    assert (card["pairs"], card["token_budget"], card["funnel"][0]["in"]) == (0, [], 0)
