@@ -37,7 +37,12 @@ from dataplatform.core.dedup.dedup_state import (
     StateError,
     StateStore,
 )
-from dataplatform.core.dedup.history_state import state_root, sync_days, warehouse_commits
+from dataplatform.core.dedup.history_state import (
+    state_mirror_url,
+    state_root,
+    sync_days,
+    warehouse_commits,
+)
 from dataplatform.core.dedup.semantic_index import ivf_parameters
 from dataplatform.core.scoring.embedding_table import rows_for
 from dataplatform.core.store.home import Home
@@ -71,8 +76,8 @@ class HistoryMatches:
 class SemanticStore(StateStore):
     """A ``StateStore`` whose segments are ``semantic_state`` segments of unit vectors."""
 
-    def __init__(self, root: Path) -> None:
-        super().__init__(root, NAME, IDS_SCHEMA)
+    def __init__(self, root: Path, mirror_url: str | None = None) -> None:
+        super().__init__(root, NAME, IDS_SCHEMA, mirror_url=mirror_url)
         self.quantizers = self.folder / QUANTIZERS_FOLDER
         self._training: semantic_state.Quantizer | None = None  # set while rebuilding
 
@@ -331,7 +336,7 @@ def _history_matches(matches: pa.Table) -> HistoryMatches:
 
 
 def store(home: Home) -> SemanticStore:
-    return SemanticStore(state_root(home))
+    return SemanticStore(state_root(home), state_mirror_url(home, NAME))
 
 
 @dataclass(frozen=True)

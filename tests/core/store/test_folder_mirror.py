@@ -142,3 +142,25 @@ def test_the_warehouse_keeps_the_state_beside_it(s3_home: Home, tmp_path: Path):
     INGESTED_IDS.store(other).refresh()
     found = ingested_before(other, pa.table({"pair_id": ["b", "c"]}), "2024-01-02")
     assert found.to_pylist() == [{"pair_id": "b", "date": "2024-01-01"}]
+
+
+def test_the_semantic_state_is_shared_the_same_way(
+    s3_endpoint: str,  # noqa: F811
+    tmp_path: Path,
+):
+    """Its segments (versioned folders with their own manifest) and quantizers travel too: a
+    second machine finds exactly what the first recorded."""
+    from dataplatform.core.dedup.semantic_history import SemanticStore
+    from tests.core.dedup.test_semantic_history import brute, day, found
+
+    url = f"s3://{BUCKET}/semantic/_state/semantic_deduped"
+    a = SemanticStore(tmp_path / "a", url)
+    days = {d: day(d, 60, seed=k) for k, d in enumerate(["2024-01-01", "2024-01-02"])}
+    for d, (vectors, ids) in days.items():
+        a.record_day(d, vectors, ids, f"c-{d}")
+    b = SemanticStore(tmp_path / "b", url)
+    b.refresh()
+    queries = day("2024-01-03", 30, seed=9)[0]
+    assert b.quantizer().fingerprint == a.quantizer().fingerprint
+    assert found(b, queries, "2024-01-03") == brute(days, queries, "2024-01-03")
+    assert found(b, queries, "2024-01-03")  # the data hold copies: not vacuous
