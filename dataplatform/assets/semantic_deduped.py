@@ -21,7 +21,7 @@ from dataplatform.assets.reporting import (
 )
 from dataplatform.core.dedup.history_state import INGESTED_IDS, ingested_before
 from dataplatform.core.dedup.semantic_history import NAME as STATE
-from dataplatform.core.dedup.semantic_history import SEMANTIC_SPEC
+from dataplatform.core.dedup.semantic_history import RETRAIN_MODES, SEMANTIC_SPEC, retrain_if_due
 from dataplatform.core.dedup.semantic_history import record as semantic_record
 from dataplatform.core.dedup.semantic_history import store as semantic_store
 from dataplatform.core.dedup.semantic_history import sync as semantic_sync
@@ -50,6 +50,10 @@ class SemanticDedupConfig(dg.Config):
     keep_rule: str = "quality"
     """The member of a cluster kept: `quality` (highest aesthetic score where scored, then
     highest clip_score), `clip_score` (highest) or `pair_id` (smallest)."""
+    retrain: str = "auto"
+    """`auto`: when the day's drift or the history's growth says the index's quantizer is due
+    (docs/dedup_state.md), retrain it and re-encode the history before deciding (a rare day that
+    costs the history, logged); `advise`: only report it, for `dataplatform rebuild-state`."""
 
 
 @dg.asset(
@@ -69,6 +73,8 @@ def semantic_deduped(
     """Keep the best pair of each cluster of near-identical images; earlier days always win."""
     if config.keep_rule not in KEEP_RULES:
         raise dg.Failure(f"keep_rule must be one of {KEEP_RULES}, not {config.keep_rule!r}")
+    if config.retrain not in RETRAIN_MODES:
+        raise dg.Failure(f"retrain must be one of {RETRAIN_MODES}, not {config.retrain!r}")
     day = open_stage_day(context, warehouse, STAGE, global_dedup=True)
     home, date = day.home, day.date
     smoke = is_smoke()
@@ -86,6 +92,9 @@ def semantic_deduped(
             f"({', '.join(days[:5])}{', ...' if len(days) > 5 else ''})"
         )
     rebuilt += [f"{STATE}:{d}" for d in days]
+    advice, retrained = retrain_if_due(home, vectors, date, config.retrain)
+    if retrained != "-":
+        context.log.warning(f"{STATE} quantizer retrained: {retrained}")
     state = semantic_store(home)
     # Each day row's nearest earlier kept pair at the threshold, from the persistent index:
     # all that the greedy decision uses (core/dedup/semantic_history.py).
@@ -128,7 +137,8 @@ def semantic_deduped(
         "threshold": float(threshold),
         "keep_rule": config.keep_rule,
         "profile": "smoke (threshold raised)" if smoke else "production",
-        **state.advice(vectors, date),
+        **advice,
+        "semantic_retrained": retrained,
         **state_metadata(context, home, SEMANTIC_SPEC, date, rebuilt),
         "cluster_sizes": dg.MetadataValue.table(
             records=[

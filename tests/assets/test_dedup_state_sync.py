@@ -160,3 +160,37 @@ def test_semantic_state_repairs_itself_and_rebuilds(tmp_path: Path):
     for day, record in state.dates().items():
         assert record.commit == commit_id(partition_file(home, "semantic_deduped", day))
     assert state.quantizer().fingerprint != fingerprint  # retrained on every day's sample
+
+
+def test_a_due_retrain_runs_before_the_day_and_decides_the_same(tmp_path: Path, monkeypatch):
+    """With retrain="auto" a day whose advice says the quantizer is due (forced here: any
+    history counts as outgrown) retrains it and re-encodes the history before it searches; the
+    decisions equal a run that never retrains, and "advise" only reports it."""
+    from dataplatform.core.dedup import semantic_history
+
+    stages = [*STAGES, "clip_scored", "quality_filtered", "semantic_deduped"]
+    plain = Home(tmp_path / "plain")
+    build_three_days(plain.landing)
+    advise = {"ops": {"semantic_deduped": {"config": {"retrain": "advise"}}}}
+    for day in DAYS:
+        assert materialize_day(plain, day, selection=stages, run_config=advise).success
+    assert len(list(semantic_store(plain).quantizers.iterdir())) == 1  # never retrained
+
+    monkeypatch.setattr(semantic_history, "OUTGROWN_FACTOR", 0)
+    monkeypatch.setattr(semantic_history, "RETRAIN_MIN_LIST_GAIN", 0)
+    home = Home(tmp_path / "home")
+    shutil.copytree(plain.landing, home.landing)
+    retrained, fingerprints = [], []
+    for day in DAYS:
+        result = materialize_day(home, day, selection=stages)
+        assert result.success
+        meta = result.asset_materializations_for_node("semantic_deduped")[0].metadata
+        retrained.append(meta["semantic_retrained"].value)
+        fingerprints.append(semantic_store(home).quantizer().fingerprint)
+    assert retrained[0] == "-"  # no history yet: nothing to retrain
+    assert all("re-encoded" in r for r in retrained[1:]), retrained
+    assert len(set(fingerprints)) > 1
+    assert _kept(home, "semantic_deduped") == _kept(plain, "semantic_deduped")
+    assert _ledger(home) == _ledger(plain)
+    for day, record in semantic_store(home).dates().items():
+        assert record.commit == commit_id(partition_file(home, "semantic_deduped", day))

@@ -5,17 +5,20 @@ The segments are ``semantic_state`` segments (codes, error bounds, exact vectors
 states: one segment a day, size-tiered merges, dates retired on a re-run, a grace period for
 readers, sync against the warehouse's commit ids, one-swap rebuild, takedown removal.
 
-The coarse quantizer is trained once, on the first day written, and again only by
-``dataplatform rebuild-state``, which trains it on a sample of every kept embedding in the
-warehouse (up to ``SAMPLE_ROWS``) before it rebuilds the segments. Quantizers live under
-``quantizers/<fingerprint>/`` and a search loads the one its segments were written with, so a
-rebuild's new quantizer and segments are swapped in together by the manifest. Each day's
-metadata reports the drift of the day's vectors against the quantizer and advises a retrain
-when it passes ``DRIFT_RETRAIN_THRESHOLD``, or when the history has outgrown the quantizer.
+The coarse quantizer is trained once, on the first day written, and again only by ``rebuild``
+(``dataplatform rebuild-state``, or ``retrain_if_due`` when a measured signal says so), which
+trains it on a sample of every kept embedding in the warehouse (up to ``SAMPLE_ROWS``) before it
+rebuilds the segments. Quantizers live under ``quantizers/<fingerprint>/`` and a search loads
+the one its segments were written with, so a rebuild's new quantizer and segments are swapped
+in together by the manifest. Each day measures the drift of its vectors against the quantizer;
+a retrain is due when the drift passes ``DRIFT_RETRAIN_THRESHOLD`` (and the history has grown by
+``RETRAIN_MIN_GROWTH`` since the last training, so that a run of unusual days does not retrain
+every day) or when the history has outgrown the quantizer's lists by ``OUTGROWN_FACTOR``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -45,6 +48,7 @@ from dataplatform.core.dedup.history_state import (
 )
 from dataplatform.core.dedup.semantic_index import ivf_parameters
 from dataplatform.core.scoring.embedding_table import rows_for
+from dataplatform.core.store.durable import replace_json
 from dataplatform.core.store.home import Home
 from dataplatform.core.store.warehouse import (
     partition_file,
@@ -60,6 +64,12 @@ QUANTIZERS_FOLDER = "quantizers"  # one folder per trained quantizer, named by f
 SAMPLE_ROWS = 200_000
 # The quantizer has outgrown its history when ivf_parameters asks for this many times its lists.
 OUTGROWN_FACTOR = 4
+# A drift-triggered retrain waits until the history is this many times what it was trained for.
+RETRAIN_MIN_GROWTH = 1.25
+# An outgrown quantizer is retrained only when the retrain gives at least this many times its lists.
+RETRAIN_MIN_LIST_GAIN = 2
+TRAINED_FILE = "trained.json"  # beside a quantizer: the history rows it was trained for
+RETRAIN_MODES = ("auto", "advise")
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,8 @@ class SemanticStore(StateStore):
             shutil.rmtree(staged, ignore_errors=True)
         else:
             staged.rename(final)
+        history_rows = len(sample) if expected_rows is None else expected_rows
+        replace_json(final / TRAINED_FILE, {"history_rows": int(history_rows)})
         log.info(
             "%s state: quantizer %s trained on %d vectors, %d lists",
             NAME,
@@ -253,10 +265,15 @@ class SemanticStore(StateStore):
         )
 
     def advice(self, vectors: np.ndarray, before: str) -> dict[str, object]:
-        """The day's drift against the quantizer and whether a retrain is advised."""
+        """The day's drift against the quantizer, whether a retrain is advised and why, and
+        whether it is due (``semantic_retrain_due``: a measured signal, which ``retrain_if_due``
+        acts on; an unmeasurable drift or another CLIP model is only advised)."""
         quantizer = self.quantizer()
         if quantizer is None or len(vectors) == 0:
-            return {"semantic_quantizer_lists": quantizer.nlist if quantizer else 0}
+            return {
+                "semantic_quantizer_lists": quantizer.nlist if quantizer else 0,
+                "semantic_retrain_due": False,
+            }
         if quantizer.dim != vectors.shape[1]:
             return {
                 "semantic_quantizer_lists": quantizer.nlist,
@@ -264,27 +281,56 @@ class SemanticStore(StateStore):
                     f"the day's embeddings have d={vectors.shape[1]}, the quantizer "
                     f"d={quantizer.dim} (another CLIP model)"
                 ),
+                "semantic_retrain_due": False,
             }
         drift = semantic_state.drift(quantizer, vectors)
         history = self.rows_before(before)
         wanted = ivf_parameters(max(history, 1), 0.95)[0] if history else quantizer.nlist
-        reasons = []
+        trained_for = self._trained_rows(quantizer)
+        reasons, due = [], False
         if math.isnan(drift):
             reasons.append("the quantizer's training sample was too small to measure drift")
         elif drift > semantic_state.DRIFT_RETRAIN_THRESHOLD:
+            grown = history >= RETRAIN_MIN_GROWTH * max(1, trained_for)
+            due = due or grown
             reasons.append(
                 f"the day's drift {drift:.2f} is above {semantic_state.DRIFT_RETRAIN_THRESHOLD}"
+                + (
+                    ""
+                    if grown
+                    else f" (not yet due: {history} history vectors, trained for {trained_for})"
+                )
             )
         if wanted > OUTGROWN_FACTOR * quantizer.nlist:
+            # A retrain samples at most SAMPLE_ROWS: due only if that gives many more lists
+            # (past about 25M rows the sample caps them and retraining would not help).
+            sample = min(SAMPLE_ROWS, history)
+            better = semantic_state.default_nlist(sample, max(sample, history))
+            gain = better >= RETRAIN_MIN_LIST_GAIN * quantizer.nlist
+            due = due or gain
             reasons.append(
                 f"{history} history vectors want about {wanted} lists, the quantizer has "
                 f"{quantizer.nlist}"
+                + (
+                    ""
+                    if gain
+                    else f" (a {sample}-vector sample gives {better}: a retrain would not help)"
+                )
             )
         return {
             "semantic_quantizer_lists": quantizer.nlist,
             "semantic_drift": "n/a" if math.isnan(drift) else round(float(drift), 3),
             "semantic_retrain_advised": "; ".join(reasons) or "-",
+            "semantic_retrain_due": due,
         }
+
+    def _trained_rows(self, quantizer: semantic_state.Quantizer) -> int:
+        """The history rows ``quantizer`` was trained for (0 when it does not say)."""
+        path = self.quantizers / quantizer.fingerprint / TRAINED_FILE
+        try:
+            return int(json.loads(path.read_text())["history_rows"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return 0
 
 
 _MATCHES_SCHEMA = pa.schema(
@@ -392,6 +438,29 @@ def rebuild(home: Home) -> int:
         return state.rebuild(days())
     finally:
         state._training = None
+
+
+def retrain_if_due(home: Home, vectors: np.ndarray, date: str, mode: str) -> tuple[dict, str]:
+    """(the day's advice, what was retrained and why, or "-"): with ``mode`` "auto" a due
+    retrain (``advice``'s ``semantic_retrain_due``) runs ``rebuild`` before the day searches,
+    which re-encodes every earlier day: a rare day that costs the history, logged; "advise"
+    leaves it to ``dataplatform rebuild-state`` and only reports it."""
+    if mode not in RETRAIN_MODES:
+        raise ValueError(f"retrain must be one of {RETRAIN_MODES}, not {mode!r}")
+    state = store(home)
+    advice = state.advice(vectors, date)
+    if mode != "auto" or not advice.get("semantic_retrain_due"):
+        return advice, "-"
+    reason = str(advice["semantic_retrain_advised"])
+    log.warning(
+        "%s state: retraining the quantizer before %s (%s); every earlier day is re-encoded "
+        "with it (retrain='advise' leaves this to `dataplatform rebuild-state`)",
+        NAME,
+        date,
+        reason,
+    )
+    days = rebuild(home)
+    return store(home).advice(vectors, date), f"{reason}; {days} day(s) re-encoded"
 
 
 def _history_rows(home: Home, dates: Sequence[str]) -> int:

@@ -249,14 +249,11 @@ def train_quantizer(
         raise ValueError("sample is empty: train the quantizer on kept embeddings (n, d)")
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
-    n_hold = min(int(n * _HOLDOUT_FRACTION), _HOLDOUT_MAX) if n >= 20 else 0
+    n_hold = _holdout_rows(n)
     hold = s[np.sort(order[:n_hold])] if n_hold else s
     train = s[np.sort(order[n_hold:])]
-    cap = max(1, len(train) // _CELLS_PER_SAMPLE_POINT)
     if nlist is None:
-        nlist = cap
-        if expected_rows is not None:
-            nlist = min(cap, ivf_parameters(expected_rows, DEFAULT_SIMILARITY_THRESHOLD)[0])
+        nlist = default_nlist(n, expected_rows)
     if not 1 <= nlist <= len(train):
         raise ValueError(
             f"nlist={nlist} needs 1..{len(train)} (the sample rows k-means trains on, "
@@ -298,6 +295,20 @@ def train_quantizer(
         quantizer.fingerprint,
     )
     return quantizer
+
+
+def default_nlist(sample_rows: int, expected_rows: int | None = None) -> int:
+    """The lists ``train_quantizer`` gives a sample of ``sample_rows``: what ``ivf_parameters``
+    picks for ``expected_rows``, capped at 40 k-means points per centroid (the cap itself
+    without ``expected_rows``)."""
+    cap = max(1, (sample_rows - _holdout_rows(sample_rows)) // _CELLS_PER_SAMPLE_POINT)
+    if expected_rows is None:
+        return cap
+    return min(cap, ivf_parameters(expected_rows, DEFAULT_SIMILARITY_THRESHOLD)[0])
+
+
+def _holdout_rows(n: int) -> int:
+    return min(int(n * _HOLDOUT_FRACTION), _HOLDOUT_MAX) if n >= 20 else 0
 
 
 def load_quantizer(path: Path) -> Quantizer:

@@ -121,10 +121,19 @@ def test_drift_and_retrain_advice(store):
     store.record_day(DAYS[0], vectors, ids, "c")
     same = store.advice(day(DAYS[1], 200, seed=2)[0], DAYS[1])
     assert same["semantic_retrain_advised"] == "-"
+    assert same["semantic_retrain_due"] is False
     elsewhere = _unit(np.random.default_rng(7).normal(size=(200, DIM)))
     advice = store.advice(elsewhere, DAYS[1])
     assert advice["semantic_drift"] > 1.2
     assert "drift" in advice["semantic_retrain_advised"]
+    # Trained for these 400 rows: a drifting day is advised, not yet due, until the history
+    # has grown by RETRAIN_MIN_GROWTH (so unusual days in a row do not retrain every day).
+    assert advice["semantic_retrain_due"] is False
+    assert "not yet due" in advice["semantic_retrain_advised"]
+    store.record_day(DAYS[1], *day(DAYS[1], 120, seed=3), "c")
+    later = store.advice(elsewhere, DAYS[2])
+    assert later["semantic_retrain_due"] is True
+    assert "not yet due" not in later["semantic_retrain_advised"]
 
 
 def test_another_embedding_model_is_refused_with_what_to_do(store):
@@ -176,3 +185,23 @@ def _targets(decision, history: list[dict]) -> list:
         history[t]["pair_id"] if h else int(t)
         for t, h in zip(decision.duplicate_of, decision.dup_in_history, strict=True)
     ]
+
+
+def test_an_outgrown_quantizer_is_retrained_only_when_a_retrain_gives_more_lists(
+    store, monkeypatch
+):
+    """A retrain samples at most SAMPLE_ROWS vectors, which caps its lists: past that, an
+    outgrown quantizer is advised but never due, or every day would retrain."""
+    from dataplatform.core.dedup import semantic_history
+
+    vectors, ids = day(DAYS[0], 400, seed=1)
+    store.record_day(DAYS[0], vectors, ids, "c")
+    lists = store.quantizer().nlist
+    monkeypatch.setattr(store, "rows_before", lambda before: 10_000_000)
+    monkeypatch.setattr(semantic_history, "SAMPLE_ROWS", 400)  # the sample that trained it
+    capped = store.advice(day(DAYS[1], 50, seed=2)[0], DAYS[1])
+    assert f"the quantizer has {lists}" in capped["semantic_retrain_advised"]
+    assert "would not help" in capped["semantic_retrain_advised"]
+    assert capped["semantic_retrain_due"] is False
+    monkeypatch.setattr(semantic_history, "SAMPLE_ROWS", 40 * 40 * lists)
+    assert store.advice(day(DAYS[1], 50, seed=2)[0], DAYS[1])["semantic_retrain_due"] is True
