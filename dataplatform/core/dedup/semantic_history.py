@@ -302,8 +302,8 @@ class SemanticStore(StateStore):
                 )
             )
         if wanted > OUTGROWN_FACTOR * quantizer.nlist:
-            # A retrain samples at most SAMPLE_ROWS: due only if that gives many more lists
-            # (past about 25M rows the sample caps them and retraining would not help).
+            # A retrain samples at most SAMPLE_ROWS, whose 40 points a list cap it at about
+            # 4,500 lists: due only if it gives many more lists than the quantizer has.
             sample = min(SAMPLE_ROWS, history)
             better = semantic_state.default_nlist(sample, max(sample, history))
             gain = better >= RETRAIN_MIN_LIST_GAIN * quantizer.nlist
