@@ -99,6 +99,15 @@ class ObjectStore:
                 return sorted(found)
             request["ContinuationToken"] = page["NextContinuationToken"]
 
+    def download(self, url: str, path: str | os.PathLike[str]) -> None:
+        """Stream the object at ``url`` into the local file ``path`` (never held whole)."""
+        self.fs.get_file(self._key(url), os.fspath(path))
+
+    def upload(self, path: str | os.PathLike[str], url: str) -> None:
+        """Stream the local file ``path`` to ``url`` (multipart above the client's block size,
+        published only when complete)."""
+        self.fs.put_file(os.fspath(path), self._key(url))
+
     def listing_times(self, prefix_url: str) -> list[tuple[str, float]]:
         """Every object below ``prefix_url`` with its last-modified time (epoch seconds)."""
         prefix = self._key(prefix_url).rstrip("/") + "/"

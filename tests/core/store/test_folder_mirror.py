@@ -164,3 +164,49 @@ def test_the_semantic_state_is_shared_the_same_way(
     assert b.quantizer().fingerprint == a.quantizer().fingerprint
     assert found(b, queries, "2024-01-03") == brute(days, queries, "2024-01-03")
     assert found(b, queries, "2024-01-03")  # the data hold copies: not vacuous
+
+
+def test_a_takedown_leaves_the_object_store_and_other_caches_at_once(
+    s3_endpoint: str,  # noqa: F811
+    tmp_path: Path,
+):
+    """Within the hour that ordinary retired files wait, a takedown's purged segment is
+    deleted from the object store, and another machine's next refresh drops it from its
+    cache: the pair leaves every disk, not only the one that ran the takedown."""
+    url = f"s3://{BUCKET}/takedown/_state/ids"
+    a, b = _machine(tmp_path / "a", url), _machine(tmp_path / "b", url)
+    a.record_day("2024-01-01", *_day("2024-01-01", ["secret", "p2"]), "c1")
+    b.refresh()
+    (old,) = [s.name for s in b.manifest() if s.name]
+    assert (b.folder / old).is_dir()
+    assert a.remove_pairs(["secret"]) == 1
+    objects = open_store(url).listing(url)
+    assert not [o for o in objects if f"/{old}/" in o]
+    b.refresh()
+    assert not (b.folder / old).exists()
+    assert _found(b, ["secret", "p2"], "2024-01-02") == {("p2", "2024-01-01")}
+    leftovers = [p for p in b.folder.rglob("*") if p.is_file() and b"secret" in p.read_bytes()]
+    assert leftovers == []
+
+
+def test_a_file_that_vanishes_mid_pull_restarts_it(
+    s3_endpoint: str,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    url = f"s3://{BUCKET}/vanish/_state/ids"
+    _machine(tmp_path / "a", url).record_day("2024-01-01", *_day("2024-01-01", ["p1"]), "c1")
+    mirror = FolderMirror(tmp_path / "b" / "ids", url)
+    download = mirror.store.download
+    failures = []
+
+    def flaky(source: str, path) -> None:
+        if not failures:
+            failures.append(source)
+            raise FileNotFoundError(source)
+        download(source, path)
+
+    monkeypatch.setattr(mirror.store, "download", flaky)
+    assert mirror.pull() > 1
+    assert failures and (mirror.local / "manifest.json").is_file()
+    assert StateStore(tmp_path / "b", "ids", SCHEMA).dates().keys() == {"2024-01-01"}
