@@ -178,6 +178,7 @@ def test_a_due_retrain_runs_before_the_day_and_decides_the_same(tmp_path: Path, 
 
     monkeypatch.setattr(semantic_history, "OUTGROWN_FACTOR", 0)
     monkeypatch.setattr(semantic_history, "RETRAIN_MIN_LIST_GAIN", 0)
+    monkeypatch.setattr(semantic_history, "OUTGROWN_MIN_GROWTH", 0)
     home = Home(tmp_path / "home")
     shutil.copytree(plain.landing, home.landing)
     retrained, fingerprints = [], []

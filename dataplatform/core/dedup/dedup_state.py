@@ -154,6 +154,7 @@ class StateStore:
         self.index = index
         self.mirror = FolderMirror(self.folder, mirror_url) if mirror_url else None
         self.max_merged_rows = max_merged_rows
+        self._purged: set[str] = set()  # segments a takedown removed during this write
 
     def segment_folder(self, segment: Segment) -> Path:
         return self.folder / segment.name
@@ -246,11 +247,17 @@ class StateStore:
         if path.exists():
             try:
                 starts = np.load(path, allow_pickle=False)
-            except ValueError as exc:
+            except (ValueError, EOFError) as exc:
                 raise StateError(
                     f"{path} is unreadable ({exc}); run `dataplatform rebuild-state`"
                 ) from exc
-            if starts.dtype != np.int64 or starts.ndim != 1 or (np.diff(starts) <= 0).any():
+            if (
+                starts.dtype != np.int64
+                or starts.ndim != 1
+                or not len(starts)
+                or starts[0] != 0
+                or (np.diff(starts) <= 0).any()
+            ):
                 raise StateError(f"{path} holds no batch starts; run `dataplatform rebuild-state`")
             return starts
         sizes = [reader.get_batch(i).num_rows for i in range(reader.num_record_batches)]
@@ -344,17 +351,23 @@ class StateStore:
     @contextmanager
     def _locked(self, *, publish: bool = True) -> Iterator[None]:
         """One writer at a time on this machine; with a mirror, the write starts from the
-        object store's copy and, when it succeeds, publishes its result there."""
+        object store's copy and, when it succeeds, publishes its result there (a takedown's
+        purged segments leave the object store at once, not after the grace)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / ".lock", "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                if self.mirror is not None:
-                    self.mirror.pull()
+                if self.mirror is not None and self.mirror.pull():
+                    # Segments another machine retired or purged leave this cache too.
+                    raw = self._raw()
+                    named = {s["name"] for s in raw["segments"] if s["name"]}
+                    self._remove_unreferenced(named | set(raw.get("retired", {})))
+                self._purged = set()
                 yield
                 if self.mirror is not None and publish:
-                    self.mirror.push()
+                    self.mirror.push(delete_now=self._purged)
             finally:
+                self._purged = set()
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _write_manifest(self, segments: Sequence[Segment], *, purge: bool = False) -> None:
@@ -368,6 +381,8 @@ class StateStore:
             if segment.name and segment.name not in named:
                 retired.setdefault(segment.name, now)
         grace = 0.0 if purge else RETIRED_GRACE_S
+        if purge:
+            self._purged |= set(retired)
         retired = {n: t for n, t in retired.items() if now - t < grace}
         body = {
             "format": FORMAT,
@@ -520,9 +535,10 @@ class StateStore:
         return cap is None or segment.live_rows * _MERGE_AT <= cap
 
     def _merge(self, group: Sequence[Segment]) -> Segment:
-        """One segment of ``group``'s live rows, in key order (ties: group order, then row
-        order), merged a chunk at a time: memory holds ``_MERGE_CHUNK`` rows per segment,
-        not the segments, whatever their size."""
+        """One segment of ``group``'s live rows in key order, merged a chunk at a time: memory
+        holds ``_MERGE_CHUNK`` rows per segment, not the segments, whatever their size. Rows
+        with equal keys may interleave across segments differently from a whole merge; no
+        lookup depends on their order (each verifies and orders its hits itself)."""
         records: dict[str, DayRecord] = {}
         for segment in group:
             records.update(segment.dates)
@@ -538,7 +554,7 @@ class StateStore:
                     bound = min(
                         keys[k][min(at[k] + _MERGE_CHUNK, len(keys[k])) - 1] for k in active
                     )
-                    chunk_keys, chunk_rows = [], []
+                    chunk_keys, chunk_rows, taken = [], [], 0
                     for k in active:
                         window = keys[k][at[k] : at[k] + _MERGE_CHUNK]
                         end = at[k] + int(np.searchsorted(window, bound, side="right"))
@@ -546,10 +562,23 @@ class StateStore:
                         live = self.live(group[k], rows, END_OF_TIME)
                         chunk_keys.append(np.asarray(keys[k][at[k] : end])[live])
                         chunk_rows.append(rows.filter(pa.array(live)))
+                        taken += end - at[k]
                         at[k] = end
+                    if not taken:  # sorted keys always advance the segment that set the bound
+                        raise StateError(
+                            f"{self.folder}: the keys of {[s.name for s in group]} are not "
+                            "sorted; run `dataplatform rebuild-state`"
+                        )
                     merged_keys = np.concatenate(chunk_keys)
                     order = np.argsort(merged_keys, kind="stable")
-                    out.add(merged_keys[order], pa.concat_tables(chunk_rows).take(pa.array(order)))
+                    merged_rows = pa.concat_tables(chunk_rows).take(pa.array(order))
+                    try:
+                        out.add(merged_keys[order], merged_rows)
+                    except (OSError, pa.ArrowException) as exc:
+                        # Not the sources' fault: their reader would call it unreadable.
+                        raise StateError(
+                            f"{out.temp}: writing the merged segment failed ({exc})"
+                        ) from exc
         return Segment(out.name, total, records)
 
     def _remove_unreferenced(self, keep: set[str]) -> None:

@@ -66,8 +66,10 @@ SAMPLE_ROWS = 200_000
 OUTGROWN_FACTOR = 4
 # A drift-triggered retrain waits until the history is this many times what it was trained for.
 RETRAIN_MIN_GROWTH = 1.25
-# An outgrown quantizer is retrained only when the retrain gives at least this many times its lists.
+# An outgrown quantizer is retrained only when the retrain gives at least this many times its lists,
+# and the history has grown this many times since it was trained.
 RETRAIN_MIN_LIST_GAIN = 2
+OUTGROWN_MIN_GROWTH = 2
 TRAINED_FILE = "trained.json"  # beside a quantizer: the history rows it was trained for
 RETRAIN_MODES = ("auto", "advise")
 
@@ -304,10 +306,13 @@ class SemanticStore(StateStore):
         if wanted > OUTGROWN_FACTOR * quantizer.nlist:
             # A retrain samples at most SAMPLE_ROWS, whose 40 points a list cap it at about
             # 4,500 lists: due only if it gives many more lists than the quantizer has.
+            # The estimate assumes a full sample (days of uneven size give a smaller one), so a
+            # retrain also waits for the history to double since the last: never daily.
             sample = min(SAMPLE_ROWS, history)
             better = semantic_state.default_nlist(sample, max(sample, history))
             gain = better >= RETRAIN_MIN_LIST_GAIN * quantizer.nlist
-            due = due or gain
+            doubled = history >= OUTGROWN_MIN_GROWTH * max(1, trained_for)
+            due = due or (gain and doubled)
             reasons.append(
                 f"{history} history vectors want about {wanted} lists, the quantizer has "
                 f"{quantizer.nlist}"

@@ -205,3 +205,23 @@ def test_an_outgrown_quantizer_is_retrained_only_when_a_retrain_gives_more_lists
     assert capped["semantic_retrain_due"] is False
     monkeypatch.setattr(semantic_history, "SAMPLE_ROWS", 40 * 40 * lists)
     assert store.advice(day(DAYS[1], 50, seed=2)[0], DAYS[1])["semantic_retrain_due"] is True
+
+
+def test_an_outgrown_retrain_waits_for_the_history_to_double(store, monkeypatch):
+    """The list estimate assumes a full sample; days of uneven size give a smaller one, so a
+    retrain that did not reach it must not be due again the next day."""
+    from dataplatform.core.dedup import semantic_history
+    from dataplatform.core.store.durable import replace_json
+
+    vectors, ids = day(DAYS[0], 400, seed=1)
+    store.record_day(DAYS[0], vectors, ids, "c")
+    monkeypatch.setattr(store, "rows_before", lambda before: 10_000_000)
+    monkeypatch.setattr(semantic_history, "SAMPLE_ROWS", 200_000)
+    fingerprint = store.quantizer().fingerprint
+    trained = store.quantizers / fingerprint / semantic_history.TRAINED_FILE
+    replace_json(trained, {"history_rows": 6_000_000})  # as a retrain at 6M history leaves it
+    advice = store.advice(day(DAYS[1], 50, seed=2)[0], DAYS[1])
+    assert "want about" in advice["semantic_retrain_advised"]
+    assert advice["semantic_retrain_due"] is False
+    replace_json(trained, {"history_rows": 5_000_000})
+    assert store.advice(day(DAYS[1], 50, seed=2)[0], DAYS[1])["semantic_retrain_due"] is True
