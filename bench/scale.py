@@ -7,7 +7,8 @@ For each global dedup stage, a day of ``--day`` pairs (100,000) is decided again
   stale), the lookups of only the history rows the day can hit (``ingested_before``,
   ``kept_sha_before``, ``kept_phash_near``), the decision and the checks on that subset, the
   day's commit, then ``record`` of the day into the state;
-- baseline: what the assets did before the state (``git show HEAD~3:dataplatform/assets/``):
+- baseline: what the assets did before the state (``git show cbb2392:dataplatform/assets/``,
+  the commit that added the state before the assets used it):
   ``read_history`` of every earlier partition, the same decision functions on all of it, the
   checks over all of it, the day's commit.
 
@@ -375,7 +376,7 @@ def exact_state(home: Home, date: str, step: Steps) -> Decided:
 
 
 def exact_baseline(home: Home, date: str, step: Steps) -> Decided:
-    """exact_deduped as the asset ran it before the state (HEAD~3)."""
+    """exact_deduped as the asset ran it before the state (cbb2392)."""
     with step("input"):
         current = read_input(home, RAW, date)
     with step("history"):
@@ -429,7 +430,7 @@ def phash_state(home: Home, date: str, step: Steps) -> Decided:
 
 
 def phash_baseline(home: Home, date: str, step: Steps) -> Decided:
-    """phash_deduped as the asset ran it before the state (HEAD~3)."""
+    """phash_deduped as the asset ran it before the state (cbb2392)."""
     with step("input"):
         current = read_input(home, EXACT, date)
     with step("history"):
@@ -822,7 +823,7 @@ def main() -> None:
     limit_mib = args.max_baseline_gib * 1024
     print(
         f"python {sys.version.split()[0]}; state = the assets now, baseline = before the state "
-        f"(HEAD~3); one child process per cell; baseline limit {args.max_baseline_gib} GiB"
+        f"(cbb2392); one child process per cell; baseline limit {args.max_baseline_gib} GiB"
     )
     results: dict[tuple[str, str], list[tuple[int, Measured]]] = {}
     tables: dict[str, list] = {s.name: [] for s in STAGES}
