@@ -38,6 +38,13 @@ def _machine(root: Path, url: str) -> StateStore:
     return StateStore(root, "ids", SCHEMA, mirror_url=url)
 
 
+def _second_machine(tmp_path: Path, prefix: str) -> FolderMirror:
+    """A remote state of one day written by machine a, and machine b's mirror of it."""
+    url = f"s3://{BUCKET}/{prefix}/_state/ids"
+    _machine(tmp_path / "a", url).record_day("2024-01-01", *_day("2024-01-01", ["p1"]), "c1")
+    return FolderMirror(tmp_path / "b" / "ids", url)
+
+
 def _found(store: StateStore, ids: list[str], before: str) -> set[tuple[str, str]]:
     hits = store.find_equal(key_of_text(ids), before)
     return set(zip(hits.rows["pair_id"].to_pylist(), hits.rows["date"].to_pylist(), strict=True))
@@ -110,9 +117,7 @@ def test_pull_replaces_the_manifest_last(
     monkeypatch: pytest.MonkeyPatch,
 ):
     """A reader of the local copy never sees a manifest that names files it does not have."""
-    url = f"s3://{BUCKET}/order/_state/ids"
-    _machine(tmp_path / "a", url).record_day("2024-01-01", *_day("2024-01-01", ["p1"]), "c1")
-    mirror = FolderMirror(tmp_path / "b" / "ids", url)
+    mirror = _second_machine(tmp_path, "order")
     written: list[str] = []
     replace = folder_mirror.os.replace
 
@@ -194,9 +199,7 @@ def test_a_file_that_vanishes_mid_pull_restarts_it(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ):
-    url = f"s3://{BUCKET}/vanish/_state/ids"
-    _machine(tmp_path / "a", url).record_day("2024-01-01", *_day("2024-01-01", ["p1"]), "c1")
-    mirror = FolderMirror(tmp_path / "b" / "ids", url)
+    mirror = _second_machine(tmp_path, "vanish")
     download = mirror.store.download
     failures = []
 
