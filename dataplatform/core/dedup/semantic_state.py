@@ -404,6 +404,7 @@ def write_segment(
             out.codes[lo:hi] = codes
             out.errors[lo:hi] = _residual_norms(quantizer, chunk, codes)
             out.vectors[lo:hi] = chunk
+            out.release()
         taken = pa.record_batch([ids.take(order), day.take(order)], schema=_IDS_SCHEMA)
         out.commit(offsets, [taken], quantizer.fingerprint, quantizer.nlist, dates_range)
 
@@ -466,6 +467,7 @@ def merge_segments(sources: Sequence[Path], directory: Path) -> None:
             out.codes[pos : pos + n] = np.concatenate(parts[CODES])[perm]
             out.errors[pos : pos + n] = np.concatenate(parts[ERRORS])[perm]
             out.vectors[pos : pos + n] = np.concatenate(parts[VECTORS])[perm]
+            out.release()
             pos += n
             taken = all_ids.take(pa.array(np.concatenate(source_row)[perm]))
             yield from taken.to_batches()
@@ -505,6 +507,7 @@ def remove_pairs(directory: Path, pair_ids: Iterable[str]) -> int:
                 out.codes[pos : pos + n] = files.read(CODES, lo, hi)[mask]
                 out.errors[pos : pos + n] = files.read(ERRORS, lo, hi)[mask]
                 out.vectors[pos : pos + n] = files.read(VECTORS, lo, hi)[mask]
+            out.release()
             pos += n
             yield from table.slice(lo, hi - lo).filter(pa.array(mask)).to_batches()
 
@@ -997,6 +1000,16 @@ class _SegmentWriter:
 
     def __enter__(self) -> _SegmentWriter:
         return self
+
+    def release(self) -> None:
+        """Write back the rows filled so far and drop their pages from this process: a mapped
+        page counts as its memory until unmapped, and a merge fills gigabytes. The data stays
+        in the file (and the page cache); call it after each block."""
+        for array in (self.codes, self.errors, self.vectors):
+            mapped = getattr(array, "_mmap", None)
+            if mapped is not None:
+                array.flush()
+                mapped.madvise(mmap.MADV_DONTNEED)
 
     def __exit__(self, *exc: object) -> None:
         self.codes = self.errors = self.vectors = None

@@ -416,3 +416,26 @@ def test_ids_of_reads_the_rows_asked_for_from_a_many_batch_segment(
     rows = np.concatenate([[0, 0], rows, [reader.info.rows - 1]])
     assert reader.ids_of(rows).to_pylist() == reader.ids().take(pa.array(rows)).to_pylist()
     assert reader.ids_of(rows[:0]).num_rows == 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux /proc needed")
+def test_a_merge_keeps_none_of_the_new_segments_pages_mapped(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new segment is filled through memory maps, whose pages count as the process's
+    memory: without releasing them after each block a merge of 1.6M rows peaked at 4.2 GiB
+    (482 MiB with it). After every block none of the written files' pages stay mapped."""
+    monkeypatch.setattr(semantic_state, "_COPY_ROWS", 500)
+    resident = []
+    release = semantic_state._SegmentWriter.release
+
+    def spy(writer) -> None:
+        release(writer)
+        resident.append(sum(_mapped_kib(writer.tmp / name) or 0 for name in (CODES, VECTORS)))
+
+    monkeypatch.setattr(semantic_state._SegmentWriter, "release", spy)
+    merged = tmp_path / "merged"
+    merge_segments(world.segments, merged)
+    assert len(resident) > 1 and set(resident) == {0}
+    reader = semantic_state._open_segment(merged)
+    assert reader.info.rows == sum(semantic_state.segment_rows(s) for s in world.segments)
