@@ -62,6 +62,10 @@ EMBEDDINGS_TABLE = "embeddings"
 IDS_SCHEMA = pa.schema([("pair_id", pa.string()), ("date", pa.string())])
 QUANTIZERS_FOLDER = "quantizers"  # one folder per trained quantizer, named by fingerprint
 SAMPLE_ROWS = 200_000
+# A merge holds its sources' pair_ids (about 40 bytes a row) to check that none is kept twice:
+# segments stop merging at 16.8M rows (about 0.7 GB of ids), so a compaction day's memory has a
+# bound; a search reads every segment's lists anyway, so more segments cost it little.
+MAX_SEGMENT_ROWS = 1 << 24
 # The quantizer has outgrown its history when ivf_parameters asks for this many times its lists.
 OUTGROWN_FACTOR = 4
 # A drift-triggered retrain waits until the history is this many times what it was trained for.
@@ -89,7 +93,9 @@ class SemanticStore(StateStore):
     """A ``StateStore`` whose segments are ``semantic_state`` segments of unit vectors."""
 
     def __init__(self, root: Path, mirror_url: str | None = None) -> None:
-        super().__init__(root, NAME, IDS_SCHEMA, mirror_url=mirror_url)
+        super().__init__(
+            root, NAME, IDS_SCHEMA, mirror_url=mirror_url, max_merged_rows=MAX_SEGMENT_ROWS
+        )
         self.quantizers = self.folder / QUANTIZERS_FOLDER
         self._training: semantic_state.Quantizer | None = None  # set while rebuilding
 
