@@ -72,7 +72,7 @@ import pyarrow.parquet as pq
 from dataplatform.assets.dedup_history import input_commit, rows_by_id, rows_with
 from dataplatform.assets.exact_deduped import CHECK_SHA_UNIQUE
 from dataplatform.assets.exact_deduped import STAGE as EXACT
-from dataplatform.assets.phash_deduped import CHECK_NO_NEAR_DUPLICATES
+from dataplatform.assets.phash_deduped import CHECK_NO_NEAR_DUPLICATES, duplicate_ledger
 from dataplatform.assets.phash_deduped import STAGE as PHASH
 from dataplatform.assets.raw_pairs import KEY as RAW_KEY
 from dataplatform.assets.reporting import (
@@ -98,7 +98,6 @@ from dataplatform.core.dedup.history_state import (
     sync,
 )
 from dataplatform.core.dedup.phash_dedup import (
-    PhashDedupResult,
     kept_pairs_within,
     phash_deduplicate,
 )
@@ -318,24 +317,6 @@ def _exact_ledger(
     return ledger_table(sorted(ledger_rows, key=lambda r: r["pair_id"]))
 
 
-def _phash_ledger(result: PhashDedupResult, rows: list[dict]) -> pa.Table:
-    return ledger_table(
-        [
-            ledger_row(
-                row,
-                PHASH,
-                "phash_duplicate",
-                f"pHash {dup['distance']} bits from {dup['duplicate_of']} "
-                f"({dup['duplicate_of_date']}); threshold {THRESHOLD}",
-                duplicate_of=dup["duplicate_of"],
-                distance=float(dup["distance"]),
-                threshold=float(THRESHOLD),
-            )
-            for row, dup in zip(rows, result.duplicates, strict=True)
-        ]
-    )
-
-
 def exact_state(home: Home, date: str, step: Steps) -> Decided:
     """exact_deduped as the asset runs it now (dataplatform/assets/exact_deduped.py)."""
     with step("input"):
@@ -411,7 +392,9 @@ def phash_state(home: Home, date: str, step: Steps) -> Decided:
         result = phash_deduplicate(current, history, THRESHOLD)
     with step("ledger+checks"):
         dups = result.duplicates
-        ledger = _phash_ledger(result, rows_by_id(current, [d["pair_id"] for d in dups]))
+        ledger = duplicate_ledger(
+            result, rows_by_id(current, [d["pair_id"] for d in dups]), THRESHOLD
+        )
         near = kept_pairs_within(result.kept, history, THRESHOLD)
         PHASH_KEPT.store(home).rows_before(date)
         kept_ids = table_column(result.kept, "pair_id")
@@ -439,7 +422,9 @@ def phash_baseline(home: Home, date: str, step: Steps) -> Decided:
         result = phash_deduplicate(current, history, THRESHOLD)
     with step("ledger+checks"):
         by_id = {row["pair_id"]: row for row in current.to_pylist()}
-        ledger = _phash_ledger(result, [by_id[d["pair_id"]] for d in result.duplicates])
+        ledger = duplicate_ledger(
+            result, [by_id[d["pair_id"]] for d in result.duplicates], THRESHOLD
+        )
         near = kept_pairs_within(result.kept, history, THRESHOLD)
         ids_unique = unique_check(
             CHECK_PAIR_ID_UNIQUE,

@@ -1,6 +1,7 @@
 """phash_deduped: perceptual copies (re-encodes, resizes, tints) removed by pHash distance."""
 
 import dagster as dg
+import pyarrow as pa
 
 from dataplatform.assets.dedup_history import (
     concat_columns,
@@ -25,7 +26,11 @@ from dataplatform.core.dedup.history_state import (
     kept_phash_near,
     record,
 )
-from dataplatform.core.dedup.phash_dedup import kept_pairs_within, phash_deduplicate
+from dataplatform.core.dedup.phash_dedup import (
+    PhashDedupResult,
+    kept_pairs_within,
+    phash_deduplicate,
+)
 from dataplatform.core.dedup.phash_index import DEFAULT_PHASH_THRESHOLD
 from dataplatform.core.store.schema import ledger_row, ledger_table
 from dataplatform.resources.warehouse import WarehouseResource
@@ -65,21 +70,8 @@ def phash_deduped(
     result = phash_deduplicate(current, history, config.threshold)
 
     dups = result.duplicates
-    dup_rows = rows_by_id(current, [d["pair_id"] for d in dups])
-    ledger = ledger_table(
-        [
-            ledger_row(
-                row,
-                STAGE,
-                "phash_duplicate",
-                f"pHash {dup['distance']} bits from {dup['duplicate_of']} "
-                f"({dup['duplicate_of_date']}); threshold {config.threshold}",
-                duplicate_of=dup["duplicate_of"],
-                distance=float(dup["distance"]),
-                threshold=float(config.threshold),
-            )
-            for row, dup in zip(dup_rows, dups, strict=True)
-        ]
+    ledger = duplicate_ledger(
+        result, rows_by_id(current, [d["pair_id"] for d in dups]), config.threshold
     )
     # The check reuses that lookup: kept pairs of the day against each other and against it.
     near = kept_pairs_within(result.kept, history, config.threshold)
@@ -109,4 +101,23 @@ def phash_deduped(
         pair_id_scope=GLOBAL_SCOPE,
         # The commit id just written, so that a takedown racing the record leaves a mismatch.
         on_commit=lambda commit: record(home, PHASH_KEPT, date, result.kept, commit=commit),
+    )
+
+
+def duplicate_ledger(result: PhashDedupResult, rows: list[dict], threshold: int) -> pa.Table:
+    """The ledger rows of ``result``'s duplicates; ``rows`` are their pairs, in that order."""
+    return ledger_table(
+        [
+            ledger_row(
+                row,
+                STAGE,
+                "phash_duplicate",
+                f"pHash {dup['distance']} bits from {dup['duplicate_of']} "
+                f"({dup['duplicate_of_date']}); threshold {threshold}",
+                duplicate_of=dup["duplicate_of"],
+                distance=float(dup["distance"]),
+                threshold=float(threshold),
+            )
+            for row, dup in zip(rows, result.duplicates, strict=True)
+        ]
     )
