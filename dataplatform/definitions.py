@@ -7,6 +7,7 @@ from dataplatform.automation import curate_daily, curate_daily_schedule, landing
 from dataplatform.executors import executor_from_env
 from dataplatform.resources import (
     ClipResource,
+    EngineResource,
     LicensePolicyResource,
     QualityResource,
     TokenizerResource,
@@ -22,6 +23,7 @@ defs = dg.Definitions(
         "clip": ClipResource(),
         "quality": QualityResource(),
         "tokenizer": TokenizerResource(),
+        "engine": EngineResource(),
     },
     jobs=[curate_daily, apply_takedowns_job],
     schedules=[curate_daily_schedule],

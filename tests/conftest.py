@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.ray_cluster import ray_cluster  # noqa: F401 - the session fixture, shared
+
 SKIMAGE_DATA = Path(__import__("skimage").__file__).parent / "data"
 SKLEARN_IMAGES = Path(__import__("sklearn").__file__).parent / "datasets" / "images"
 PEERDATA = Path(__file__).resolve().parents[1].parent / "shared" / "peerdata"

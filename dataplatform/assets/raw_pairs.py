@@ -21,6 +21,7 @@ from dataplatform.core.records.takedown_requests import (
     load_takedowns,
 )
 from dataplatform.core.store.schema import LEDGER_SCHEMA
+from dataplatform.resources.engine import EngineResource
 from dataplatform.resources.licenses import LicensePolicyResource
 from dataplatform.resources.warehouse import WarehouseResource
 
@@ -53,6 +54,7 @@ def raw_pairs(
     config: RawPairsConfig,
     warehouse: WarehouseResource,
     licenses: LicensePolicyResource,
+    engine: EngineResource,
 ) -> dg.MaterializeResult:
     """Ingest ``landing/<date>/``: manifests, shards, captioned images; bad rows to the ledger.
 
@@ -75,7 +77,7 @@ def raw_pairs(
     landing = home.landing_date(date)
     if not landing.is_dir():
         context.log.warning(f"no landing folder {landing}: writing an empty partition")
-    result = ingest_folder(landing, date, options)
+    result = ingest_folder(landing, date, options, engine.spec(), context.log.info)
     kept, taken_down = exclude_taken_down(result.kept, requests, STAGE)
     kept, license_drops = apply_license_policy(kept, policy, STAGE)
     ledger = pa.concat_tables(
@@ -88,5 +90,6 @@ def raw_pairs(
         "license_flagged": sum(s != "allowed" for s in statuses),
         "takedown_requests": len(requests),
         "taken_down_at_ingest": taken_down.num_rows,
+        **result.engine_run.metadata(),
     }
     return finish_stage(day, result.rows_in, kept, ledger, metadata=extra)

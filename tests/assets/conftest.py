@@ -13,6 +13,7 @@ from dataplatform.assets import ALL_ASSETS, CARD_ASSETS, STAGE_ASSETS, TOKEN_ASS
 from dataplatform.core.store.home import Home
 from dataplatform.resources import (
     ClipResource,
+    EngineResource,
     LicensePolicyResource,
     QualityResource,
     TokenizerResource,
@@ -110,6 +111,7 @@ def stage_resources(home: Home, **overrides) -> dict:
         "clip": ClipResource(models_dir=str(home.root / "models"), num_workers=0),
         "quality": QualityResource(),
         "tokenizer": TokenizerResource(device="cpu", batch_size=4),
+        "engine": EngineResource(),
     }
     resources.update({k: v for k, v in overrides.items() if v is not None})
     return resources

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 CORE = Path(__file__).resolve().parents[2] / "dataplatform" / "core"
-PACKAGES = {"store", "ingest", "dedup", "scoring", "tokens", "records", "samples"}
+PACKAGES = {"store", "engine", "ingest", "dedup", "scoring", "tokens", "records", "samples"}
 
 
 def _imports(path: Path) -> set[str]:

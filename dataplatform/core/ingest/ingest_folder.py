@@ -10,14 +10,18 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
 
+from dataplatform.core.engine.chunk_map import ChunkRun, Lost, map_chunks, map_isolated
+from dataplatform.core.engine.engine_spec import EngineSpec
 from dataplatform.core.ingest.confined_files import FileRefused
 from dataplatform.core.ingest.image_decode import (
     DEFAULT_DRAFT_SIZE,
@@ -53,6 +57,7 @@ class IngestResult:
     kept: pa.Table
     rejected: pa.Table
     rows_in: int
+    engine_run: ChunkRun = field(default_factory=lambda: ChunkRun("local", 1, 0, 0.0))
 
 
 def read_image_bytes(ref: ImageRef, timeout_s: float = DEFAULT_FETCH_DEADLINE_S) -> bytes:
@@ -88,6 +93,45 @@ def _inspect_chunk(
     refs: Sequence[ImageRef], options: IngestOptions
 ) -> list[ImageFacts | tuple[str, str]]:
     return [inspect_ref(ref, options) for ref in refs]
+
+
+class _ChunkInspector:
+    """The Ray engine's worker: inspects a chunk of refs, each reading its own bytes."""
+
+    def __init__(self, options: IngestOptions) -> None:
+        self._options = options
+
+    def __call__(self, refs: Sequence[ImageRef]) -> list[ImageFacts | tuple[str, str]]:
+        return _inspect_chunk(refs, self._options)
+
+
+def inspect_on_engine(
+    refs: Sequence[ImageRef],
+    options: IngestOptions,
+    engine: EngineSpec,
+    log: Callable[[str], None] | None = None,
+) -> tuple[list[ImageFacts | tuple[str, str]], ChunkRun]:
+    """``inspect_all`` on the given engine: local processes here, or Ray actors on a cluster.
+
+    On Ray a chunk whose actor dies is redone one image per task, so a decoder that crashes its
+    process on a hostile file is that image's ``decoder_crashed`` row, as on the local engine.
+    """
+    if not engine.is_ray:
+        started = time.monotonic()
+        workers = options.workers or available_cores()
+        facts = inspect_all(refs, options)
+        chunks = -(-len(refs) // CHUNK_SIZE)
+        return facts, ChunkRun("local", workers, chunks, time.monotonic() - started)
+
+    def one_by_one(chunk: Sequence[ImageRef]) -> list[ImageFacts | tuple[str, str]]:
+        out = map_isolated(engine, partial(inspect_ref, options=options), chunk)
+        return [("decoder_crashed", r.detail) if isinstance(r, Lost) else r for r in out]
+
+    chunks = [refs[i : i + engine.chunk_rows] for i in range(0, len(refs), engine.chunk_rows)]
+    per_chunk, run = map_chunks(
+        engine, partial(_ChunkInspector, options), chunks, on_lost=one_by_one, log=log
+    )
+    return [fact for chunk in per_chunk for fact in chunk], run
 
 
 def inspect_all(
@@ -139,8 +183,17 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def ingest_folder(date_dir: Path, date: str, options: IngestOptions | None = None) -> IngestResult:
-    """Every row of ``date_dir`` as a raw pair or a ledger row; never raises for bad rows."""
+def ingest_folder(
+    date_dir: Path,
+    date: str,
+    options: IngestOptions | None = None,
+    engine: EngineSpec | None = None,
+    log: Callable[[str], None] | None = None,
+) -> IngestResult:
+    """Every row of ``date_dir`` as a raw pair or a ledger row; never raises for bad rows.
+
+    Decoding and hashing run on ``engine`` (default local); the rows are the same either way.
+    """
     options = options or IngestOptions()
     # A malformed DATAPLATFORM_ALLOW_NETWORKS is the deployment's error, not one row's: it
     # fails here, naming the variable, before anything is read.
@@ -182,7 +235,8 @@ def ingest_folder(date_dir: Path, date: str, options: IngestOptions | None = Non
             continue
         seen_ids[pair_id] = record
         to_decode.append((record, pair_id, text, truncated))
-    facts = inspect_all([r.image for r, *_ in to_decode], options)  # type: ignore[misc]
+    refs = [r.image for r, *_ in to_decode]
+    facts, run = inspect_on_engine(refs, options, engine or EngineSpec(), log)  # type: ignore[arg-type]
     kept_rows = []
     for (record, pair_id, text, truncated), fact in zip(to_decode, facts, strict=True):
         if isinstance(fact, tuple):
@@ -199,6 +253,7 @@ def ingest_folder(date_dir: Path, date: str, options: IngestOptions | None = Non
         kept=pa.Table.from_pylist(kept_rows, schema=RAW_PAIR_SCHEMA),
         rejected=ledger_table(rejected),
         rows_in=len(records),
+        engine_run=run,
     )
 
 

@@ -1,0 +1,1 @@
+"""Where a stage's per-pair work runs: in this process (``local``) or on a Ray cluster (``ray``)."""

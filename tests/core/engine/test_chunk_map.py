@@ -1,0 +1,120 @@
+"""map_chunks on both engines: same results in the same order, models built once per actor."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from dataplatform.core.engine.chunk_map import EngineWorkerLost, Lost, map_chunks, map_isolated
+from dataplatform.core.engine.engine_spec import (
+    ADDRESS_ENV,
+    ENGINE_ENV,
+    EngineSettingError,
+    EngineSpec,
+    engine_spec,
+)
+
+CHUNKS = [list(range(i, i + 5)) for i in range(0, 60, 5)]
+
+
+def _squares_worker():
+    # Built once per actor: the pid and a build id show how many were built and where.
+    built = os.getpid()
+
+    def work(chunk: list[int]) -> tuple[int, list[int]]:
+        return built, [x * x for x in chunk]
+
+    return work
+
+
+def test_local_runs_in_this_process_in_order():
+    results, run = map_chunks(EngineSpec(), _squares_worker, CHUNKS)
+    assert [r[1] for r in results] == [[x * x for x in c] for c in CHUNKS]
+    assert {r[0] for r in results} == {os.getpid()}
+    assert (run.engine, run.workers, run.chunks) == ("local", 1, len(CHUNKS))
+
+
+def test_ray_gives_the_local_results_in_chunk_order(ray_cluster):
+    spec = EngineSpec(kind="ray", address=ray_cluster.address)
+    results, run = map_chunks(spec, _squares_worker, CHUNKS)
+    assert [r[1] for r in results] == [[x * x for x in c] for c in CHUNKS]
+    pids = {r[0] for r in results}
+    # Two worker nodes with one CPU each: two actors, each built its worker once.
+    assert run.engine == "ray" and run.workers == 2 and len(pids) == 2
+    assert os.getpid() not in pids
+    assert run.nodes == 1 + ray_cluster.worker_nodes
+    assert run.metadata()["engine_workers"] == 2
+
+
+def _dies_on_chunk_7():
+    def work(chunk: list[int]) -> list[int]:
+        if chunk[0] == 35:
+            os._exit(3)  # a process-killing crash, as a hostile file can cause in a decoder
+        return [-x for x in chunk]
+
+    return work
+
+
+def test_a_dead_actor_is_redone_by_on_lost_and_the_rest_kept(ray_cluster):
+    spec = EngineSpec(kind="ray", address=ray_cluster.address)
+    redone = []
+
+    def on_lost(chunk):
+        redone.append(chunk)
+        return ["lost"] * len(chunk)
+
+    results, run = map_chunks(spec, _dies_on_chunk_7, CHUNKS, on_lost=on_lost)
+    assert redone == [CHUNKS[7]]
+    assert results[7] == ["lost"] * 5
+    assert [r for i, r in enumerate(results) if i != 7] == [
+        [-x for x in c] for i, c in enumerate(CHUNKS) if i != 7
+    ]
+    assert run.lost_workers == 1
+
+
+def test_a_dead_actor_without_on_lost_fails_naming_the_chunk(ray_cluster):
+    spec = EngineSpec(kind="ray", address=ray_cluster.address)
+    with pytest.raises(EngineWorkerLost, match="chunk 7 of 12"):
+        map_chunks(spec, _dies_on_chunk_7, CHUNKS)
+
+
+def _cannot_load():
+    raise FileNotFoundError("no checkpoint at /models/missing.pt")
+
+
+def test_a_worker_that_cannot_be_built_fails_with_its_own_error(ray_cluster):
+    spec = EngineSpec(kind="ray", address=ray_cluster.address)
+    with pytest.raises(EngineWorkerLost, match="missing.pt"):
+        map_chunks(spec, _cannot_load, CHUNKS)
+
+
+def _crash_on_three(x: int) -> int:
+    if x == 3:
+        os._exit(9)
+    return x + 100
+
+
+def test_map_isolated_turns_a_crashed_process_into_that_items_lost(ray_cluster):
+    spec = EngineSpec(kind="ray", address=ray_cluster.address)
+    out = map_isolated(spec, _crash_on_three, [1, 2, 3, 4])
+    assert out[:2] == [101, 102] and out[3] == 104
+    assert isinstance(out[2], Lost) and "died" in out[2].detail
+
+
+def test_spec_falls_back_to_the_environment(monkeypatch):
+    monkeypatch.setenv(ENGINE_ENV, "Ray")
+    monkeypatch.setenv(ADDRESS_ENV, "10.0.0.5:6379")
+    spec = engine_spec()
+    assert spec.is_ray and spec.address == "10.0.0.5:6379"
+    assert engine_spec("local").kind == "local"
+    monkeypatch.delenv(ENGINE_ENV)
+    assert engine_spec().kind == "local"
+
+
+def test_an_unknown_engine_names_the_setting(monkeypatch):
+    monkeypatch.setenv(ENGINE_ENV, "spark")
+    with pytest.raises(EngineSettingError, match="DATAPLATFORM_ENGINE='spark'"):
+        engine_spec()
+    with pytest.raises(EngineSettingError, match="chunk_rows"):
+        EngineSpec(chunk_rows=0)
