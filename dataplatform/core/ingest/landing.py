@@ -16,6 +16,7 @@ import os
 import re
 import unicodedata
 import urllib.parse
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -63,14 +64,19 @@ _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 
 @dataclass(frozen=True)
 class ImageRef:
-    """Where an image's bytes are: a file, a member of a tar shard, or a remote URI."""
+    """Where an image's bytes are: a file, a member of a tar shard, or a remote URI.
 
-    kind: str  # "file" | "tar" | "remote" | "invalid"
+    On an object-store landing, ``uri`` is the object's URL and ``root`` the prefix it must stay
+    inside; an ``object_range`` (a shard member) is read as ``size`` bytes from ``offset``. A
+    ref names everything its reader needs, so a worker on another node reads it as it is.
+    """
+
+    kind: str  # "file" | "tar" | "remote" | "object" | "object_range" | "invalid"
     path: str = ""
     offset: int = 0
     size: int = 0
     uri: str = ""
-    root: str = ""  # the folder ``path`` must stay inside when it is opened again
+    root: str = ""  # the folder (or object prefix) it must stay inside when it is read again
 
 
 @dataclass
@@ -101,6 +107,65 @@ def derived_pair_id(date: str, source: str, row_key: str) -> str:
     return f"p{digest}"
 
 
+@dataclass(frozen=True)
+class LandingEntry:
+    """A name found in the day folder, and why it will not be read (``None``: it may be)."""
+
+    rel: str
+    refusal: tuple[str, str] | None = None
+
+
+class LandingDay(ABC):
+    """One day folder as discovery reads it, wherever it lies.
+
+    ``LocalDay`` is a folder on this machine, ``object_landing.ObjectDay`` a prefix on an object
+    store. The readers of every format reach the day through these methods only, so the same
+    files give the same records, pair ids and ledger reasons in either place.
+    """
+
+    text_cap: int  # captions are cut to this many characters at discovery
+
+    @abstractmethod
+    def entries(self) -> list[LandingEntry]:
+        """Every visible name in the day, sorted, each with its refusal if it will not be read."""
+
+    @abstractmethod
+    def open(self, rel: str) -> BinaryIO:
+        """The file ``rel`` for reading (seekable); raises ``FileRefused``."""
+
+    @abstractmethod
+    def size(self, rel: str, fh: BinaryIO) -> int:
+        """The byte size of the opened file ``rel``."""
+
+    @abstractmethod
+    def read_caption(self, rel: str) -> bytes:
+        """The first ``MAX_TEXT_BYTES`` of the file ``rel``; raises ``FileRefused``."""
+
+    @abstractmethod
+    def image_ref(self, text: str) -> ImageRef | tuple[str, str]:
+        """A manifest's ``image`` value as a ref, or the ledger reason it is refused."""
+
+    @abstractmethod
+    def file_image(self, rel: str) -> ImageRef:
+        """The image file ``rel`` (one that ``entries`` did not refuse)."""
+
+    @abstractmethod
+    def member_images(self, rel: str) -> Callable[[int, int], ImageRef]:
+        """For the shard ``rel``: a ref to the member body at ``(offset, size)``."""
+
+    @abstractmethod
+    def real_rel(self, rel: str) -> str:
+        """The name inside the day that ``rel`` leads to (itself unless it is a link)."""
+
+    @abstractmethod
+    def target(self, rel: str) -> str:
+        """Where ``rel`` leads; two names with one target are one file."""
+
+    @abstractmethod
+    def target_of(self, ref: ImageRef) -> str | None:
+        """The ``target`` of a whole-file ref of this day; ``None`` for other kinds."""
+
+
 def discover(date_dir: Path, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS) -> list[LandingRecord]:
     """Every input row under ``date_dir``, in stable order.
 
@@ -112,9 +177,12 @@ def discover(date_dir: Path, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS) -> li
     ``raw_text_cap(max_text_chars)`` characters here already, so a row costs bounded memory
     however large its caption.
     """
-    root = date_dir.resolve()
-    scope = _Scope(root=root, text_cap=raw_text_cap(max_text_chars))
-    entries = sorted(_walk(root), key=lambda e: e.rel)
+    return discover_day(LocalDay(date_dir.resolve(), raw_text_cap(max_text_chars)))
+
+
+def discover_day(day: LandingDay) -> list[LandingRecord]:
+    """Every input row of ``day``, in stable order (source path, then row); see ``discover``."""
+    entries = day.entries()
     names = {e.rel for e in entries}
     records: list[LandingRecord] = []
     sidecar_texts: set[str] = set()
@@ -123,17 +191,15 @@ def discover(date_dir: Path, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS) -> li
         suffix = Path(entry.rel).suffix.lower()
         reader = _READERS.get(suffix)
         if entry.refusal is None and reader is not None:
-            records.extend(_read_source(reader, scope, entry.rel))
+            records.extend(_read_source(reader, day, entry.rel))
         elif suffix in IMAGE_SUFFIXES and _sidecar_of(entry.rel) in names:
             sidecar_texts.add(_sidecar_of(entry.rel))
-            sidecar_texts.add(_relative_real(root, _sidecar_of(entry.rel)))
+            sidecar_texts.add(day.real_rel(_sidecar_of(entry.rel)))
             sidecar_images.add(entry.rel)
-            records.append(_sidecar_record(scope, entry))
+            records.append(_sidecar_record(day, entry))
     # A refused file that a manifest row names is that row's ledger entry already.
     named = {os.path.normpath(r.image_uri) for r in records if r.image_uri}
-    referenced = {
-        os.path.realpath(r.image.path) for r in records if r.image and r.image.kind == "file"
-    }
+    referenced = {day.target_of(r.image) for r in records if r.image} - {None}
     for entry in entries:
         suffix = Path(entry.rel).suffix.lower()
         if entry.rel in sidecar_texts | sidecar_images or (
@@ -145,7 +211,7 @@ def discover(date_dir: Path, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS) -> li
                 continue
             error = entry.refusal
         elif suffix in IMAGE_SUFFIXES:
-            if os.path.realpath(root / entry.rel) in referenced:
+            if day.target(entry.rel) in referenced:
                 continue
             error = ("orphan_image", "no manifest row or sidecar caption refers to this image")
         else:
@@ -156,22 +222,47 @@ def discover(date_dir: Path, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS) -> li
 
 
 @dataclass(frozen=True)
-class _Scope:
-    """What every reader of one day folder needs: the folder, and the caption cap."""
+class LocalDay(LandingDay):
+    """A day folder on this machine; every file is opened through ``confined_files``."""
 
-    root: Path
+    root: Path  # resolved
     text_cap: int
 
+    def entries(self) -> list[LandingEntry]:
+        return sorted(_walk(self.root), key=lambda e: e.rel)
 
-@dataclass(frozen=True)
-class _Entry:
-    """A name found in the day folder, and why it will not be read (``None``: it may be)."""
+    def open(self, rel: str) -> BinaryIO:
+        return open_confined(self.root, self.root / rel)
 
-    rel: str
-    refusal: tuple[str, str] | None = None
+    def size(self, rel: str, fh: BinaryIO) -> int:
+        return os.fstat(fh.fileno()).st_size
+
+    def read_caption(self, rel: str) -> bytes:
+        return read_confined(self.root, self.root / rel, MAX_TEXT_BYTES, cut=True)
+
+    def image_ref(self, text: str) -> ImageRef | tuple[str, str]:
+        return _resolve_local(self.root, text)
+
+    def file_image(self, rel: str) -> ImageRef:
+        return ImageRef(kind="file", path=os.path.realpath(self.root / rel), root=str(self.root))
+
+    def member_images(self, rel: str) -> Callable[[int, int], ImageRef]:
+        path, root = str(confined_path(self.root, self.root / rel)), str(self.root)
+        return lambda offset, size: ImageRef(
+            kind="tar", path=path, offset=offset, size=size, root=root
+        )
+
+    def real_rel(self, rel: str) -> str:
+        return _relative_real(self.root, rel)
+
+    def target(self, rel: str) -> str:
+        return os.path.realpath(self.root / rel)
+
+    def target_of(self, ref: ImageRef) -> str | None:
+        return os.path.realpath(ref.path) if ref.kind == "file" else None
 
 
-def _walk(root: Path) -> Iterator[_Entry]:
+def _walk(root: Path) -> Iterator[LandingEntry]:
     """Every visible name below ``root``, without recursion; symlinked folders are not entered.
 
     Iterative with a depth cap, so a folder nested thousands deep is one ledger row, not a
@@ -185,7 +276,9 @@ def _walk(root: Path) -> Iterator[_Entry]:
             with os.scandir(folder) as it:
                 children = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            yield _Entry(rel_folder, ("read_error", f"folder {rel_folder} cannot be listed: {exc}"))
+            yield LandingEntry(
+                rel_folder, ("read_error", f"folder {rel_folder} cannot be listed: {exc}")
+            )
             continue
         for child in children:
             if child.name.startswith((".", "_")):
@@ -194,24 +287,26 @@ def _walk(root: Path) -> Iterator[_Entry]:
             rel = _rel(root, path)
             shown = _printable(rel)
             if shown != rel:
-                yield _Entry(shown, ("invalid_path", f"{shown!r} is not valid UTF-8; rename it"))
+                yield LandingEntry(
+                    shown, ("invalid_path", f"{shown!r} is not valid UTF-8; rename it")
+                )
                 continue
             try:
                 is_link = child.is_symlink()
                 is_folder = child.is_dir(follow_symlinks=False)
             except OSError as exc:
-                yield _Entry(rel, ("read_error", f"{rel}: {exc}"))
+                yield LandingEntry(rel, ("read_error", f"{rel}: {exc}"))
                 continue
             if is_link and os.path.isdir(path):
-                yield _Entry(rel, _folder_link_refusal(root, rel))
+                yield LandingEntry(rel, _folder_link_refusal(root, rel))
             elif is_folder:
                 if depth + 1 >= MAX_FOLDER_DEPTH:
                     detail = f"folder {rel} is nested deeper than {MAX_FOLDER_DEPTH} levels"
-                    yield _Entry(rel, ("invalid_path", detail))
+                    yield LandingEntry(rel, ("invalid_path", detail))
                 else:
                     stack.append((path, depth + 1))
             else:
-                yield _Entry(rel, _file_refusal(root, rel))
+                yield LandingEntry(rel, _file_refusal(root, rel))
 
 
 def _rel(root: Path, path: Path) -> str:
@@ -262,7 +357,7 @@ def _sidecar_of(rel: str) -> str:
     return Path(rel).with_suffix(".txt").as_posix()
 
 
-def _sidecar_record(scope: _Scope, entry: _Entry) -> LandingRecord:
+def _sidecar_record(day: LandingDay, entry: LandingEntry) -> LandingRecord:
     """An image with a ``.txt`` caption beside it; either file may be refused."""
     record = LandingRecord(
         source=entry.rel, row=0, manifest_id=None, image_uri=entry.rel, image=None, text=None
@@ -270,14 +365,13 @@ def _sidecar_record(scope: _Scope, entry: _Entry) -> LandingRecord:
     if entry.refusal is not None:
         record.error = entry.refusal
         return record
-    root = scope.root
     try:
-        raw = read_confined(root, root / _sidecar_of(entry.rel), MAX_TEXT_BYTES, cut=True)
+        raw = day.read_caption(_sidecar_of(entry.rel))
     except FileRefused as refused:
         record.error = (refused.reason, f"caption file: {refused.detail}")
         return record
-    _set_text(record, raw.decode("utf-8", errors="replace"), scope.text_cap)
-    record.image = ImageRef(kind="file", path=os.path.realpath(root / entry.rel), root=str(root))
+    _set_text(record, raw.decode("utf-8", errors="replace"), day.text_cap)
+    record.image = day.file_image(entry.rel)
     return record
 
 
@@ -301,7 +395,9 @@ def _file_row(rel: str, error: tuple[str, str], row: int = 0, locator: str = "")
 
 
 def _read_source(
-    reader: Callable[[_Scope, str, BinaryIO], Iterator[LandingRecord]], scope: _Scope, rel: str
+    reader: Callable[[LandingDay, str, BinaryIO], Iterator[LandingRecord]],
+    day: LandingDay,
+    rel: str,
 ) -> list[LandingRecord]:
     """All rows of one manifest or shard; a failure part-way keeps the rows read before it.
 
@@ -310,8 +406,8 @@ def _read_source(
     """
     records: list[LandingRecord] = []
     try:
-        with open_confined(scope.root, scope.root / rel) as fh:
-            for record in reader(scope, rel, fh):
+        with day.open(rel) as fh:
+            for record in reader(day, rel, fh):
                 records.append(record)
     except FileRefused as refused:
         records.append(_file_row(rel, (refused.reason, refused.detail)))
@@ -359,17 +455,17 @@ def _resolve_local(root: Path, ref: str) -> ImageRef | tuple[str, str]:
 
 
 def _record_from_mapping(
-    scope: _Scope, rel: str, row: int, obj: dict[str, Any], locator: str
+    day: LandingDay, rel: str, row: int, obj: dict[str, Any], locator: str
 ) -> LandingRecord:
     """One manifest row; any surprise in its values is this row's ledger reason."""
     try:
-        return _mapping_record(scope, rel, row, obj, locator)
+        return _mapping_record(day, rel, row, obj, locator)
     except Exception as exc:  # noqa: BLE001 - one odd value never fails the folder
         return _malformed(rel, row, f"unusable row: {type(exc).__name__}: {exc}", locator)
 
 
 def _mapping_record(
-    scope: _Scope, rel: str, row: int, obj: dict[str, Any], locator: str
+    day: LandingDay, rel: str, row: int, obj: dict[str, Any], locator: str
 ) -> LandingRecord:
     record = LandingRecord(
         source=rel,
@@ -388,7 +484,7 @@ def _mapping_record(
     text, text_problem = _field_text("text", obj.get("text"))
     record.manifest_id = manifest_id
     record.image_uri = _printable(image) if image else None
-    _set_text(record, text, scope.text_cap)
+    _set_text(record, text, day.text_cap)
     if id_problem is not None:
         record.error = ("invalid_pair_id", id_problem)
     elif image_problem or text_problem:
@@ -396,7 +492,7 @@ def _mapping_record(
     elif not image:
         record.error = ("missing_image", "the row has no `image` field")
     else:
-        resolved = _resolve_local(scope.root, image)
+        resolved = day.image_ref(image)
         if isinstance(resolved, ImageRef):
             record.image = resolved
         else:
@@ -543,7 +639,7 @@ def parse_json_object(text: str) -> tuple[dict[str, Any] | None, str, str]:
     return obj, "", ""
 
 
-def _read_jsonl(scope: _Scope, rel: str, fh: BinaryIO) -> Iterator[LandingRecord]:
+def _read_jsonl(day: LandingDay, rel: str, fh: BinaryIO) -> Iterator[LandingRecord]:
     for row, raw, length in _bounded_lines(fh, MAX_MANIFEST_LINE_BYTES):
         if raw is None:
             yield _too_long(rel, row, length)
@@ -556,7 +652,7 @@ def _read_jsonl(scope: _Scope, rel: str, fh: BinaryIO) -> Iterator[LandingRecord
         if obj is None:
             yield _malformed(rel, row, detail, locator, reason=reason)
             continue
-        yield _record_from_mapping(scope, rel, row, obj, locator)
+        yield _record_from_mapping(day, rel, row, obj, locator)
 
 
 def ends_inside_quotes(line: str, inside: bool) -> bool:
@@ -585,7 +681,7 @@ def ends_inside_quotes(line: str, inside: bool) -> bool:
     return inside
 
 
-def _read_csv(scope: _Scope, rel: str, fh: BinaryIO) -> Iterator[LandingRecord]:
+def _read_csv(day: LandingDay, rel: str, fh: BinaryIO) -> Iterator[LandingRecord]:
     lines = _bounded_lines(fh, MAX_MANIFEST_LINE_BYTES)
     first = next(lines, None)
     if first is None:
@@ -649,11 +745,11 @@ def _read_csv(scope: _Scope, rel: str, fh: BinaryIO) -> Iterator[LandingRecord]:
             pending.extendleft(reversed(consumed[1:]))
             continue
         yield _record_from_mapping(
-            scope, rel, start, dict(zip(header, values, strict=True)), f"line {start + 1}"
+            day, rel, start, dict(zip(header, values, strict=True)), f"line {start + 1}"
         )
 
 
-def _read_parquet(scope: _Scope, rel: str, fh: BinaryIO) -> Iterator[LandingRecord]:
+def _read_parquet(day: LandingDay, rel: str, fh: BinaryIO) -> Iterator[LandingRecord]:
     try:
         parquet = pq.ParquetFile(fh)
     except Exception as exc:  # noqa: BLE001 - an unreadable manifest is one ledger row
@@ -661,8 +757,8 @@ def _read_parquet(scope: _Scope, rel: str, fh: BinaryIO) -> Iterator[LandingReco
         return
     row = 0
     for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
-        for obj in _capped(batch, scope.text_cap).to_pylist():
-            yield _record_from_mapping(scope, rel, row, obj, f"row {row}")
+        for obj in _capped(batch, day.text_cap).to_pylist():
+            yield _record_from_mapping(day, rel, row, obj, f"row {row}")
             row += 1
 
 
@@ -693,7 +789,7 @@ def _is_image_ext(ext: str) -> bool:
     return "." + ext.rsplit(".", 1)[-1] in IMAGE_SUFFIXES
 
 
-def _read_tar(scope: _Scope, rel: str, fh: BinaryIO) -> Iterator[LandingRecord]:
+def _read_tar(day: LandingDay, rel: str, fh: BinaryIO) -> Iterator[LandingRecord]:
     """img2dataset / WebDataset shards: members ``<key>.<ext>`` grouped as WebDataset groups them.
 
     Every member is accounted for: it belongs to a kept sample (its image, caption, metadata, or
@@ -702,13 +798,13 @@ def _read_tar(scope: _Scope, rel: str, fh: BinaryIO) -> Iterator[LandingRecord]:
     A shard that cannot be read to its end keeps the samples before the break and adds one row
     for the rest. Headers are read by ``tar_headers``, not ``tarfile`` (see there why).
     """
-    size = os.fstat(fh.fileno()).st_size
-    path = str(confined_path(scope.root, scope.root / rel))
+    size = day.size(rel, fh)
+    image_at = day.member_images(rel)
     listing = list_members(fh, size)
     if not listing.members and listing.broken is not None:
         yield _malformed(rel, 0, f"unreadable tar shard: {listing.broken}")
         return
-    records = _shard_records(scope, rel, fh, size, path, listing.members)
+    records = _shard_records(day, rel, fh, size, image_at, listing.members)
     yield from records
     if listing.broken is not None:
         yield _file_row(
@@ -723,7 +819,12 @@ def _read_tar(scope: _Scope, rel: str, fh: BinaryIO) -> Iterator[LandingRecord]:
 
 
 def _shard_records(
-    scope: _Scope, rel: str, fh: BinaryIO, size: int, path: str, members: list[TarMember]
+    day: LandingDay,
+    rel: str,
+    fh: BinaryIO,
+    size: int,
+    image_at: Callable[[int, int], ImageRef],
+    members: list[TarMember],
 ) -> list[LandingRecord]:
     last_of: dict[bytes, int] = {}
     for i, m in enumerate(members):
@@ -750,7 +851,7 @@ def _shard_records(
             groups.setdefault(key, {})[ext] = m
     records = []
     for row, key in enumerate(sorted(groups)):
-        record, extra_images = _sample_record(scope, rel, fh, size, path, row, key, groups[key])
+        record, extra_images = _sample_record(day, rel, fh, size, image_at, row, key, groups[key])
         records.append(record)
         refused.extend(extra_images)
     for m, reason, detail in refused:
@@ -766,11 +867,11 @@ def _shard_records(
 
 
 def _sample_record(
-    scope: _Scope,
+    day: LandingDay,
     rel: str,
     fh: BinaryIO,
     size: int,
-    path: str,
+    image_at: Callable[[int, int], ImageRef],
     row: int,
     key: str,
     parts: dict[str, TarMember],
@@ -805,11 +906,7 @@ def _sample_record(
         row=row,
         manifest_id=None,
         image_uri=f"{rel}#{image.name}" if image else None,
-        image=ImageRef(
-            kind="tar", path=path, offset=image.offset_data, size=image.size, root=str(scope.root)
-        )
-        if image
-        else None,
+        image=image_at(image.offset_data, image.size) if image else None,
         text=None,
         url=_opt_str(meta.get("url")),
         license=_opt_str(meta.get("license")),
@@ -830,7 +927,7 @@ def _sample_record(
         text, text_problem = raw_text.decode("utf-8", "replace"), None
     else:
         text, text_problem = _field_text("caption", meta.get("caption"))
-    _set_text(record, text, scope.text_cap)
+    _set_text(record, text, day.text_cap)
     record.manifest_id, id_problem = _pair_id(meta.get("id"))
     if id_problem is not None:
         record.error = ("invalid_pair_id", id_problem)
@@ -850,7 +947,7 @@ def _member_bytes(fh: BinaryIO, member: TarMember, limit: int, cut: bool = False
     return data
 
 
-_READERS: dict[str, Callable[[_Scope, str, BinaryIO], Iterator[LandingRecord]]] = {
+_READERS: dict[str, Callable[[LandingDay, str, BinaryIO], Iterator[LandingRecord]]] = {
     ".jsonl": _read_jsonl,
     ".csv": _read_csv,
     ".parquet": _read_parquet,
