@@ -3,7 +3,10 @@
 Later stages (CLIP, quality, tokens) read the original image again rather than a copy in the
 warehouse. ``raw_pairs`` records an ``image_location``: a path relative to the landing root for
 files, the member's byte range for tar shards, or the remote URI. Relative, so that a home can
-be moved or mounted elsewhere without rewriting tables.
+be moved or mounted elsewhere without rewriting tables. An image on an object-store landing is
+its full URL (``s3://bucket/prefix/<date>/img/a.jpg``, with ``#bytes=<offset>+<size>`` for a
+shard member): a worker on any node reads it from the URL alone, and it is still refused unless
+it lies inside a configured landing (``home.object_landings_for``).
 """
 
 from __future__ import annotations
@@ -13,24 +16,45 @@ from pathlib import Path
 from dataplatform.core.ingest.confined_files import FileRefused, open_confined
 from dataplatform.core.ingest.image_decode import ImageRejected
 from dataplatform.core.ingest.landing import MAX_IMAGE_BYTES, ImageRef
+from dataplatform.core.ingest.object_landing import OBJECT_KINDS, landing_of, read_object
 from dataplatform.core.ingest.remote_fetch import DEFAULT_FETCH_DEADLINE_S, MAX_REMOTE_BYTES, fetch
+from dataplatform.core.store.home import is_object_url, object_landings_for
 
 TAR_MARK = "#bytes="
 
 
-def location_of(ref: ImageRef, landing_root: Path) -> str:
-    """The portable location of ``ref``: landing-relative for local files and tar members."""
+def location_of(ref: ImageRef, landing_root: Path | str) -> str:
+    """The portable location of ``ref``: landing-relative for local files and tar members, the
+    URL (and byte range) for objects, which name their landing themselves."""
     if ref.kind == "remote":
         return ref.uri
+    if ref.kind == "object":
+        return ref.uri
+    if ref.kind == "object_range":
+        return f"{ref.uri}{TAR_MARK}{ref.offset}+{ref.size}"
+    landing_root = Path(landing_root)
     relative = Path(ref.path).resolve().relative_to(landing_root.resolve()).as_posix()
     if ref.kind == "tar":
         return f"{relative}{TAR_MARK}{ref.offset}+{ref.size}"
     return relative
 
 
-def ref_of(location: str, landing_root: Path) -> ImageRef:
+def ref_of(location: str, landing_root: Path | str) -> ImageRef:
+    """The ref that ``location`` (from ``location_of``) names, confined to ``landing_root``.
+
+    An object URL must lie in one of ``object_landings_for(landing_root)``, else
+    ``FileRefused`` (``path_outside_landing``) is raised.
+    """
     if location.startswith(("http://", "https://")):
         return ImageRef(kind="remote", uri=location)
+    if is_object_url(location):
+        uri, mark, span = location.partition(TAR_MARK)
+        root = landing_of(uri, object_landings_for(landing_root))
+        if not mark:
+            return ImageRef(kind="object", uri=uri, root=root)
+        offset, _, size = span.partition("+")
+        return ImageRef(kind="object_range", uri=uri, offset=int(offset), size=int(size), root=root)
+    landing_root = Path(landing_root)
     if TAR_MARK in location:
         path, _, span = location.partition(TAR_MARK)
         offset, _, size = span.partition("+")
@@ -47,12 +71,13 @@ def ref_of(location: str, landing_root: Path) -> ImageRef:
 
 
 def read_location(
-    location: str, landing_root: Path, timeout_s: float = DEFAULT_FETCH_DEADLINE_S
+    location: str, landing_root: Path | str, timeout_s: float = DEFAULT_FETCH_DEADLINE_S
 ) -> bytes:
     """The bytes at ``location`` for a later stage; raises ``OSError`` on any failure.
 
     A location comes from a warehouse table, but is still checked to stay inside the landing
-    root, so a rewritten or hand-edited table cannot make a stage read ``/etc/passwd``. A
+    root (an object URL: inside a configured object-store landing), so a rewritten or
+    hand-edited table cannot make a stage read ``/etc/passwd`` or another bucket. A
     refused or failed remote fetch is an ``OSError`` too, carrying its ``fetch_*`` reason,
     because later stages treat every unreadable image alike.
     """
@@ -68,9 +93,10 @@ def read_ref(ref: ImageRef, timeout_s: float = DEFAULT_FETCH_DEADLINE_S) -> byte
 
     Local files and tar members raise OSError on failure (``FileRefused`` with its ledger
     reason for anything but a regular file: a FIFO swapped in after discovery must not block
-    the reader). A remote URI is fetched through ``remote_fetch.fetch`` (http(s) only, every
-    hop's address checked, ``timeout_s`` as the deadline for the whole fetch, at most
-    ``MAX_REMOTE_BYTES``) and raises ``ImageRejected`` with a ``fetch_*`` ledger reason.
+    the reader); so do objects, read by one ranged GET from the landing's endpoint. A remote
+    URI is fetched through ``remote_fetch.fetch`` (http(s) only, every hop's address checked,
+    ``timeout_s`` as the deadline for the whole fetch, at most ``MAX_REMOTE_BYTES``) and raises
+    ``ImageRejected`` with a ``fetch_*`` ledger reason.
     """
     root = Path(ref.root) if ref.root else _ANYWHERE
     if ref.kind == "file":
@@ -90,6 +116,8 @@ def read_ref(ref: ImageRef, timeout_s: float = DEFAULT_FETCH_DEADLINE_S) -> byte
         if len(data) != ref.size:
             raise OSError(f"{ref.path}: shard ends after {len(data)} of {ref.size} bytes")
         return data
+    if ref.kind in OBJECT_KINDS:
+        return read_object(ref, MAX_IMAGE_BYTES)
     if ref.kind == "remote":
         return fetch(ref.uri, deadline_s=timeout_s, max_bytes=MAX_REMOTE_BYTES)
     raise ValueError(f"cannot read an image reference of kind {ref.kind!r}")

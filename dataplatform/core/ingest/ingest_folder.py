@@ -32,8 +32,10 @@ from dataplatform.core.ingest.image_decode import (
 )
 from dataplatform.core.ingest.image_store import location_of, read_ref
 from dataplatform.core.ingest.landing import ImageRef, LandingRecord, derived_pair_id, discover
+from dataplatform.core.ingest.object_landing import discover_objects
 from dataplatform.core.ingest.remote_fetch import DEFAULT_FETCH_DEADLINE_S, allowed_networks
 from dataplatform.core.ingest.text_normalize import DEFAULT_MAX_TEXT_CHARS, normalize_text
+from dataplatform.core.store.home import is_object_url
 from dataplatform.core.store.schema import RAW_PAIR_SCHEMA, ledger_table
 
 STAGE = "raw_pairs"
@@ -184,7 +186,7 @@ def available_cores() -> int:
 
 
 def ingest_folder(
-    date_dir: Path,
+    date_dir: Path | str,
     date: str,
     options: IngestOptions | None = None,
     engine: EngineSpec | None = None,
@@ -192,13 +194,15 @@ def ingest_folder(
 ) -> IngestResult:
     """Every row of ``date_dir`` as a raw pair or a ledger row; never raises for bad rows.
 
+    ``date_dir`` is a local folder or an object-store prefix (``s3://bucket/prefix/<date>``);
+    the same files give the same rows, except ``image_location``, which names where they lie.
     Decoding and hashing run on ``engine`` (default local); the rows are the same either way.
     """
     options = options or IngestOptions()
     # A malformed DATAPLATFORM_ALLOW_NETWORKS is the deployment's error, not one row's: it
     # fails here, naming the variable, before anything is read.
     allowed_networks()
-    records = discover(date_dir, options.max_text_chars) if date_dir.is_dir() else []
+    records, landing_root = _discover_landing(date_dir, options.max_text_chars)
     seen_ids: dict[str, LandingRecord] = {}
     to_decode: list[tuple[LandingRecord, str, str, bool]] = []
     rejected: list[dict] = []
@@ -243,7 +247,7 @@ def ingest_folder(
             rejected.append(_ledger_row(record, pair_id, date, *fact))
             continue
         try:
-            location = location_of(record.image, date_dir.parent)  # type: ignore[arg-type]
+            location = location_of(record.image, landing_root)  # type: ignore[arg-type]
         except ValueError as exc:  # the file moved outside the landing root after discovery
             rejected.append(_ledger_row(record, pair_id, date, "path_outside_landing", str(exc)))
             continue
@@ -255,6 +259,18 @@ def ingest_folder(
         rows_in=len(records),
         engine_run=run,
     )
+
+
+def _discover_landing(
+    date_dir: Path | str, max_text_chars: int
+) -> tuple[list[LandingRecord], Path | str]:
+    """The day's records, and the landing root that its locations are relative to."""
+    if is_object_url(str(date_dir)):
+        url = str(date_dir).rstrip("/")
+        return discover_objects(url, max_text_chars), url.rpartition("/")[0]
+    date_dir = Path(date_dir)
+    records = discover(date_dir, max_text_chars) if date_dir.is_dir() else []
+    return records, date_dir.parent
 
 
 def _raw_row(

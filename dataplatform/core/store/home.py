@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 HOME_ENV = "DATAPLATFORM_HOME"
 WAREHOUSE_URL_ENV = "DATAPLATFORM_WAREHOUSE_URL"
+LANDING_URL_ENV = "DATAPLATFORM_LANDING_URL"
 DEFAULT_HOME = ".dataplatform"
 
 
@@ -17,11 +20,14 @@ class Home:
 
     Everything a run writes lives below ``root`` so that a deployment can be moved, backed up
     or wiped as one folder, except the warehouse when ``warehouse_url`` puts it on an object
-    store (``s3://bucket/prefix``). Landing folders and models stay below ``root`` either way.
+    store (``s3://bucket/prefix``). The day folders that arrive are ``landing/<date>/`` below
+    ``root``, or ``<landing_url>/<date>/`` when ``landing_url`` puts them on an object store;
+    takedown requests and models stay below ``root`` either way.
     """
 
     root: Path
     warehouse_url: str = ""
+    landing_url: str = ""
 
     def __post_init__(self) -> None:
         if self.warehouse_url and not _is_url(self.warehouse_url):
@@ -29,10 +35,20 @@ class Home:
                 f"{WAREHOUSE_URL_ENV}={self.warehouse_url!r} is not an object-store URL such as "
                 f"s3://bucket/prefix; a local warehouse lives under {HOME_ENV}"
             )
+        if self.landing_url and not is_object_url(self.landing_url):
+            raise ValueError(
+                f"{LANDING_URL_ENV}={self.landing_url!r} is not an object-store URL such as "
+                f"s3://bucket/prefix; a local landing lives under {HOME_ENV}"
+            )
         object.__setattr__(self, "warehouse_url", self.warehouse_url.rstrip("/"))
+        object.__setattr__(self, "landing_url", self.landing_url.rstrip("/"))
+        if self.landing_url:
+            _OBJECT_LANDINGS.setdefault(_folder_key(self.landing), set()).add(self.landing_url)
 
     @property
     def landing(self) -> Path:
+        """The local landing folder: takedown requests, and the day folders unless
+        ``landing_url`` is set. Later stages pass it to ``image_store.read_location``."""
         return self.root / "landing"
 
     @property
@@ -46,10 +62,30 @@ class Home:
         return self.root / "warehouse" / "catalog.duckdb"
 
     def landing_date(self, date: str) -> Path:
+        """The day's folder in the local landing folder."""
         return self.landing / date
+
+    def landing_day(self, date: str) -> Path | str:
+        """The day's folder that ingest reads: ``<landing_url>/<date>`` or ``landing/<date>``."""
+        return f"{self.landing_url}/{date}" if self.landing_url else self.landing / date
+
+    def has_landing_day(self, date: str) -> bool:
+        """Whether anything arrived for ``date`` (one short listing on an object store)."""
+        if not self.landing_url:
+            return self.landing_date(date).is_dir()
+        return bool(_object_listing(f"{self.landing_url}/{date}"))
 
     def landing_dates(self) -> list[str]:
         """Dates that have a landing folder, oldest first."""
+        if self.landing_url:
+            listing = _object_listing(self.landing_url)
+            names = [e["name"].rstrip("/").rpartition("/")[2] for e in listing]
+            kinds = [e.get("type") for e in listing]
+            return sorted(
+                n
+                for n, k in zip(names, kinds, strict=True)
+                if k == "directory" and _looks_like_date(n)
+            )
         if not self.landing.is_dir():
             return []
         return sorted(
@@ -70,14 +106,139 @@ def _is_url(location: str) -> bool:
     return bool(sep) and len(scheme) > 1 and scheme.isalnum() and scheme != "file"
 
 
+def is_object_url(location: str) -> bool:
+    """Whether ``location`` names an object store (``s3://bucket/key``), not a local path or a
+    web address: http(s) image URLs are fetched by ``remote_fetch``, never listed as a landing."""
+    return _is_url(location) and location.partition("://")[0].lower() not in ("http", "https")
+
+
 def resolve_home(
-    root: str | os.PathLike[str] | None = None, warehouse_url: str | None = None
+    root: str | os.PathLike[str] | None = None,
+    warehouse_url: str | None = None,
+    landing_url: str | None = None,
 ) -> Home:
     """The home named explicitly, else by ``DATAPLATFORM_HOME``, else ``./.dataplatform``.
 
     The warehouse is below it unless ``warehouse_url`` (else ``DATAPLATFORM_WAREHOUSE_URL``)
-    names an object store.
+    names an object store, and the day folders likewise with ``landing_url`` (else
+    ``DATAPLATFORM_LANDING_URL``).
     """
     chosen = root if root is not None else os.environ.get(HOME_ENV, DEFAULT_HOME)
     url = warehouse_url if warehouse_url is not None else os.environ.get(WAREHOUSE_URL_ENV, "")
-    return Home(Path(chosen).expanduser().resolve(), url.strip())
+    landing = landing_url if landing_url is not None else os.environ.get(LANDING_URL_ENV, "")
+    return Home(Path(chosen).expanduser().resolve(), url.strip(), landing.strip())
+
+
+# Which object-store landings each local landing folder stands for. Later stages call
+# ``read_location(location, home.landing)`` with the local folder (some re-wrap it in
+# ``Path``, which would fold ``s3://`` to ``s3:/``), so the folder is the key the reader has.
+_OBJECT_LANDINGS: dict[str, set[str]] = {}
+
+
+def _folder_key(folder: Path | str) -> str:
+    return os.path.abspath(os.fspath(folder))
+
+
+def object_landings_for(landing: Path | str) -> list[str]:
+    """The object-store landing URLs that images read against the local folder ``landing`` may
+    come from: ``landing`` itself when it is one, else the ``landing_url`` of every ``Home``
+    built in this process with that folder, and ``DATAPLATFORM_LANDING_URL``. A Ray worker on
+    another node builds no ``Home``; the engine forwards ``DATAPLATFORM_*`` to it."""
+    text = os.fspath(landing)
+    if is_object_url(text):
+        return [text.rstrip("/")]
+    found = set(_OBJECT_LANDINGS.get(_folder_key(text), ()))
+    configured = os.environ.get(LANDING_URL_ENV, "").strip().rstrip("/")
+    if configured and is_object_url(configured):
+        found.add(configured)
+    return sorted(found)
+
+
+_LANDING_FILESYSTEMS: dict[tuple[str, int, tuple[str | None, ...]], Any] = {}
+
+
+def landing_filesystem(url: str) -> Any:
+    """The fsspec filesystem that reads the object-store landing at ``url``.
+
+    Made and checked once per bucket, process and endpoint setting, as the warehouse's store
+    is (``object_store.open_store``): a wrong bucket or missing credentials fail here, by name,
+    instead of looking like a day where nothing arrived. Endpoint and credentials are botocore's
+    (``AWS_ENDPOINT_URL`` for an S3-compatible server, ``AWS_ACCESS_KEY_ID`` ...); an
+    ``s3://`` URL names a bucket and a key, never a host, so no other server is contacted.
+    """
+    from dataplatform.core.store.object_store import ENDPOINT_ENVS
+
+    parts = urlsplit(url)
+    bucket_url = f"{parts.scheme}://{parts.netloc}"
+    key = (bucket_url, os.getpid(), tuple(os.environ.get(n) for n in ENDPOINT_ENVS))
+    if key not in _LANDING_FILESYSTEMS:
+        fs = _new_filesystem(url)
+        _check_landing_access(fs, bucket_url)
+        _LANDING_FILESYSTEMS[key] = fs
+    return _LANDING_FILESYSTEMS[key]
+
+
+def object_path(url: str) -> str:
+    """``s3://bucket/key`` as fsspec names it (``bucket/key``)."""
+    return url.partition("://")[2]
+
+
+def _object_listing(url: str) -> list[dict[str, Any]]:
+    """What lies directly below ``url`` (one delimited listing); nothing when it does not exist."""
+    try:
+        return landing_filesystem(url).ls(object_path(url), detail=True)
+    except FileNotFoundError:
+        return []
+
+
+def _new_filesystem(url: str) -> Any:
+    import fsspec
+
+    from dataplatform.core.store.object_store import ObjectStoreError
+
+    protocol = urlsplit(url).scheme
+    try:
+        cls = fsspec.get_filesystem_class(protocol)
+    except ValueError as exc:
+        raise ObjectStoreError(
+            f"{LANDING_URL_ENV}={url}: fsspec knows no filesystem for {protocol}://"
+        ) from exc
+    except ImportError as exc:
+        package = "s3fs" if protocol in ("s3", "s3a") else f"the fsspec package for {protocol}://"
+        raise ObjectStoreError(
+            f"{LANDING_URL_ENV}={url} needs {package}: pip install it into this environment ({exc})"
+        ) from exc
+    # Not cached: a day that is still arriving must be listed afresh on every look.
+    return cls(use_listings_cache=False, skip_instance_cache=True)
+
+
+def _check_landing_access(fs: Any, bucket_url: str) -> None:
+    from dataplatform.core.store.object_store import ENDPOINT_ENVS, ObjectStoreError
+
+    parts = urlsplit(bucket_url)
+    if parts.scheme not in ("s3", "s3a"):
+        return
+    from botocore.exceptions import BotoCoreError, NoCredentialsError
+
+    what = f"landing bucket {bucket_url} ({LANDING_URL_ENV})"
+    setting = next((n for n in ENDPOINT_ENVS if os.environ.get(n)), None)
+    where = f"at {os.environ[setting]} ({setting})" if setting else "on AWS S3"
+    try:
+        fs.call_s3("head_bucket", Bucket=parts.netloc)
+    except NoCredentialsError as exc:
+        raise ObjectStoreError(
+            f"{what}: no S3 credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(or AWS_PROFILE)"
+        ) from exc
+    except FileNotFoundError as exc:
+        raise ObjectStoreError(
+            f"{what}: bucket {parts.netloc!r} does not exist {where}; create it or point "
+            f"{LANDING_URL_ENV} at an existing bucket"
+        ) from exc
+    except PermissionError as exc:
+        raise ObjectStoreError(
+            f"{what}: access denied {where} with the configured credentials "
+            "(AWS_ACCESS_KEY_ID / AWS_PROFILE)"
+        ) from exc
+    except (BotoCoreError, OSError) as exc:
+        raise ObjectStoreError(f"{what}: cannot reach S3 {where}: {exc}") from exc
