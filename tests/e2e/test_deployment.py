@@ -43,6 +43,7 @@ PASSWORD = "test-only-password"
 HOME_ENV = (
     "DATAPLATFORM_HOME",
     "DATAPLATFORM_WAREHOUSE_URL",
+    "DATAPLATFORM_LANDING_URL",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_DEFAULT_REGION",
@@ -110,6 +111,7 @@ def test_compose_config_resolves_the_four_services():
     assert {k: code["environment"][k] for k in HOME_ENV} == {
         "DATAPLATFORM_HOME": "/data",
         "DATAPLATFORM_WAREHOUSE_URL": "",
+        "DATAPLATFORM_LANDING_URL": "",
         "AWS_ACCESS_KEY_ID": None,
         "AWS_SECRET_ACCESS_KEY": None,
         "AWS_DEFAULT_REGION": None,
@@ -232,6 +234,7 @@ def test_ray_engine_and_cluster_size_are_chosen_from_the_environment():
         RAY_GPU_WORKER_CPUS="2",
         RAY_DASHBOARD_PORT="18265",
         DATAPLATFORM_WAREHOUSE_URL="s3://bucket/dataplatform",
+        DATAPLATFORM_LANDING_URL="s3://bucket/landing",
         AWS_ENDPOINT_URL="http://minio:9000",
     )["services"]
     assert set(services) == SERVICES | RAY_SERVICES
@@ -244,6 +247,7 @@ def test_ray_engine_and_cluster_size_are_chosen_from_the_environment():
     for name in ("code-location", *RAY_SERVICES):
         env = services[name]["environment"]
         assert env["DATAPLATFORM_WAREHOUSE_URL"] == "s3://bucket/dataplatform", name
+        assert env["DATAPLATFORM_LANDING_URL"] == "s3://bucket/landing", name
         assert env["AWS_ENDPOINT_URL"] == "http://minio:9000", name
         assert env["AWS_ACCESS_KEY_ID"] is None, name
 
