@@ -15,6 +15,7 @@ from dataplatform.assets.reporting import (
     table_column,
 )
 from dataplatform.core.records.plots import histogram_png, markdown_image
+from dataplatform.core.scoring.clip_model import embed_pairs
 from dataplatform.core.scoring.embedding_table import vectors_column
 from dataplatform.core.scoring.score_filter import (
     ABSOLUTE,
@@ -28,6 +29,7 @@ from dataplatform.core.scoring.score_filter import (
 from dataplatform.core.scoring.scores import score
 from dataplatform.core.store.schema import ledger_row, ledger_table
 from dataplatform.resources.clip import ClipResource
+from dataplatform.resources.engine import EngineResource
 from dataplatform.resources.warehouse import WarehouseResource
 
 STAGE = "clip_scored"
@@ -67,12 +69,12 @@ def clip_scored(
     config: ClipScoreConfig,
     warehouse: WarehouseResource,
     clip: ClipResource,
+    engine: EngineResource,
 ) -> dg.MaterializeResult:
     """Embed every pair, store the embeddings and the score, and drop pairs under the threshold."""
     day = open_stage_day(context, warehouse, STAGE)
     home, date = day.home, day.date
     current = read_input(home, PHASH_KEY.path[-1], date).sort_by("pair_id")
-    encoder = clip.encoder()
     smoke = clip.is_smoke()
     rule = (
         SMOKE_RULE if smoke else ScoreRule(config.mode, config.threshold, config.keep_top_percent)
@@ -82,14 +84,21 @@ def clip_scored(
             "DATAPLATFORM_PROFILE=smoke: the built-in test CLIP model scores meaninglessly; "
             f"threshold replaced by: {rule.describe()}"
         )
-    image_emb, errors = encoder.embed_images(table_column(current, "image_location"), home.landing)
-    text_emb = encoder.embed_texts(table_column(current, "text"))
+    pairs = embed_pairs(
+        clip.spec(),
+        table_column(current, "image_location"),
+        table_column(current, "text"),
+        home.landing,
+        engine.spec(),
+        context.log.info,
+    )
+    image_emb, errors, text_emb = pairs.image, pairs.errors, pairs.text
     scores = np.einsum("ij,ij->i", image_emb, text_emb).astype(np.float32)
     readable = np.array([e is None for e in errors], dtype=bool)
     cut = cut_for(scores[readable], rule)
     keep = readable & keep_mask(scores, cut)
 
-    model_id = _identity_text(encoder.identity)
+    model_id = _identity_text(pairs.identity)
     embedded = current.filter(pa.array(readable))
     embeddings = pa.table(
         {
@@ -134,6 +143,7 @@ def clip_scored(
         "rule": rule.describe(),
         "cut": float(cut),
         "score_histogram": dg.MetadataValue.md(markdown_image(histogram, "clip_score histogram")),
+        **pairs.run.metadata(),
     }
     lo, hi = _CLIP_SCORE.value_range
     checks = [

@@ -18,7 +18,7 @@ from dataplatform.assets.vq_tokenizer import KEY as TOKENIZER_KEY
 from dataplatform.core.records.data_cards import (
     CARDS_TABLE,
     StageRun,
-    build_cards,
+    build_cards_on_engine,
     card_markdown,
     dataset_version,
     write_dataset_card,
@@ -31,6 +31,7 @@ from dataplatform.core.records.takedown_requests import (
 )
 from dataplatform.core.store.stages import STAGE_ORDER
 from dataplatform.core.store.warehouse import document_path
+from dataplatform.resources.engine import EngineResource
 from dataplatform.resources.warehouse import WarehouseResource
 
 STAGE = CARDS_TABLE
@@ -56,7 +57,7 @@ LINEAGE = STAGE_ORDER[: STAGE_ORDER.index(STAGE)]
     check_specs=stage_checks(KEY, CHECK_CARDS_COMPLETE),
 )
 def data_cards(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, engine: EngineResource
 ) -> dg.MaterializeResult:
     """Card every tokenized pair; takedowns filed since are the last gate before training."""
     day = open_stage_day(context, warehouse, STAGE)
@@ -68,7 +69,9 @@ def data_cards(
     current = read_input(home, TOKENS_KEY.path[-1], date).sort_by("pair_id")
     kept, ledger = exclude_taken_down(current, requests, STAGE)
     runs = stage_runs(context, date)
-    cards = build_cards(kept, runs, dataset_version(date, runs))
+    cards, engine_run = build_cards_on_engine(
+        kept, runs, dataset_version(date, runs), engine.spec(), context.log.info
+    )
     stages = [*LINEAGE, STAGE]
     missing = _incomplete(cards)
     complete = dg.AssetCheckResult(
@@ -108,6 +111,7 @@ def data_cards(
             "overall_summaries_rebuilt": ", ".join(overall_card.card["summaries_rebuilt"]) or "-",
             "licenses": dg.MetadataValue.json(partition_card.card["licenses"]),
             "stage_runs": dg.MetadataValue.json([r.as_dict() for r in runs]),
+            **engine_run.metadata(),
             # The cards link the review sheets of every stage, not of a stage of their own.
             **review_sheet_metadata(home, stages, date),
         }

@@ -17,13 +17,15 @@ from dataplatform.assets.reporting import (
     stage_checks,
     table_column,
 )
+from dataplatform.core.engine.chunk_map import ChunkRun
 from dataplatform.core.records.plots import histogram_png, markdown_image
 from dataplatform.core.scoring import scores as registry
 from dataplatform.core.scoring.embedding_table import rows_for
 from dataplatform.core.scoring.quality_rules import QualityThresholds, evaluate_table
-from dataplatform.core.scoring.quality_scoring import Scorers, score_names, score_partition
+from dataplatform.core.scoring.quality_scoring import score_names, score_on_engine
 from dataplatform.core.store.schema import ledger_row, ledger_table
 from dataplatform.core.store.warehouse import CorruptPartitionError, has_partition, read_partition
+from dataplatform.resources.engine import EngineResource
 from dataplatform.resources.quality import QualityResource
 from dataplatform.resources.warehouse import WarehouseResource
 
@@ -73,6 +75,7 @@ def quality_filtered(
     config: QualityConfig,
     warehouse: WarehouseResource,
     quality: QualityResource,
+    engine: EngineResource,
 ) -> dg.MaterializeResult:
     """Score aesthetics, NSFW, watermark, OCR and technical quality; drop what fails a threshold."""
     day = open_stage_day(context, warehouse, STAGE)
@@ -81,13 +84,21 @@ def quality_filtered(
     ids = table_column(current, "pair_id")
     scores, notes = _stored_or_new_scores(home, date, current, quality, config.rescore)
     new_scores: dict[str, pa.Table] = {}
+    # Stored scores re-used: nothing ran on the engine for this materialization.
+    run = ChunkRun("reused scores", 0, 0, 0.0)
     if scores is None:
-        scorers = _load_scorers(quality, current)
         vectors = rows_for(ids, read_input(home, EMBEDDINGS, date))
-        scores = score_partition(
-            current.to_pylist(), vectors, home.landing, scorers, quality.batch_size
+        scored = score_on_engine(
+            current.to_pylist(),
+            vectors,
+            home.landing,
+            quality.scorer_settings(_clip_identity(current)),
+            quality.batch_size,
+            engine.spec(),
+            context.log.info,
         )
-        notes = {**notes, **scorers.notes}
+        scores, run = scored.table, scored.run
+        notes = {**notes, **scored.notes}
         new_scores = {SCORES: scores}
     thresholds = QualityThresholds(
         **{f.name: getattr(config, f.name) for f in dataclasses.fields(QualityThresholds)}
@@ -120,6 +131,7 @@ def quality_filtered(
         ),
         "scorer_errors": len(errors),
         "histograms": dg.MetadataValue.md(_histograms(scores, thresholds)),
+        **run.metadata(),
     }
     in_range = dg.AssetCheckResult(
         check_name=CHECK_SCORE_RANGES,
@@ -156,47 +168,6 @@ def _stored_or_new_scores(home, date, current, quality, rescore):
     if unscored:
         return None, {"(stored scores)": f"lack {', '.join(unscored)}: rescored"}
     return stored, {"(all)": "scores re-used from quality_scores; set rescore to recompute"}
-
-
-def _load_scorers(quality: QualityResource, current: pa.Table) -> Scorers:
-    from dataplatform.core.scoring.embedding_heads import head_matches, load_head
-    from dataplatform.core.scoring.nsfw_nudenet import load_nudenet
-    from dataplatform.core.scoring.ocr_readability import load_ocr
-    from dataplatform.core.scoring.watermark_model import load_watermark
-
-    scorers = Scorers()
-    scorers.nudenet = load_nudenet() if quality.use_nudenet else None
-    if not quality.use_nudenet:
-        scorers.notes["nsfw (NudeNet)"] = "switched off (use_nudenet=false)"
-    scorers.ocr = load_ocr() if quality.use_ocr else None
-    if not quality.use_ocr:
-        scorers.notes["ocr (RapidOCR)"] = "switched off (use_ocr=false)"
-    watermark = quality.configured_path("watermark_checkpoint")
-    if watermark is None:
-        scorers.notes["watermark"] = "no `watermark_checkpoint` configured: watermark_score is null"
-    else:
-        scorers.watermark = load_watermark(watermark, quality.device)
-    clip = _clip_identity(current)
-    for setting, attr, label in (
-        ("aesthetic_head", "aesthetic", "aesthetic"),
-        ("clip_nsfw_head", "clip_nsfw", "clip nsfw head"),
-    ):
-        path = quality.configured_path(setting)
-        if path is None:
-            scorers.notes[label] = f"no `{setting}` configured: score is null"
-            continue
-        head = load_head(path)
-        pretrained = clip.get("pretrained", "")
-        tag = None if ("/" in pretrained or pretrained.endswith((".pt", ".bin"))) else pretrained
-        if head_matches(head.spec, clip.get("model", ""), int(clip.get("dim", 0)), tag):
-            setattr(scorers, attr, head)
-        else:
-            scorers.notes[label] = (
-                f"`{setting}` {path.name} is for {head.spec.clip_model}/{head.spec.clip_pretrained}"
-                f" ({head.spec.dim}-d); the embeddings are {clip.get('model')}/{pretrained} "
-                f"({clip.get('dim')}-d): score is null"
-            )
-    return scorers
 
 
 def _clip_identity(current: pa.Table) -> dict[str, str]:

@@ -1,9 +1,6 @@
 """tokens: every kept image as a grid of discrete VQ codes, with its resolution and crop."""
 
-import dataclasses
-
 import dagster as dg
-import numpy as np
 import pyarrow as pa
 
 from dataplatform.assets.partitions import daily_partitions
@@ -18,9 +15,6 @@ from dataplatform.assets.reporting import (
 from dataplatform.assets.semantic_deduped import KEY as SEMANTIC_KEY
 from dataplatform.assets.vq_tokenizer import KEY as TOKENIZER_KEY
 from dataplatform.assets.vq_tokenizer import TRAINED_DIR
-from dataplatform.core.ingest.image_decode import decode_rgb
-from dataplatform.core.ingest.image_store import read_location
-from dataplatform.core.ingest.rejection import describe
 from dataplatform.core.records.plots import markdown_image
 from dataplatform.core.store.schema import ledger_row, ledger_table
 from dataplatform.core.tokens.crop_policy import (
@@ -28,15 +22,15 @@ from dataplatform.core.tokens.crop_policy import (
     DEFAULT_RESOLUTION,
     POLICIES,
     RESOLUTIONS,
-    apply,
-    plan,
 )
+from dataplatform.core.tokens.encode_images import EncodeSettings, encode_rows
 from dataplatform.core.tokens.token_budget import (
     DEFAULT_TARGET_TOKENS,
     budget,
     budget_plot_png,
     tokens_per_day,
 )
+from dataplatform.resources.engine import EngineResource
 from dataplatform.resources.tokenizer import TokenizerResource
 from dataplatform.resources.warehouse import WarehouseResource
 
@@ -73,6 +67,7 @@ def tokens(
     config: TokensConfig,
     warehouse: WarehouseResource,
     tokenizer: TokenizerResource,
+    engine: EngineResource,
 ) -> dg.MaterializeResult:
     """Crop/letterbox each kept image to the resolution and encode it to codebook indices."""
     if config.resolution not in RESOLUTIONS or config.crop not in POLICIES:
@@ -83,56 +78,27 @@ def tokens(
     day = open_stage_day(context, warehouse, STAGE)
     home, date = day.home, day.date
     current = read_input(home, SEMANTIC_KEY.path[-1], date).sort_by("pair_id")
-    model = tokenizer.load(home.root / "models" / TRAINED_DIR)
     rows = current.to_pylist()
-    grids: dict[int, np.ndarray] = {}
-    boxes: dict[int, list[int]] = {}
-    failures: dict[int, str] = {}
-    batch: list[int] = []
-    pixels: list[np.ndarray] = []
-
-    def flush() -> None:
-        if batch:
-            for k, grid in zip(batch, model.encode(np.stack(pixels)), strict=True):
-                grids[k] = grid
-            batch.clear()
-            pixels.clear()
-
-    for k, row in enumerate(rows):
-        try:
-            image = decode_rgb(
-                read_location(row["image_location"], home.landing), config.resolution
-            )
-        except Exception as exc:  # noqa: BLE001 - one unreadable image is that row's problem
-            failures[k] = describe(exc)
-            continue
-        # Planned on the original (upright) size, so the stored crop box is in source pixels;
-        # applied to the decode, which may be a reduced JPEG draft.
-        placement = plan(
-            row["width"],
-            row["height"],
-            config.resolution,
-            config.crop,
+    encoded = encode_rows(
+        rows,
+        home.landing,
+        EncodeSettings(
+            tokenizer_path=tokenizer.checked_path(home.root / "models" / TRAINED_DIR),
+            device=tokenizer.device,
+            batch_size=tokenizer.batch_size,
+            resolution=config.resolution,
+            crop=config.crop,
             seed=config.seed,
-            key=row["pair_id"],
-        )
-        on_decode = dataclasses.replace(
-            placement,
-            crop=_scale_box(placement.crop, row["width"], row["height"], image.width, image.height),
-        )
-        pixels.append(np.asarray(apply(image, on_decode, config.resolution)))
-        box = placement.crop
-        boxes[k] = [box.left, box.top, box.right, box.bottom]
-        batch.append(k)
-        if len(batch) >= tokenizer.batch_size:
-            flush()
-    flush()
-
+        ),
+        engine.spec(),
+        context.log.info,
+    )
+    grids, boxes, failures = encoded.grids, encoded.boxes, encoded.failures
     ok = [k for k in range(len(rows)) if k in grids]
-    identity = ";".join(f"{k}={v}" for k, v in sorted(model.identity.items()))
+    identity = ";".join(f"{k}={v}" for k, v in sorted(encoded.identity.items()))
     kept = current.take(pa.array(ok, pa.int64()))
     flat = [grids[k].reshape(-1) for k in ok]
-    id_type = pa.uint16() if int(model.identity.get("codebook_size", 0)) <= 65536 else pa.int32()
+    id_type = pa.uint16() if int(encoded.identity.get("codebook_size", 0)) <= 65536 else pa.int32()
     kept = (
         kept.append_column("tokens", pa.array([g.tolist() for g in flat], pa.list_(id_type)))
         .append_column(
@@ -147,7 +113,7 @@ def tokens(
     ledger = ledger_table(
         [ledger_row(rows[k], STAGE, "image_unreadable", detail) for k, detail in failures.items()]
     )
-    codebook = int(model.identity.get("codebook_size", 0))
+    codebook = int(encoded.identity.get("codebook_size", 0))
     max_id = max((int(g.max()) for g in flat if g.size), default=-1)
     ids_in_codebook = dg.AssetCheckResult(
         check_name=CHECK_TOKEN_RANGE,
@@ -165,6 +131,7 @@ def tokens(
             "resolution": config.resolution,
             "crop_policy": config.crop,
             "tokens_this_day": int(sum(g.size for g in flat)),
+            **encoded.run.metadata(),
             "token_budget": dg.MetadataValue.table(
                 records=[
                     dg.TableRecord(
@@ -200,18 +167,4 @@ def tokens(
         ledger,
         metadata=budget_metadata,
         checks=[ids_in_codebook],
-    )
-
-
-def _scale_box(box, width: int, height: int, decoded_w: int, decoded_h: int):
-    """A crop box planned on the original size, mapped onto a reduced (draft) decode."""
-    if (decoded_w, decoded_h) == (width, height):
-        return box
-    sx, sy = decoded_w / width, decoded_h / height
-    return dataclasses.replace(
-        box,
-        left=round(box.left * sx),
-        top=round(box.top * sy),
-        right=round(box.right * sx),
-        bottom=round(box.bottom * sy),
     )

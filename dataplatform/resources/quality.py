@@ -4,6 +4,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from dataplatform.core.scoring.quality_scoring import ScorerSettings
+
 
 class QualityResource(dg.ConfigurableResource):
     """Small-model scorers for `quality_filtered`; each loads once per process.
@@ -36,3 +38,15 @@ class QualityResource(dg.ConfigurableResource):
                 "give the path of the weights file, or leave it empty to skip that score"
             )
         return path
+
+    def scorer_settings(self, clip_identity: dict[str, str]) -> ScorerSettings:
+        """The settings with every weights file checked, for the embeddings of ``clip_identity``."""
+        return ScorerSettings(
+            use_nudenet=self.use_nudenet,
+            use_ocr=self.use_ocr,
+            watermark_checkpoint=self.configured_path("watermark_checkpoint"),
+            aesthetic_head=self.configured_path("aesthetic_head"),
+            clip_nsfw_head=self.configured_path("clip_nsfw_head"),
+            device=self.device,
+            clip=tuple(sorted(clip_identity.items())),
+        )

@@ -19,14 +19,18 @@ class TokenizerResource(dg.ConfigurableResource):
     def resolve_path(self, trained_dir: Path) -> Path:
         return Path(self.tokenizer_path).expanduser() if self.tokenizer_path else trained_dir
 
-    def load(self, trained_dir: Path):
-        """The configured tokenizer, else the one trained under ``trained_dir``."""
-        from dataplatform.core.tokens.vq_tokenizer import load_tokenizer
-
+    def checked_path(self, trained_dir: Path) -> Path:
+        """The configured tokenizer's path, else the one trained under ``trained_dir``."""
         path = self.resolve_path(trained_dir)
         if not path.exists():
             raise dg.Failure(
                 f"no tokenizer at {path}: materialize `vq_tokenizer` first, or set the "
                 "tokenizer resource's `tokenizer_path` to a saved tokenizer or a diffusers VQModel"
             )
-        return load_tokenizer(path, auto_device(self.device))
+        return path
+
+    def load(self, trained_dir: Path):
+        """The configured tokenizer, else the one trained under ``trained_dir``."""
+        from dataplatform.core.tokens.vq_tokenizer import load_tokenizer
+
+        return load_tokenizer(self.checked_path(trained_dir), auto_device(self.device))

@@ -106,7 +106,7 @@ def three_days(tmp_path: Path) -> Home:
 def stage_resources(home: Home, **overrides) -> dict:
     """Every resource the assets take, pointed at ``home``, CPU-only; None keeps a default."""
     resources = {
-        "warehouse": WarehouseResource(home=str(home.root)),
+        "warehouse": WarehouseResource(home=str(home.root), warehouse_url=home.warehouse_url),
         "licenses": LicensePolicyResource(),
         "clip": ClipResource(models_dir=str(home.root / "models"), num_workers=0),
         "quality": QualityResource(),
@@ -117,13 +117,18 @@ def stage_resources(home: Home, **overrides) -> dict:
     return resources
 
 
-def materialize_cards(home: Home, date: str, instance: dg.DagsterInstance | None = None):
+def materialize_cards(
+    home: Home,
+    date: str,
+    instance: dg.DagsterInstance | None = None,
+    **resources,
+):
     """vq_tokenizer (trained small, or reused), tokens and data_cards for ``date``."""
     return dg.materialize(
         ALL_ASSETS,
         selection=[a.key for a in TOKEN_ASSETS + CARD_ASSETS],
         partition_key=date,
-        resources=stage_resources(home),
+        resources=stage_resources(home, **resources),
         run_config={"ops": {"vq_tokenizer": {"config": SMALL_TOKENIZER}}},
         instance=instance or dg.DagsterInstance.ephemeral(),
         raise_on_error=False,
@@ -139,11 +144,14 @@ def materialize_day(
     quality: QualityResource | None = None,
     run_config: dict | None = None,
     licenses: LicensePolicyResource | None = None,
+    engine: EngineResource | None = None,
 ):
     return dg.materialize(
         STAGE_ASSETS,
         partition_key=date,
-        resources=stage_resources(home, licenses=licenses, clip=clip, quality=quality),
+        resources=stage_resources(
+            home, licenses=licenses, clip=clip, quality=quality, engine=engine
+        ),
         run_config=run_config,
         instance=instance or dg.DagsterInstance.ephemeral(),
         selection=selection,

@@ -17,6 +17,7 @@ pool gives the same one-model-per-actor shape with ordered results and per-chunk
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -94,19 +95,45 @@ def map_chunks(
     return _map_on_ray(spec, make_worker, chunks, gpu, on_lost, log or LOG.info, started)
 
 
+# The driver's storage and model settings become the Ray job's, on every worker: an actor on
+# another node reads the same warehouse, landing and model files as the step that started it.
+FORWARDED_PREFIXES = ("DATAPLATFORM_", "AWS_")
+FORWARDED_NAMES = ("HF_HUB_OFFLINE", "HF_HOME", "TORCH_HOME", "OPEN_CLIP_CACHE")
+_connected: dict[str, Any] = {}
+
+
+def job_env() -> dict[str, str]:
+    """The environment this process hands to its Ray workers (``FORWARDED_PREFIXES``)."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith(FORWARDED_PREFIXES) or k in FORWARDED_NAMES
+    }
+
+
 def connect(spec: EngineSpec) -> Any:
-    """``ray`` connected to the spec's cluster (once per process); the module is returned."""
+    """``ray`` connected to the spec's cluster; the module is returned.
+
+    Connected once per process and kept (a stage's actors live for the stage, the connection
+    for the step), unless the address or the forwarded environment changed since.
+    """
     import ray
 
+    wanted = {"address": spec.address or None, "env": job_env()}
+    if ray.is_initialized() and _connected != wanted:
+        ray.shutdown()
     if not ray.is_initialized():
         # An empty address lets Ray read RAY_ADDRESS, and start a one-machine Ray without it.
         ray.init(
-            address=spec.address or None,
+            address=wanted["address"],
+            runtime_env={"env_vars": wanted["env"]},
             ignore_reinit_error=True,
             include_dashboard=False,
             log_to_driver=True,
             logging_level=logging.WARNING,
         )
+        _connected.clear()
+        _connected.update(wanted)
     return ray
 
 

@@ -13,15 +13,19 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dataplatform.core.engine.chunk_map import ChunkRun, map_chunks
+from dataplatform.core.engine.engine_spec import EngineSpec
 from dataplatform.core.records.funnel import warehouse_funnel
 from dataplatform.core.records.plots import bars_png
 from dataplatform.core.records.score_stats import Binning, ScoreStats
@@ -122,6 +126,36 @@ def build_cards(tokens: pa.Table, runs: Sequence[StageRun], version: str) -> pa.
     columns["stage_runs"] = pa.array([runs_json] * tokens.num_rows, pa.string())
     columns["dataset_version"] = pa.array([version] * tokens.num_rows, pa.string())
     return pa.table(columns)
+
+
+class _ChunkCardBuilder:
+    """The Ray engine's worker: cards for a slice of the tokens table."""
+
+    def __init__(self, runs: Sequence[StageRun], version: str) -> None:
+        self._runs = list(runs)
+        self._version = version
+
+    def __call__(self, tokens: pa.Table) -> pa.Table:
+        return build_cards(tokens, self._runs, self._version)
+
+
+def build_cards_on_engine(
+    tokens: pa.Table,
+    runs: Sequence[StageRun],
+    version: str,
+    engine: EngineSpec | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[pa.Table, ChunkRun]:
+    """``build_cards`` on the engine: slices of the table on Ray actors, concatenated in order."""
+    engine = engine or EngineSpec()
+    if not engine.is_ray or tokens.num_rows == 0:
+        started = time.monotonic()
+        cards = build_cards(tokens, runs, version)
+        return cards, ChunkRun("local", 1, 1, time.monotonic() - started)
+    size = engine.chunk_rows
+    slices = [tokens.slice(i, size) for i in range(0, tokens.num_rows, size)]
+    parts, run = map_chunks(engine, partial(_ChunkCardBuilder, runs, version), slices, log=log)
+    return pa.concat_tables(parts), run
 
 
 def _null_type(name: str) -> pa.DataType:

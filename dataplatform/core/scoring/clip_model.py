@@ -28,12 +28,15 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import UnidentifiedImageError
 
+from dataplatform.core.engine.chunk_map import ChunkRun, map_chunks
+from dataplatform.core.engine.engine_spec import EngineSpec
 from dataplatform.core.ingest.image_decode import decode_rgb
 from dataplatform.core.ingest.image_store import read_location
 from dataplatform.core.ingest.rejection import describe
@@ -281,6 +284,70 @@ def load_encoder(spec: ClipSpec) -> ClipEncoder:
         if encoder is None:
             encoder = _ENCODERS[spec] = _load(spec)
         return encoder
+
+
+@dataclass(frozen=True)
+class PairEmbeddings:
+    """A day's image and text embeddings, in row order, and where they were computed."""
+
+    image: np.ndarray
+    errors: list[str | None]
+    text: np.ndarray
+    identity: dict[str, str]
+    run: ChunkRun
+
+
+class _ChunkEmbedder:
+    """The Ray engine's worker: loads the model once per actor, then embeds chunk after chunk."""
+
+    def __init__(self, spec: ClipSpec, landing_root: Path) -> None:
+        self._encoder = load_encoder(spec)
+        self._landing_root = landing_root
+
+    def __call__(
+        self, chunk: tuple[Sequence[str], Sequence[str]]
+    ) -> tuple[np.ndarray, list[str | None], np.ndarray, dict[str, str]]:
+        locations, texts = chunk
+        image, errors = self._encoder.embed_images(locations, self._landing_root)
+        return image, errors, self._encoder.embed_texts(texts), self._encoder.identity
+
+
+def embed_pairs(
+    spec: ClipSpec,
+    locations: Sequence[str],
+    texts: Sequence[str],
+    landing_root: Path,
+    engine: EngineSpec | None = None,
+    log: Any = None,
+) -> PairEmbeddings:
+    """Image and text embeddings for every pair, on the engine (local: this process's encoder).
+
+    On Ray each actor loads the model once and takes a GPU when the cluster has them. Chunks are
+    a whole number of batches, so each image meets the same batch companions as on the local
+    engine and the embeddings are the same numbers.
+    """
+    engine = engine or EngineSpec()
+    if not engine.is_ray or not locations:
+        started = time.monotonic()
+        encoder = load_encoder(spec)
+        image, errors = encoder.embed_images(locations, landing_root)
+        text = encoder.embed_texts(texts)
+        run = ChunkRun("local", 1, 1, time.monotonic() - started)
+        return PairEmbeddings(image, errors, text, encoder.identity, run)
+    size = math.ceil(engine.chunk_rows / spec.batch_size) * spec.batch_size
+    chunks = [
+        (locations[i : i + size], texts[i : i + size]) for i in range(0, len(locations), size)
+    ]
+    parts, run = map_chunks(
+        engine, partial(_ChunkEmbedder, spec, Path(landing_root)), chunks, gpu=True, log=log
+    )
+    return PairEmbeddings(
+        image=np.concatenate([p[0] for p in parts]),
+        errors=[e for p in parts for e in p[1]],
+        text=np.concatenate([p[2] for p in parts]),
+        identity=parts[0][3],
+        run=run,
+    )
 
 
 def clip_scores(image_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:

@@ -11,14 +11,18 @@ partition.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
+from dataplatform.core.engine.chunk_map import ChunkRun, map_chunks
+from dataplatform.core.engine.engine_spec import EngineSpec
 from dataplatform.core.ingest.image_decode import decode_rgb
 from dataplatform.core.ingest.image_store import read_location
 from dataplatform.core.ingest.rejection import describe
@@ -71,6 +75,116 @@ class Scorers:
     aesthetic: EmbeddingHead | None = None
     clip_nsfw: EmbeddingHead | None = None
     notes: dict[str, str] = field(default_factory=dict)  # scorer -> why it did not run
+
+
+@dataclass(frozen=True)
+class ScorerSettings:
+    """Which scorers to load and from which files: plain values, so a Ray actor can load the
+    same models from them as this process would."""
+
+    use_nudenet: bool = True
+    use_ocr: bool = True
+    watermark_checkpoint: Path | None = None
+    aesthetic_head: Path | None = None
+    clip_nsfw_head: Path | None = None
+    device: str = "cpu"
+    clip: tuple[tuple[str, str], ...] = ()
+    """The identity of the CLIP that made the embeddings (model, pretrained, dim)."""
+
+
+def load_scorers(settings: ScorerSettings) -> Scorers:
+    """The models ``settings`` name, each loaded once; a scorer that cannot run says why."""
+    from dataplatform.core.scoring.embedding_heads import head_matches, load_head
+    from dataplatform.core.scoring.nsfw_nudenet import load_nudenet
+    from dataplatform.core.scoring.ocr_readability import load_ocr
+    from dataplatform.core.scoring.watermark_model import load_watermark
+
+    scorers = Scorers()
+    scorers.nudenet = load_nudenet() if settings.use_nudenet else None
+    if not settings.use_nudenet:
+        scorers.notes["nsfw (NudeNet)"] = "switched off (use_nudenet=false)"
+    scorers.ocr = load_ocr() if settings.use_ocr else None
+    if not settings.use_ocr:
+        scorers.notes["ocr (RapidOCR)"] = "switched off (use_ocr=false)"
+    if settings.watermark_checkpoint is None:
+        scorers.notes["watermark"] = "no `watermark_checkpoint` configured: watermark_score is null"
+    else:
+        scorers.watermark = load_watermark(settings.watermark_checkpoint, settings.device)
+    clip = dict(settings.clip)
+    for setting, attr, label in (
+        ("aesthetic_head", "aesthetic", "aesthetic"),
+        ("clip_nsfw_head", "clip_nsfw", "clip nsfw head"),
+    ):
+        path = getattr(settings, setting)
+        if path is None:
+            scorers.notes[label] = f"no `{setting}` configured: score is null"
+            continue
+        head = load_head(path)
+        pretrained = clip.get("pretrained", "")
+        tag = None if ("/" in pretrained or pretrained.endswith((".pt", ".bin"))) else pretrained
+        if head_matches(head.spec, clip.get("model", ""), int(clip.get("dim", 0)), tag):
+            setattr(scorers, attr, head)
+        else:
+            scorers.notes[label] = (
+                f"`{setting}` {path.name} is for {head.spec.clip_model}/{head.spec.clip_pretrained}"
+                f" ({head.spec.dim}-d); the embeddings are {clip.get('model')}/{pretrained} "
+                f"({clip.get('dim')}-d): score is null"
+            )
+    return scorers
+
+
+@dataclass(frozen=True)
+class PartitionScores:
+    """A day's scores in row order, why any scorer did not run, and where it was computed."""
+
+    table: pa.Table
+    notes: dict[str, str]
+    run: ChunkRun
+
+
+class _ChunkScorer:
+    """The Ray engine's worker: loads the scorers once per actor, then scores chunk after chunk."""
+
+    def __init__(self, settings: ScorerSettings, landing_root: Path, batch_size: int) -> None:
+        self._scorers = load_scorers(settings)
+        self._landing_root = landing_root
+        self._batch_size = batch_size
+
+    def __call__(self, chunk: tuple[Sequence[dict], np.ndarray]) -> tuple[pa.Table, dict[str, str]]:
+        rows, embeddings = chunk
+        table = score_partition(
+            rows, embeddings, self._landing_root, self._scorers, self._batch_size
+        )
+        return table, self._scorers.notes
+
+
+def score_on_engine(
+    rows: Sequence[dict],
+    embeddings: np.ndarray,
+    landing_root: Path,
+    settings: ScorerSettings,
+    batch_size: int = 32,
+    engine: EngineSpec | None = None,
+    log: Callable[[str], None] | None = None,
+) -> PartitionScores:
+    """``score_partition`` with scorers loaded from ``settings``, on the engine.
+
+    A chunk is a whole number of batches, and every score is a function of its own row (the
+    combining scorers read the row's own scores), so the table is the same on either engine.
+    """
+    engine = engine or EngineSpec()
+    if not engine.is_ray or not rows:
+        started = time.monotonic()
+        scorers = load_scorers(settings)
+        table = score_partition(rows, embeddings, landing_root, scorers, batch_size)
+        run = ChunkRun("local", 1, 1, time.monotonic() - started)
+        return PartitionScores(table, scorers.notes, run)
+    size = math.ceil(engine.chunk_rows / batch_size) * batch_size
+    chunks = [(rows[i : i + size], embeddings[i : i + size]) for i in range(0, len(rows), size)]
+    parts, run = map_chunks(
+        engine, partial(_ChunkScorer, settings, Path(landing_root), batch_size), chunks, log=log
+    )
+    return PartitionScores(pa.concat_tables([p[0] for p in parts]), parts[0][1], run)
 
 
 def score_partition(
