@@ -47,6 +47,8 @@ class ChunkRun:
     nodes: int = 1
     gpus_per_worker: float = 0.0
     lost_workers: int = 0
+    started_workers: int = 0
+    """Actors started (each loading its model); 0 when the previous day's were kept."""
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -57,6 +59,7 @@ class ChunkRun:
             "engine_wall_s": round(self.wall_s, 3),
             "engine_gpus_per_worker": self.gpus_per_worker,
             "engine_lost_workers": self.lost_workers,
+            "engine_started_workers": self.started_workers,
         }
 
 
@@ -121,8 +124,10 @@ def connect(spec: EngineSpec) -> Any:
 
     wanted = {"address": spec.address or None, "env": job_env()}
     if ray.is_initialized() and _connected != wanted:
+        release_workers()
         ray.shutdown()
     if not ray.is_initialized():
+        _POOL.clear()  # actors die with the connection that started them
         # An empty address lets Ray read RAY_ADDRESS, and start a one-machine Ray without it.
         ray.init(
             address=wanted["address"],
@@ -187,11 +192,14 @@ def _map_on_ray(
     actor_class = ray.remote(_ChunkActor).options(
         num_cpus=spec.cpus_per_worker, num_gpus=gpus_each, max_restarts=0, max_task_retries=0
     )
+    key = ray.cloudpickle.dumps((make_worker, spec.cpus_per_worker, gpus_each))
+    pool, fresh = _pool(ray, key, count, lambda: actor_class.remote(make_worker))
     log(
-        f"ray: {len(chunks)} chunks on {count} actors ({spec.cpus_per_worker:g} CPU, "
-        f"{gpus_each:g} GPU each) across {nodes} nodes with {cpus:g} CPUs, {gpus:g} GPUs"
+        f"ray: {len(chunks)} chunks on {len(pool)} actors ({fresh} started, the rest kept from "
+        f"the previous day; {spec.cpus_per_worker:g} CPU, {gpus_each:g} GPU each) across "
+        f"{nodes} nodes with {cpus:g} CPUs, {gpus:g} GPUs"
     )
-    idle = _started(ray, [actor_class.remote(make_worker) for _ in range(count)])
+    idle = list(pool)
     results: list[Any] = [None] * len(chunks)
     pending: dict[Any, tuple[int, Any]] = {}
     next_chunk = 0
@@ -216,13 +224,53 @@ def _map_on_ray(
                 ) from exc
             log(f"ray: the worker for chunk {index} died ({type(exc).__name__}); redoing it")
             results[index] = on_lost(chunks[index])
-            idle.extend(_started(ray, [actor_class.remote(make_worker)]))
+            replacement = _started(ray, [actor_class.remote(make_worker)])
+            _POOL[0].actors[_POOL[0].actors.index(actor)] = replacement[0]
+            idle.extend(replacement)
+            fresh += 1
         done += 1
         if done % step == 0 or done == len(chunks):
             log(f"ray: {done}/{len(chunks)} chunks done, {time.monotonic() - started:.1f} s")
     return results, ChunkRun(
-        "ray", count, len(chunks), time.monotonic() - started, nodes, gpus_each, lost
+        "ray", len(pool), len(chunks), time.monotonic() - started, nodes, gpus_each, lost, fresh
     )
+
+
+@dataclass
+class _Pool:
+    key: bytes
+    actors: list[Any]
+
+
+# The last stage's actors, kept so that the next day of a multi-day run finds its models loaded.
+# One pool at most: a different stage's work first releases them, so idle actors never hold
+# the CPUs or GPUs the next stage's actors need.
+_POOL: list[_Pool] = []
+
+
+def _pool(ray: Any, key: bytes, wanted: int, start: Callable[[], Any]) -> tuple[list[Any], int]:
+    """At least ``wanted`` started actors for ``key`` (kept ones first), and how many are new."""
+    if _POOL and _POOL[0].key != key:
+        release_workers()
+    if not _POOL:
+        _POOL.append(_Pool(key, []))
+    pool = _POOL[0]
+    missing = max(0, wanted - len(pool.actors))
+    if missing:
+        pool.actors.extend(_started(ray, [start() for _ in range(missing)]))
+    return list(pool.actors), missing
+
+
+def release_workers() -> None:
+    """Stop the kept actors (their models and resources go back to the cluster)."""
+    if not _POOL:
+        return
+    import ray
+
+    if ray.is_initialized():
+        for actor in _POOL[0].actors:
+            ray.kill(actor)
+    _POOL.clear()
 
 
 def _started(ray: Any, actors: list[Any]) -> list[Any]:
@@ -242,7 +290,9 @@ def map_isolated(spec: EngineSpec, fn: Callable[[T], R], items: Sequence[T]) -> 
     ray = connect(spec)
     from ray.exceptions import RayActorError, WorkerCrashedError
 
-    task = ray.remote(fn).options(num_cpus=spec.cpus_per_worker, max_retries=0)
+    # No CPU asked: the stage's own actors hold the cluster's CPUs while this redoes their
+    # lost chunk, and a task waiting for one of them would wait for ever.
+    task = ray.remote(fn).options(num_cpus=0, max_retries=0)
     refs = [task.remote(item) for item in items]
     out: list[R | Lost[T]] = []
     for ref in refs:

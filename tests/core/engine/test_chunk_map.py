@@ -118,3 +118,54 @@ def test_an_unknown_engine_names_the_setting(monkeypatch):
         engine_spec()
     with pytest.raises(EngineSettingError, match="chunk_rows"):
         EngineSpec(chunk_rows=0)
+
+
+def _negate_worker():
+    built = os.getpid()
+
+    def work(chunk: list[int]) -> tuple[int, list[int]]:
+        return built, [-x for x in chunk]
+
+    return work
+
+
+def test_the_next_day_reuses_the_actors_and_another_stage_releases_them(ray_cluster):
+    spec = EngineSpec(kind="ray", address=ray_cluster.address)
+    first, run1 = map_chunks(spec, _squares_worker, CHUNKS)
+    second, run2 = map_chunks(spec, _squares_worker, CHUNKS[:3])
+    # Day two: no actor started, so no model loaded again; the same processes did the work.
+    assert run1.started_workers == 2 and run2.started_workers == 0
+    assert {r[0] for r in second} <= {r[0] for r in first}
+    other, run3 = map_chunks(spec, _negate_worker, CHUNKS)
+    assert run3.started_workers == 2 and run3.workers == 2
+    # Two worker nodes of one CPU each: the new actors could start only if the old ones went.
+    assert not {r[0] for r in other} & {r[0] for r in first}
+
+
+def _crash_on_chunk_of_35():
+    def work(chunk: list[int]) -> list[int]:
+        if 35 in chunk:
+            os._exit(3)
+        return [x + 100 for x in chunk]
+
+    return work
+
+
+@pytest.mark.timeout(120)
+def test_a_lost_chunk_is_redone_in_tasks_while_the_actors_hold_every_cpu(ray_cluster):
+    """The redo runs Ray tasks while the stage's actors hold both CPUs: it must not wait."""
+    spec = EngineSpec(kind="ray", address=ray_cluster.address)
+
+    def one_by_one(chunk):
+        out = map_isolated(spec, _crash_on_three_five, chunk)
+        return ["crashed" if isinstance(r, Lost) else r for r in out]
+
+    results, run = map_chunks(spec, _crash_on_chunk_of_35, CHUNKS, on_lost=one_by_one)
+    assert results[7] == ["crashed", 136, 137, 138, 139]
+    assert results[0] == [100, 101, 102, 103, 104] and run.lost_workers == 1
+
+
+def _crash_on_three_five(x: int) -> int:
+    if x == 35:
+        os._exit(9)
+    return x + 100
