@@ -5,7 +5,11 @@
 - ``multiprocess`` or ``in_process``: those executors, named explicitly.
 - ``k8s``: each step in its own Kubernetes Job (dagster-k8s). Steps of the ``gpu`` pool request one
   GPU and tolerate the GPU nodes' taint, so they are scheduled on a GPU node; every other step
-  requests CPU and memory only and stays off the GPU nodes.
+  requests CPU and memory only and stays off the GPU nodes. Under ``DATAPLATFORM_ENGINE=ray``
+  a step whose model runs on the engine (it takes the ``engine`` resource) asks for no GPU: it
+  is the Ray driver and its model runs on the Ray cluster's GPU workers, so a GPU on its pod
+  would sit idle beside the one the actor takes. ``vq_tokenizer`` trains in its step and keeps
+  its GPU.
 
 Only the k8s choice imports dagster-k8s and the Kubernetes client, so the code location loads
 just as fast as before when another executor is chosen.
@@ -19,6 +23,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import dagster as dg
+
+from dataplatform.core.engine.engine_spec import engine_spec
 
 EXECUTOR_ENV = "DATAPLATFORM_EXECUTOR"
 EXECUTORS = ("multiprocess", "in_process", "k8s")
@@ -53,9 +59,19 @@ GPU_STEP_K8S_CONFIG: Mapping[str, Any] = {
 }
 
 
-def gpu_steps(assets: Iterable[dg.AssetsDefinition]) -> list[str]:
-    """The op names of the assets in the ``gpu`` pool: the steps that need a GPU node."""
-    return sorted(a.op.name for a in assets if a.op.pool == GPU_POOL)
+ENGINE_RESOURCE = "engine"
+
+
+def gpu_steps(assets: Iterable[dg.AssetsDefinition], on_ray: bool = False) -> list[str]:
+    """The op names of the assets in the ``gpu`` pool: the steps that need a GPU node.
+
+    ``on_ray``: the steps whose models run on the Ray engine's actors need none.
+    """
+    return sorted(
+        a.op.name
+        for a in assets
+        if a.op.pool == GPU_POOL and not (on_ray and ENGINE_RESOURCE in a.required_resource_keys)
+    )
 
 
 def k8s_executor_config(gpu_step_names: Iterable[str]) -> dict[str, Any]:
@@ -94,7 +110,7 @@ def executor_from_env(assets: Iterable[dg.AssetsDefinition]) -> dg.ExecutorDefin
     if choice == "in_process":
         return dg.in_process_executor
     if choice == "k8s":
-        return k8s_executor(gpu_steps(assets))
+        return k8s_executor(gpu_steps(assets, on_ray=engine_spec().is_ray))
     raise ValueError(
         f"{EXECUTOR_ENV}={os.environ[EXECUTOR_ENV]!r} is not an executor: use one of "
         f"{', '.join(EXECUTORS)}, or leave it unset for Dagster's default"

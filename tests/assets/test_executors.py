@@ -40,6 +40,20 @@ def test_gpu_steps_are_the_assets_of_the_gpu_pool():
     assert gpu_steps(ALL_ASSETS) == GPU_STEPS
 
 
+def test_on_the_ray_engine_only_the_tokenizer_training_step_takes_a_gpu(monkeypatch):
+    """The model steps are Ray drivers then: their GPU is the Ray actor's, not the pod's."""
+    assert gpu_steps(ALL_ASSETS, on_ray=True) == ["vq_tokenizer"]
+    import dataplatform.executors as executors
+
+    # What the k8s executor is built with, captured: the step names that get a GPU pod.
+    monkeypatch.setattr(executors, "k8s_executor", lambda names: sorted(names))
+    monkeypatch.setenv(EXECUTOR_ENV, "k8s")
+    monkeypatch.setenv("DATAPLATFORM_ENGINE", "ray")
+    assert executor_from_env(ALL_ASSETS) == ["vq_tokenizer"]
+    monkeypatch.setenv("DATAPLATFORM_ENGINE", "local")
+    assert executor_from_env(ALL_ASSETS) == GPU_STEPS
+
+
 @pytest.mark.parametrize(
     ("choice", "name"),
     [("multiprocess", "multiprocess"), ("in_process", "in_process"), ("IN_PROCESS ", "in_process")],
