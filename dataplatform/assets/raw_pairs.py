@@ -56,7 +56,8 @@ def raw_pairs(
     licenses: LicensePolicyResource,
     engine: EngineResource,
 ) -> dg.MaterializeResult:
-    """Ingest ``landing/<date>/``: manifests, shards, captioned images; bad rows to the ledger.
+    """Ingest ``landing/<date>/`` (or ``<landing_url>/<date>/`` on an object store): manifests,
+    shards, captioned images; bad rows to the ledger.
 
     Pairs a takedown request names never enter (ledger reason ``takedown``), and the license
     policy drops or flags pairs outside the allow-list (column ``license_status``).
@@ -74,8 +75,8 @@ def raw_pairs(
         draft_size=config.draft_size or None,
         workers=config.workers,
     )
-    landing = home.landing_date(date)
-    if not landing.is_dir():
+    landing = home.landing_day(date)
+    if not home.has_landing_day(date):
         context.log.warning(f"no landing folder {landing}: writing an empty partition")
     result = ingest_folder(landing, date, options, engine.spec(), context.log.info)
     kept, taken_down = exclude_taken_down(result.kept, requests, STAGE)

@@ -10,14 +10,18 @@ from dataplatform.core.store.warehouse import partition_dates
 
 class WarehouseResource(dg.ConfigurableResource):
     """Parquet warehouse under ``DATAPLATFORM_HOME`` (or ``home`` when set), queried with DuckDB;
-    or on an object store named by ``warehouse_url``, with landing and models still in the home."""
+    or on an object store named by ``warehouse_url``. The day folders arrive in the home's
+    ``landing/``, or on an object store named by ``landing_url``; models stay in the home."""
 
     home: str = ""
     warehouse_url: str = ""
     """s3://bucket/prefix for an object store; empty: DATAPLATFORM_WAREHOUSE_URL, else the home."""
+    landing_url: str = ""
+    """s3://bucket/prefix holding the <date>/ folders; empty: DATAPLATFORM_LANDING_URL, else the
+    home's landing/. Stages on Ray actors learn it from DATAPLATFORM_LANDING_URL only."""
 
     def resolve(self) -> Home:
-        return resolve_home(self.home or None, self.warehouse_url or None)
+        return resolve_home(self.home or None, self.warehouse_url or None, self.landing_url or None)
 
     def missing_earlier_partitions(self, table: str, date: str, first_date: str) -> list[str]:
         """Landing dates before ``date`` whose ``table`` partition has not been written.
