@@ -23,6 +23,7 @@ import boto3
 import pyarrow as pa
 import pytest
 
+from dataplatform.core.engine.engine_spec import EngineSpec
 from dataplatform.core.ingest import image_store
 from dataplatform.core.ingest.image_store import location_of, read_location, read_ref, ref_of
 from dataplatform.core.ingest.ingest_folder import IngestOptions, ingest_folder
@@ -371,3 +372,19 @@ def test_a_missing_bucket_fails_by_the_setting_not_as_an_empty_day(tmp_path: Pat
         _ingest("s3://dataplatform-no-such-bucket/landing/2025-03-01")
     with pytest.raises(ValueError, match=LANDING_URL_ENV):
         Home(tmp_path, landing_url="https://example.com/landing")
+
+
+def test_ray_workers_on_other_nodes_read_the_day_from_the_refs_alone(
+    tmp_path: Path, landing_url: str, ray_cluster
+):
+    """Decoding on the Ray engine: actors get pickled refs and the forwarded AWS_* settings."""
+    local = tmp_path / "landing"
+    build_sample_landing(local, DAYS)
+    day = DAYS[2]  # the Parquet manifest and the WebDataset shard
+    upload(local / day, f"{landing_url}/{day}")
+    on_ray = EngineSpec(kind="ray", address=ray_cluster.address, chunk_rows=8)
+    here = ingest_folder(f"{landing_url}/{day}", day, IngestOptions(workers=1))
+    there = ingest_folder(f"{landing_url}/{day}", day, IngestOptions(workers=1), on_ray)
+    assert there.engine_run.engine == "ray" and there.kept.num_rows > 0
+    assert _rows(there.kept) == _rows(here.kept)
+    assert _rows(there.rejected) == _rows(here.rejected)
