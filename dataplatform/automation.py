@@ -34,7 +34,7 @@ _IN_PROGRESS = [
 @dg.sensor(
     job=curate_daily,
     minimum_interval_seconds=30,
-    description="Starts a run for each new landing/<date>/ folder, oldest date first.",
+    description="Starts a run for each new landing/<date>/ folder (local or s3://), oldest first.",
     default_status=dg.DefaultSensorStatus.STOPPED,
 )
 def landing_sensor(
