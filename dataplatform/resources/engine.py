@@ -22,6 +22,8 @@ class EngineResource(dg.ConfigurableResource):
     gpus_per_model_worker: float = -1.0
     """GPUs each model actor asks Ray for; -1: one when the cluster has GPUs, else none."""
     cpus_per_worker: float = 1.0
+    shard_dedup: bool = True
+    """On Ray: the global dedup lookups sharded by key on the workers (the home on every node)."""
 
     def spec(self) -> EngineSpec:
         return engine_spec(
@@ -31,4 +33,5 @@ class EngineResource(dg.ConfigurableResource):
             chunk_rows=self.chunk_rows,
             gpus_per_model_worker=self.gpus_per_model_worker,
             cpus_per_worker=self.cpus_per_worker,
+            shard_dedup=self.shard_dedup,
         )

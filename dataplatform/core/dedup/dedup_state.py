@@ -275,6 +275,10 @@ class StateStore:
     def rows_before(self, before: str) -> int:
         return sum(r.rows for d, r in self.dates().items() if d < before)
 
+    def keys_of(self, segment: Segment) -> np.ndarray:
+        """The segment's sorted keys, memory-mapped (a search's other process reads them)."""
+        return self._keys(segment)
+
     def keys_before(self, before: str) -> Iterator[tuple[Segment, np.ndarray]]:
         """Each segment's memory-mapped keys, for a search (pHash) that needs them all."""
         for segment in self.segments_for(before):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ import pyarrow as pa
 from dataplatform.core.dedup.dedup_state import (
     END_OF_TIME,
     STATE_FOLDER,
+    Hits,
     SegmentGone,
     StateError,
     StateStore,
@@ -33,6 +34,9 @@ from dataplatform.core.dedup.dedup_state import (
 )
 from dataplatform.core.dedup.phash import from_hex
 from dataplatform.core.dedup.phash_index import find_near_stored, write_band_tables
+from dataplatform.core.dedup.sharded_lookup import find_equal_on_engine, near_rows_on_engine
+from dataplatform.core.engine.chunk_map import ChunkRun
+from dataplatform.core.engine.engine_spec import EngineSpec
 from dataplatform.core.store.home import Home
 from dataplatform.core.store.warehouse import (
     commit_id,
@@ -230,27 +234,70 @@ def _verified(hits_rows: pa.Table, query: np.ndarray, column: str, values: list)
     return hits_rows.filter(pa.array(same, pa.bool_()))
 
 
-def ingested_before(home: Home, current: pa.Table, date: str) -> pa.Table:
+@dataclass(frozen=True)
+class Lookups:
+    """Where a global stage's history lookups run: in this process, or sharded by key over
+    the Ray engine's workers (``sharded_lookup``); each sharded lookup's run is appended to
+    ``runs`` for the asset's metadata."""
+
+    engine: EngineSpec | None = None
+    log: Callable[[str], None] | None = None
+    runs: list[ChunkRun] = field(default_factory=list)
+
+    @property
+    def sharded(self) -> bool:
+        return self.engine is not None and self.engine.is_ray and self.engine.shard_dedup
+
+    def find_equal(self, store: StateStore, keys: np.ndarray, before: str) -> Hits:
+        if not self.sharded:
+            return store.find_equal(keys, before)
+        assert self.engine is not None
+        hits, run = store.retrying(
+            lambda: find_equal_on_engine(store, keys, before, self.engine, self.log)
+        )
+        self.runs.append(run)
+        return hits
+
+
+LOCAL_LOOKUPS = Lookups()
+
+
+def ingested_before(
+    home: Home, current: pa.Table, date: str, lookups: Lookups = LOCAL_LOOKUPS
+) -> pa.Table:
     """(pair_id, date) of every earlier ingested row sharing a pair_id with ``current``."""
     ids = current.column("pair_id").to_pylist()
-    hits = INGESTED_IDS.store(home).find_equal(key_of_text(ids), date)
+    hits = lookups.find_equal(INGESTED_IDS.store(home), key_of_text(ids), date)
     return _verified(hits.rows, hits.query, "pair_id", ids).select(["pair_id", "date"])
 
 
-def kept_sha_before(home: Home, current: pa.Table, date: str) -> pa.Table:
+def kept_sha_before(
+    home: Home, current: pa.Table, date: str, lookups: Lookups = LOCAL_LOOKUPS
+) -> pa.Table:
     """(pair_id, image_sha256, date) of every earlier kept pair with one of the day's SHA-256s."""
     shas = current.column("image_sha256").to_pylist()
-    hits = EXACT_KEPT.store(home).find_equal(key_of_hex(shas), date)
+    hits = lookups.find_equal(EXACT_KEPT.store(home), key_of_hex(shas), date)
     rows = _verified(hits.rows, hits.query, "image_sha256", shas)
     return rows.select(["pair_id", "image_sha256", "date"])
 
 
-def kept_phash_near(home: Home, current: pa.Table, date: str, threshold: int) -> pa.Table:
+def kept_phash_near(
+    home: Home, current: pa.Table, date: str, threshold: int, lookups: Lookups = LOCAL_LOOKUPS
+) -> pa.Table:
     """(pair_id, phash, date) of every earlier kept pair within ``threshold`` bits of a pair of
     ``current``: exactly the history rows the greedy decision can use."""
     store = PHASH_KEPT.store(home)
     hashes = _phash_key(current)
-    return store.retrying(lambda: _phash_near(store, hashes, date, threshold))
+    if not lookups.sharded:
+        return store.retrying(lambda: _phash_near(store, hashes, date, threshold))
+    assert lookups.engine is not None
+    tables, run = store.retrying(
+        lambda: near_rows_on_engine(store, hashes, date, threshold, lookups.engine, lookups.log)
+    )
+    lookups.runs.append(run)
+    if not tables:
+        return PHASH_SCHEMA.empty_table().select(["pair_id", "phash", "date"])
+    return pa.concat_tables(tables).select(["pair_id", "phash", "date"])
 
 
 def _phash_near(store: StateStore, hashes: np.ndarray, date: str, threshold: int) -> pa.Table:

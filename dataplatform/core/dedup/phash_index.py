@@ -492,32 +492,64 @@ def _stored_plan(
     return tuple(plan)
 
 
+def _stored_search_plan(
+    n_queries: int, folder: Path, n: int, threshold: int
+) -> tuple[tuple[_Band, ...] | None, tuple[int, ...]]:
+    """The bands a stored search probes (None: the per-call search) and the stored widths."""
+    if not (folder / STORED_BANDS_FILE).exists():  # a segment written without band tables
+        return None, ()
+    meta = json.loads((folder / STORED_BANDS_FILE).read_text())
+    if meta["rows"] != n:
+        raise ValueError(f"{folder} holds band tables of {meta['rows']} hashes, not {n}")
+    widths = tuple(meta["widths"])
+    plan = _stored_plan(n_queries, n, widths, threshold)
+    if plan is None or n_queries * n <= _BRUTE_ALWAYS:
+        return None, widths
+    return plan, widths
+
+
+def stored_search_bands(n_queries: int, folder: Path, n: int, threshold: int) -> int:
+    """How many independent band searches ``find_near_stored`` makes for these sizes: the
+    shards a cluster can run apart (``bands=`` each); 1 where the search is not banded."""
+    if n_queries == 0 or n == 0:
+        return 0
+    plan, _ = _stored_search_plan(n_queries, folder, n, _check_threshold(threshold))
+    return 1 if plan is None else len(plan)
+
+
 def find_near_stored(
-    queries: np.ndarray, folder: Path, keys: np.ndarray, threshold: int
+    queries: np.ndarray,
+    folder: Path,
+    keys: np.ndarray,
+    threshold: int,
+    bands: tuple[int, ...] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``find_near_pairs_between(queries, keys, threshold)`` using the band tables stored in
     ``folder`` for ``keys`` (``write_band_tables``): the same pairs, without building tables.
 
     Small searches, thresholds the stored bands cannot reach and a segment without stored
     tables (written before they existed) go to the per-call search.
+
+    ``bands`` (indices below ``stored_search_bands``) searches only those bands. A pair is
+    reported by the first band that finds it, so the searches of disjoint band sets find
+    disjoint pairs, and together exactly the pairs of all bands: that is how a cluster splits
+    one segment's search by hash band. The per-call search counts as band 0.
     """
     q = _as_hashes(queries, "queries")
     t = _check_threshold(threshold)
     n = len(keys)
     if len(q) == 0 or n == 0:
         return _sorted_result([], n)
-    if not (folder / STORED_BANDS_FILE).exists():  # a segment written without band tables
+    plan, widths = _stored_search_plan(len(q), folder, n, t)
+    if plan is None:
+        if bands is not None and 0 not in bands:
+            return _sorted_result([], n)
         return find_near_pairs_between(q, np.asarray(keys), t)
-    meta = json.loads((folder / STORED_BANDS_FILE).read_text())
-    if meta["rows"] != n:
-        raise ValueError(f"{folder} holds band tables of {meta['rows']} hashes, not {n}")
-    plan = _stored_plan(len(q), n, tuple(meta["widths"]), t)
-    if plan is None or len(q) * n <= _BRUTE_ALWAYS:
-        return find_near_pairs_between(q, np.asarray(keys), t)
-    widths = tuple(meta["widths"])
     shifts = [sum(widths[:k]) for k in range(len(widths))]
     found = []
     for k, band in enumerate(plan):
+        if bands is not None and k not in bands:
+            continue
         table = _stored_table(folder, shifts.index(band.shift), band)
         left = _SortedBand(q, band)
         matches = _Matches(t, plan[:k])

@@ -40,6 +40,10 @@ class EngineSpec:
     gpus_per_model_worker: float = -1.0
     """GPUs a model actor asks Ray for; -1 means one when the cluster has GPUs, else none."""
     cpus_per_worker: float = 1.0
+    shard_dedup: bool = True
+    """On Ray, the global dedup stages' history lookups run sharded by key on the workers
+    (they read the dedup state from the home, which every node must mount); false keeps them
+    in the step."""
 
     def __post_init__(self) -> None:
         if self.kind not in ENGINES:
@@ -68,6 +72,7 @@ def engine_spec(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     gpus_per_model_worker: float = -1.0,
     cpus_per_worker: float = 1.0,
+    shard_dedup: bool = True,
 ) -> EngineSpec:
     """The spec from explicit settings, else ``DATAPLATFORM_ENGINE`` and ``RAY_ADDRESS``."""
     chosen = (kind or os.environ.get(ENGINE_ENV, "") or LOCAL).strip().lower()
@@ -78,4 +83,5 @@ def engine_spec(
         chunk_rows=chunk_rows,
         gpus_per_model_worker=gpus_per_model_worker,
         cpus_per_worker=cpus_per_worker,
+        shard_dedup=shard_dedup,
     )
