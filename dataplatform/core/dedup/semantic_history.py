@@ -23,8 +23,9 @@ import logging
 import math
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,8 @@ from dataplatform.core.dedup.history_state import (
     warehouse_commits,
 )
 from dataplatform.core.dedup.semantic_index import ivf_parameters
+from dataplatform.core.engine.chunk_map import ChunkRun, map_chunks
+from dataplatform.core.engine.engine_spec import EngineSpec
 from dataplatform.core.scoring.embedding_table import rows_for
 from dataplatform.core.store.durable import replace_json
 from dataplatform.core.store.home import Home
@@ -226,13 +229,55 @@ class SemanticStore(StateStore):
         one pair per row plus one block of the index's matches."""
         return self.retrying(lambda: self._search(queries, threshold, before, nearest=True))
 
+    def nearest_on_engine(
+        self,
+        queries: np.ndarray,
+        threshold: float,
+        before: str,
+        engine: EngineSpec,
+        log: Callable[[str], None] | None = None,
+    ) -> tuple[HistoryMatches, ChunkRun]:
+        """``nearest``, split by index cell over the engine's workers: each searches its share
+        of the inverted lists (``CELL_SHARDS`` of them) and returns its best pair per row; the
+        best of those, ties in (date, pair_id) order, is ``nearest``'s answer. The workers
+        read the state where this step synced it (the home, mounted on every node)."""
+        quantizer = self.quantizer()
+        if quantizer is None or len(queries) == 0 or not self.segments_for(before):
+            return self.nearest(queries, threshold, before), ChunkRun("ray", 0, 0, 0.0)
+        cells = np.array_split(np.arange(quantizer.nlist), min(CELL_SHARDS, quantizer.nlist))
+        worker = partial(_CellSearch, self.folder.parent, queries, threshold, before)
+
+        def search() -> tuple[HistoryMatches, ChunkRun]:
+            best, run = map_chunks(engine, worker, cells, log=log)
+            return _history_matches(_best_per_query(pa.concat_tables(best))), run
+
+        return self.retrying(search)
+
     def _search(
-        self, queries: np.ndarray, threshold: float, before: str, *, nearest: bool
+        self,
+        queries: np.ndarray,
+        threshold: float,
+        before: str,
+        *,
+        nearest: bool,
+        cells: np.ndarray | None = None,
     ) -> HistoryMatches:
+        best = self._best(queries, threshold, before, nearest=nearest, cells=cells)
+        return best if isinstance(best, HistoryMatches) else _history_matches(best)
+
+    def _best(
+        self,
+        queries: np.ndarray,
+        threshold: float,
+        before: str,
+        *,
+        nearest: bool,
+        cells: np.ndarray | None = None,
+    ) -> HistoryMatches | pa.Table:
         segments = self.segments_for(before)
         quantizer = self.quantizer()
         if not segments or quantizer is None or len(queries) == 0:
-            return _history_matches(_MATCHES_SCHEMA.empty_table())
+            return _MATCHES_SCHEMA.empty_table()
         folders = [self.segment_folder(s) for s in segments]
         for folder in folders:
             if not folder.exists():
@@ -243,12 +288,12 @@ class SemanticStore(StateStore):
                 return _history_matches(self._live(segments, found, before))
             best = _MATCHES_SCHEMA.empty_table()
             for block in semantic_state.search_segment_blocks(
-                folders, quantizer, queries, threshold
+                folders, quantizer, queries, threshold, cells=cells
             ):
                 best = _best_per_query(
                     pa.concat_tables([best, self._live(segments, block, before)])
                 )
-            return _history_matches(best)
+            return best
         except semantic_state.CorruptSegmentError as exc:
             raise StateError(f"{exc}; run `dataplatform rebuild-state`") from exc
 
@@ -352,6 +397,34 @@ _MATCHES_SCHEMA = pa.schema(
         ("similarity", pa.float32()),
     ]
 )
+
+
+# Index cells (inverted lists) per sharded search: a few per worker of a mid-sized cluster,
+# each still a block-sized read of every segment.
+CELL_SHARDS = 16
+
+
+class _CellSearch:
+    """A worker: the best earlier pair per day row among the lists of one shard of cells."""
+
+    def __init__(self, root: Path, queries: np.ndarray, threshold: float, before: str) -> None:
+        self._store = SemanticStore(root)
+        if not self._store.folder.is_dir():
+            raise StateError(
+                f"the semantic state {self._store.folder} is not on this Ray node: mount "
+                "DATAPLATFORM_HOME on every node at the same path, or set the engine's "
+                "shard_dedup to false to keep the search in the Dagster step"
+            )
+        self._queries = queries
+        self._threshold = threshold
+        self._before = before
+
+    def __call__(self, cells: np.ndarray) -> pa.Table:
+        best = self._store._best(
+            self._queries, self._threshold, self._before, nearest=True, cells=cells
+        )
+        assert isinstance(best, pa.Table)
+        return best
 
 
 def _best_per_query(matches: pa.Table) -> pa.Table:

@@ -547,11 +547,16 @@ def search_segment_blocks(
     threshold: float,
     *,
     nprobe: int | None = None,
+    cells: np.ndarray | None = None,
 ) -> Iterator[SegmentMatches]:
     """``search_segments``' matches one block of inverted lists at a time (each block sorted
     as ``search_segments`` sorts; together, the same matches), for a caller that reduces them
-    as they come (the best per query) and so holds one block's matches, not the history's."""
-    readers, verified = _search(segments, quantizer, queries, threshold, nprobe)
+    as they come (the best per query) and so holds one block's matches, not the history's.
+
+    ``cells`` (inverted-list numbers) searches only those lists: the searches of disjoint cell
+    sets find disjoint matches, and together the matches of all lists, which is how a cluster
+    splits one search by index cell."""
+    readers, verified = _search(segments, quantizer, queries, threshold, nprobe, cells)
     for block in verified:
         if len(block.query):
             yield _resolve(readers, [block])
@@ -563,6 +568,7 @@ def _search(
     queries: np.ndarray,
     threshold: float,
     nprobe: int | None,
+    cells: np.ndarray | None = None,
 ) -> tuple[list[_OpenSegment], Iterator[_Verified]]:
     """The opened segments, and the search's verified pairs one block of lists at a time
     (arguments are checked before this returns, the search runs as the blocks are taken)."""
@@ -576,11 +582,16 @@ def _search(
         raise ValueError(f"nprobe must be in 1..{nlist} (the quantizer's lists), got {nprobe}")
     if len(q) == 0 or not readers:
         return readers, iter(())
-    return readers, _verified_blocks(readers, quantizer, q, t, nprobe)
+    return readers, _verified_blocks(readers, quantizer, q, t, nprobe, cells)
 
 
 def _verified_blocks(
-    readers: Sequence[_OpenSegment], quantizer: Quantizer, q: np.ndarray, t: float, nprobe: int
+    readers: Sequence[_OpenSegment],
+    quantizer: Quantizer,
+    q: np.ndarray,
+    t: float,
+    nprobe: int,
+    cells: np.ndarray | None = None,
 ) -> Iterator[_Verified]:
     _set_faiss_threads()
     nlist = quantizer.nlist
@@ -591,6 +602,8 @@ def _verified_blocks(
     del probes, flat
     counts = sum(np.diff(r.offsets) for r in readers)
     probed = np.flatnonzero((np.diff(query_offsets) > 0) & (counts > 0))
+    if cells is not None:
+        probed = probed[np.isin(probed, cells)]
 
     scaled = (q * quantizer.sq_step).astype(np.float32, copy=False)
     offset = (quantizer.sq_min + 0.5 * quantizer.sq_step).astype(np.float64)

@@ -118,3 +118,26 @@ def test_lookups_stay_in_the_step_unless_sharding_is_on():
     assert not Lookups().sharded
     assert not Lookups(EngineSpec(kind="ray", shard_dedup=False)).sharded
     assert Lookups(EngineSpec(kind="ray")).sharded
+
+
+@pytest.mark.timeout(300)
+def test_semantic_nearest_split_by_index_cell_equals_the_steps_own(tmp_path: Path, ray_cluster):
+    from dataplatform.core.dedup.semantic_history import CELL_SHARDS, SemanticStore
+    from tests.core.dedup.test_semantic_history import DAYS as SEMANTIC_DAYS
+    from tests.core.dedup.test_semantic_history import THRESHOLD, day
+
+    store = SemanticStore(tmp_path / "state")
+    days = {d: day(d, 300, seed=k) for k, d in enumerate(SEMANTIC_DAYS[:5])}
+    days[SEMANTIC_DAYS[5]] = (days[SEMANTIC_DAYS[1]][0].copy(), day(SEMANTIC_DAYS[5], 300, 0)[1])
+    for d, (vectors, ids) in days.items():
+        store.record_day(d, vectors, ids, "c")
+    queries = np.concatenate([day("2025-02-01", 200, seed=96)[0], days[SEMANTIC_DAYS[1]][0][:50]])
+    local = store.nearest(queries, THRESHOLD, "2025-02-01")
+    engine = EngineSpec(kind="ray", address=ray_cluster.address)
+    sharded, run = store.nearest_on_engine(queries, THRESHOLD, "2025-02-01", engine)
+    assert len(local.query) > 50  # copies found, exact ties among them
+    np.testing.assert_array_equal(sharded.query, local.query)
+    np.testing.assert_array_equal(sharded.row, local.row)
+    np.testing.assert_array_equal(sharded.similarity, local.similarity)
+    assert sharded.history.to_pylist() == local.history.to_pylist()
+    assert run.chunks == min(CELL_SHARDS, store.quantizer().nlist) > 1
