@@ -21,7 +21,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
+
+from dataplatform.core.engine.local_cluster import wait_for_listener
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -775,7 +776,9 @@ def test_a_step_reaches_the_compose_ray_cluster_through_ray_client(tmp_path: Pat
     with logs.open("wb") as log:
         try:
             nodes.append(subprocess.Popen(head, env=node_env, stdout=log, stderr=log))
-            _wait_for_listener(int(client), nodes[0], logs)
+            wait_for_listener(
+                int(client), nodes[0], logs, "the Ray head's client server", RAY_NODE_IP
+            )
             nodes.append(subprocess.Popen(worker, env=node_env, stdout=log, stderr=log))
             done = subprocess.run(
                 [*namespace, sys.executable, "-c", RAY_DRIVER, str(RAY_STARTUP_S)],
@@ -802,15 +805,3 @@ def test_a_step_reaches_the_compose_ray_cluster_through_ray_client(tmp_path: Pat
     assert len(out["nodes"]) == 1 and out["nodes"] != [out["head"]]
     if isolate:
         assert out["local_raylets"] == 0
-
-
-def _wait_for_listener(port: int, process: subprocess.Popen, logs: Path) -> None:
-    deadline = time.monotonic() + RAY_STARTUP_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the Ray head exited: {logs.read_text(errors='replace')}")
-        with socket.socket() as sock:
-            if sock.connect_ex((RAY_NODE_IP, port)) == 0:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"the Ray head's client server did not listen in {RAY_STARTUP_S} s: {logs}")

@@ -68,7 +68,7 @@ def local_cluster(
     with logs.open("wb") as log:
         nodes.append(subprocess.Popen(head, env=env, stdout=log, stderr=subprocess.STDOUT))
         try:
-            _wait_for_port(port, nodes[0], logs)
+            wait_for_listener(port, nodes[0], logs)
             ray.init(address=address, include_dashboard=False, logging_level="WARNING")
             _wait_for_nodes(ray, 1, logs)
             for started in range(worker_nodes):
@@ -95,16 +95,23 @@ def local_cluster(
                     node.kill()
 
 
-def _wait_for_port(port: int, head: subprocess.Popen, logs: Path) -> None:
+def wait_for_listener(
+    port: int,
+    process: subprocess.Popen,
+    logs: Path,
+    what: str = "the local Ray head",
+    ip: str = NODE_IP,
+) -> None:
+    """Until ``ip:port`` accepts connections; fails if ``process`` exits first."""
     deadline = time.monotonic() + STARTUP_S
     while time.monotonic() < deadline:
-        if head.poll() is not None:
-            raise RuntimeError(f"the local Ray head exited: {logs.read_text(errors='replace')}")
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited: {logs.read_text(errors='replace')}")
         with socket.socket() as sock:
-            if sock.connect_ex((NODE_IP, port)) == 0:
+            if sock.connect_ex((ip, port)) == 0:
                 return
         time.sleep(0.2)
-    raise RuntimeError(f"the local Ray head did not listen within {STARTUP_S} s: see {logs}")
+    raise RuntimeError(f"{what} did not listen on port {port} within {STARTUP_S} s: see {logs}")
 
 
 def _wait_for_nodes(ray: Any, count: int, logs: Path) -> None:
