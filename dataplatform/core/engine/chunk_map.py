@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from dataplatform.core.engine.engine_spec import EngineSpec
+from dataplatform.core.store.home import allow_object_landings, configured_object_landings
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -150,9 +151,15 @@ def cluster_shape(ray: Any) -> tuple[float, float, int]:
 
 
 class _ChunkActor:
-    """One Ray actor: builds its worker once, then computes chunk after chunk."""
+    """One Ray actor: builds its worker once, then computes chunk after chunk.
 
-    def __init__(self, make_worker: Callable[[], Callable[[Any], Any]]) -> None:
+    ``landings`` are the object-store landings the driver's homes configured: an actor builds
+    no ``Home``, and later stages' image reads are confined to a configured landing."""
+
+    def __init__(
+        self, make_worker: Callable[[], Callable[[Any], Any]], landings: dict[str, list[str]]
+    ) -> None:
+        allow_object_landings(landings)
         self._worker = make_worker()
 
     def run(self, chunk: Any) -> Any:
@@ -192,8 +199,9 @@ def _map_on_ray(
     actor_class = ray.remote(_ChunkActor).options(
         num_cpus=spec.cpus_per_worker, num_gpus=gpus_each, max_restarts=0, max_task_retries=0
     )
-    key = ray.cloudpickle.dumps((make_worker, spec.cpus_per_worker, gpus_each))
-    pool, fresh = _pool(ray, key, count, lambda: actor_class.remote(make_worker))
+    landings = configured_object_landings()
+    key = ray.cloudpickle.dumps((make_worker, landings, spec.cpus_per_worker, gpus_each))
+    pool, fresh = _pool(ray, key, count, lambda: actor_class.remote(make_worker, landings))
     log(
         f"ray: {len(chunks)} chunks on {len(pool)} actors ({fresh} started, the rest kept from "
         f"the previous day; {spec.cpus_per_worker:g} CPU, {gpus_each:g} GPU each) across "
@@ -224,7 +232,7 @@ def _map_on_ray(
                 ) from exc
             log(f"ray: the worker for chunk {index} died ({type(exc).__name__}); redoing it")
             results[index] = on_lost(chunks[index])
-            replacement = _started(ray, [actor_class.remote(make_worker)])
+            replacement = _started(ray, [actor_class.remote(make_worker, landings)])
             _POOL[0].actors[_POOL[0].actors.index(actor)] = replacement[0]
             idle.extend(replacement)
             fresh += 1

@@ -139,6 +139,19 @@ def _folder_key(folder: Path | str) -> str:
     return os.path.abspath(os.fspath(folder))
 
 
+def configured_object_landings() -> dict[str, list[str]]:
+    """Every object-store landing the ``Home``s of this process configured, by local folder:
+    what a Ray worker, which builds no ``Home``, is given with ``allow_object_landings``."""
+    return {folder: sorted(urls) for folder, urls in sorted(_OBJECT_LANDINGS.items())}
+
+
+def allow_object_landings(landings: dict[str, list[str]]) -> None:
+    """Let this process read images from ``landings`` (``configured_object_landings`` of the
+    process that configured them), as if it had built their ``Home``s."""
+    for folder, urls in landings.items():
+        _OBJECT_LANDINGS.setdefault(folder, set()).update(urls)
+
+
 def object_landings_for(landing: Path | str) -> list[str]:
     """The object-store landing URLs that images read against the local folder ``landing`` may
     come from: ``landing`` itself when it is one, else the ``landing_url`` of every ``Home``
