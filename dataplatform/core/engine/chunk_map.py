@@ -64,6 +64,23 @@ class ChunkRun:
         }
 
 
+def combined_runs(runs: Sequence[ChunkRun], engine: str = "local") -> ChunkRun:
+    """Several runs of one stage (its lookups, say) as one, for the asset's metadata: chunks,
+    wall time and lost or started workers add up; workers and nodes are the most at once."""
+    if not runs:
+        return ChunkRun(engine, 1 if engine == "local" else 0, 0, 0.0)
+    return ChunkRun(
+        runs[0].engine,
+        max(r.workers for r in runs),
+        sum(r.chunks for r in runs),
+        sum(r.wall_s for r in runs),
+        max(r.nodes for r in runs),
+        max(r.gpus_per_worker for r in runs),
+        sum(r.lost_workers for r in runs),
+        sum(r.started_workers for r in runs),
+    )
+
+
 @dataclass(frozen=True)
 class Lost(Generic[T]):
     """The result for an input whose worker process died while computing it."""
