@@ -28,6 +28,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -261,11 +262,37 @@ def save_tokenizer(tok: VQTokenizer, directory: Path) -> Path:
     return directory
 
 
+_TOKENIZERS: dict[tuple[str, str], tuple[tuple, VQTokenizer]] = {}
+_TOKENIZERS_LOCK = threading.Lock()
+
+
 def load_tokenizer(path: Path | str, device: str = "cpu") -> VQTokenizer:
-    """A tokenizer saved by ``save_tokenizer``, or a diffusers ``VQModel`` directory."""
+    """A tokenizer saved by ``save_tokenizer``, or a diffusers ``VQModel`` directory.
+
+    Loaded once per process, path and device, so that a run encoding day after day loads it
+    once; loaded again when the directory's files are replaced (``save_tokenizer`` writes new
+    files, as a retrained ``vq_tokenizer`` does).
+    """
+    path = Path(path).expanduser()
+    key, stamp = (str(path), device), _files_stamp(path)
+    with _TOKENIZERS_LOCK:
+        cached = _TOKENIZERS.get(key)
+        if cached is None or cached[0] != stamp:
+            cached = _TOKENIZERS[key] = (stamp, _load_tokenizer(path, device))
+        return cached[1]
+
+
+def _files_stamp(path: Path) -> tuple:
+    """Name, inode, mtime and size of each file in ``path``: a rewritten file changes it."""
+    if not path.is_dir():
+        return ()
+    stats = [(f.name, f.stat()) for f in path.iterdir() if f.is_file()]
+    return tuple(sorted((n, s.st_ino, s.st_mtime_ns, s.st_size) for n, s in stats))
+
+
+def _load_tokenizer(path: Path, device: str) -> VQTokenizer:
     import torch
 
-    path = Path(path).expanduser()
     config_path = path / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(
