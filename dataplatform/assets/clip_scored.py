@@ -4,11 +4,12 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
-from dataplatform.assets.partitions import daily_partitions
+from dataplatform.assets.partitions import daily_backfill_policy, daily_partitions
 from dataplatform.assets.phash_deduped import KEY as PHASH_KEY
 from dataplatform.assets.reporting import (
     OWNERS,
     finish_stage,
+    for_each_day,
     open_stage_day,
     read_input,
     stage_checks,
@@ -55,6 +56,7 @@ class ClipScoreConfig(dg.Config):
 @dg.asset(
     key=KEY,
     partitions_def=daily_partitions,
+    backfill_policy=daily_backfill_policy,
     deps=[PHASH_KEY],
     description="CLIP image and text embeddings and their cosine for every pair, then a threshold.",
     kinds={"pytorch", "parquet"},
@@ -72,7 +74,21 @@ def clip_scored(
     engine: EngineResource,
 ) -> dg.MaterializeResult:
     """Embed every pair, store the embeddings and the score, and drop pairs under the threshold."""
-    day = open_stage_day(context, warehouse, STAGE)
+    return for_each_day(
+        context, lambda date: _materialize_day(context, config, warehouse, clip, engine, date)
+    )
+
+
+def _materialize_day(
+    context: dg.AssetExecutionContext,
+    config: ClipScoreConfig,
+    warehouse: WarehouseResource,
+    clip: ClipResource,
+    engine: EngineResource,
+    date: str,
+) -> dg.MaterializeResult:
+    """One day of ``clip_scored``; ``for_each_day`` runs it for each day of the run."""
+    day = open_stage_day(warehouse, STAGE, date)
     home, date = day.home, day.date
     current = read_input(home, PHASH_KEY.path[-1], date).sort_by("pair_id")
     smoke = clip.is_smoke()

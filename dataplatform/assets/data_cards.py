@@ -4,10 +4,11 @@ import datetime as dt
 
 import dagster as dg
 
-from dataplatform.assets.partitions import daily_partitions
+from dataplatform.assets.partitions import daily_backfill_policy, daily_partitions
 from dataplatform.assets.reporting import (
     OWNERS,
     finish_stage,
+    for_each_day,
     open_stage_day,
     read_input,
     stage_checks,
@@ -45,6 +46,7 @@ LINEAGE = STAGE_ORDER[: STAGE_ORDER.index(STAGE)]
 @dg.asset(
     key=KEY,
     partitions_def=daily_partitions,
+    backfill_policy=daily_backfill_policy,
     deps=[TOKENS_KEY],
     description=(
         "One data card per pair that enters training (source, license, every score and "
@@ -60,7 +62,17 @@ def data_cards(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, engine: EngineResource
 ) -> dg.MaterializeResult:
     """Card every tokenized pair; takedowns filed since are the last gate before training."""
-    day = open_stage_day(context, warehouse, STAGE)
+    return for_each_day(context, lambda date: _materialize_day(context, warehouse, engine, date))
+
+
+def _materialize_day(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    engine: EngineResource,
+    date: str,
+) -> dg.MaterializeResult:
+    """One day of ``data_cards``; ``for_each_day`` runs it for each day of the run."""
+    day = open_stage_day(warehouse, STAGE, date)
     home, date = day.home, day.date
     try:
         requests = load_takedowns(home)

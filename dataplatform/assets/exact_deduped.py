@@ -10,12 +10,13 @@ from dataplatform.assets.dedup_history import (
     state_metadata,
     sync_history,
 )
-from dataplatform.assets.partitions import PREVIOUS_DAY, daily_partitions
+from dataplatform.assets.partitions import PREVIOUS_DAY, daily_backfill_policy, daily_partitions
 from dataplatform.assets.raw_pairs import KEY as RAW_KEY
 from dataplatform.assets.reporting import (
     GLOBAL_SCOPE,
     OWNERS,
     finish_stage,
+    for_each_day,
     open_stage_day,
     read_input,
     stage_checks,
@@ -40,6 +41,7 @@ CHECK_SHA_UNIQUE = "image_sha256_unique"
 @dg.asset(
     key=KEY,
     partitions_def=daily_partitions,
+    backfill_policy=daily_backfill_policy,
     deps=[RAW_KEY, dg.AssetDep(KEY, partition_mapping=PREVIOUS_DAY)],
     description="Raw pairs without byte copies: the earliest pair with an image's SHA-256 wins.",
     kinds={"duckdb", "parquet"},
@@ -52,7 +54,16 @@ def exact_deduped(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     """Drop pairs whose bytes equal a pair kept earlier (earlier day, then smaller pair_id)."""
-    day = open_stage_day(context, warehouse, STAGE, global_dedup=True)
+    return for_each_day(context, lambda date: _materialize_day(context, warehouse, date))
+
+
+def _materialize_day(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    date: str,
+) -> dg.MaterializeResult:
+    """One day of ``exact_deduped``; ``for_each_day`` runs it for each day of the run."""
+    day = open_stage_day(warehouse, STAGE, date, global_dedup=True)
     home, date = day.home, day.date
     ingested_commit = input_commit(home, RAW_KEY.path[-1], date)
     current = read_input(home, RAW_KEY.path[-1], date)

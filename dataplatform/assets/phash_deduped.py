@@ -10,11 +10,12 @@ from dataplatform.assets.dedup_history import (
     sync_history,
 )
 from dataplatform.assets.exact_deduped import KEY as EXACT_KEY
-from dataplatform.assets.partitions import PREVIOUS_DAY, daily_partitions
+from dataplatform.assets.partitions import PREVIOUS_DAY, daily_backfill_policy, daily_partitions
 from dataplatform.assets.reporting import (
     GLOBAL_SCOPE,
     OWNERS,
     finish_stage,
+    for_each_day,
     open_stage_day,
     read_input,
     stage_checks,
@@ -48,6 +49,7 @@ class PhashDedupConfig(dg.Config):
 @dg.asset(
     key=KEY,
     partitions_def=daily_partitions,
+    backfill_policy=daily_backfill_policy,
     deps=[EXACT_KEY, dg.AssetDep(KEY, partition_mapping=PREVIOUS_DAY)],
     description="Exact-deduped pairs without perceptual copies (pHash Hamming distance).",
     kinds={"numpy", "parquet"},
@@ -60,7 +62,17 @@ def phash_deduped(
     context: dg.AssetExecutionContext, config: PhashDedupConfig, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     """Drop pairs within the pHash threshold of a pair kept earlier; the ledger names the match."""
-    day = open_stage_day(context, warehouse, STAGE, global_dedup=True)
+    return for_each_day(context, lambda date: _materialize_day(context, config, warehouse, date))
+
+
+def _materialize_day(
+    context: dg.AssetExecutionContext,
+    config: PhashDedupConfig,
+    warehouse: WarehouseResource,
+    date: str,
+) -> dg.MaterializeResult:
+    """One day of ``phash_deduped``; ``for_each_day`` runs it for each day of the run."""
+    day = open_stage_day(warehouse, STAGE, date, global_dedup=True)
     home, date = day.home, day.date
     current = read_input(home, EXACT_KEY.path[-1], date)
     rebuilt = sync_history(context, home, (INGESTED_IDS, PHASH_KEPT), date)

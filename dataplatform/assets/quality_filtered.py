@@ -8,10 +8,11 @@ import pyarrow as pa
 
 from dataplatform.assets.clip_scored import EMBEDDINGS
 from dataplatform.assets.clip_scored import KEY as CLIP_KEY
-from dataplatform.assets.partitions import daily_partitions
+from dataplatform.assets.partitions import daily_backfill_policy, daily_partitions
 from dataplatform.assets.reporting import (
     OWNERS,
     finish_stage,
+    for_each_day,
     open_stage_day,
     read_input,
     stage_checks,
@@ -61,6 +62,7 @@ QualityConfig = _quality_config()
 @dg.asset(
     key=KEY,
     partitions_def=daily_partitions,
+    backfill_policy=daily_backfill_policy,
     deps=[CLIP_KEY],
     description="Every quality score stored for every pair, then the quality thresholds applied.",
     kinds={"onnx", "pytorch", "parquet"},
@@ -78,7 +80,21 @@ def quality_filtered(
     engine: EngineResource,
 ) -> dg.MaterializeResult:
     """Score aesthetics, NSFW, watermark, OCR and technical quality; drop what fails a threshold."""
-    day = open_stage_day(context, warehouse, STAGE)
+    return for_each_day(
+        context, lambda date: _materialize_day(context, config, warehouse, quality, engine, date)
+    )
+
+
+def _materialize_day(
+    context: dg.AssetExecutionContext,
+    config: QualityConfig,
+    warehouse: WarehouseResource,
+    quality: QualityResource,
+    engine: EngineResource,
+    date: str,
+) -> dg.MaterializeResult:
+    """One day of ``quality_filtered``; ``for_each_day`` runs it for each day of the run."""
+    day = open_stage_day(warehouse, STAGE, date)
     home, date = day.home, day.date
     current = read_input(home, CLIP_KEY.path[-1], date).sort_by("pair_id")
     ids = table_column(current, "pair_id")

@@ -31,6 +31,8 @@ CHECK_ROWS_CONSERVED = "rows_conserved"
 CHECK_PAIR_ID_UNIQUE = "pair_id_unique"
 # Where a global stage checks pair_id (and hash) uniqueness: its history and the day together.
 GLOBAL_SCOPE = "all kept pairs up to this day"
+# The funnel counts every stage's metadata has (stage_metadata), summed over a range run.
+_FUNNEL = ("rows_in", "rows_kept", "rows_removed")
 
 
 @dataclass(frozen=True)
@@ -43,22 +45,49 @@ class StageDay:
 
 
 def open_stage_day(
-    context: dg.AssetExecutionContext,
-    warehouse: WarehouseResource,
-    stage: str,
-    *,
-    global_dedup: bool = False,
+    warehouse: WarehouseResource, stage: str, date: str, *, global_dedup: bool = False
 ) -> StageDay:
-    """The head every stage shares: its home and partition date, ready for ``finish_stage``.
+    """The head every stage shares: its home and the day's date, ready for ``finish_stage``.
 
     A global dedup stage (``global_dedup``) compares the day with every earlier day's kept
     pairs, so it first refuses to run while an earlier landing day lacks its partition.
     """
+    if isinstance(warehouse, dg.AssetExecutionContext):
+        # Until raw_pairs passes its date too (for_each_day), it calls (context, warehouse,
+        # stage): one-day runs only. Remove with that change.
+        warehouse, stage, date = stage, date, warehouse.partition_key
     home = warehouse.resolve()
-    date = context.partition_key
     if global_dedup:
         require_earlier_partitions(warehouse, stage, date)
     return StageDay(home, stage, date)
+
+
+def for_each_day(
+    context: dg.AssetExecutionContext, materialize_day: Callable[[str], dg.MaterializeResult]
+) -> dg.MaterializeResult:
+    """Materialize every day of the run, oldest first, and return one result for them all.
+
+    A run of one day returns ``materialize_day``'s result unchanged. A backfill run over a
+    range (``partitions.daily_backfill_policy``) commits day after day, so a global dedup stage
+    finds every earlier day done and earlier days win, exactly as in one run per day. Dagster
+    records one materialization per day of the range, all with the one returned result's
+    metadata, so each day's own metadata and check outcomes go on an observation of its
+    partition (``day_observation``), and the returned result sums the range (``range_result``).
+    A day that raises fails the run: the days before it stay committed, and a re-run replaces
+    them.
+    """
+    days = sorted(context.partition_keys)
+    if len(days) == 1:
+        return materialize_day(days[0])
+    done = []
+    for number, date in enumerate(days, 1):
+        context.log.info(
+            f"{context.asset_key.to_user_string()}: day {number} of {len(days)}, {date}"
+        )
+        result = materialize_day(date)
+        context.log_event(day_observation(context.asset_key, date, result))
+        done.append((date, result))
+    return range_result(context.asset_key, done)
 
 
 def stage_checks(key: dg.AssetKey, *own: str) -> list[dg.AssetCheckSpec]:
@@ -160,6 +189,137 @@ def finish_stage(
             *checks,
         ],
     )
+
+
+def day_observation(
+    key: dg.AssetKey, date: str, result: dg.MaterializeResult
+) -> dg.AssetObservation:
+    """One day of a range run as the UI shows it on the day's partition: its own metadata and
+    the outcome of each of its checks (a check result has no partition of its own)."""
+    checks = list(result.check_results or ())
+    failed = [c.check_name for c in checks if not c.passed]
+    return dg.AssetObservation(
+        asset_key=key,
+        partition=date,
+        metadata={
+            **(result.metadata or {}),
+            "checks_failed": ", ".join(failed) or "-",
+            "checks": dg.MetadataValue.md(
+                _markdown_table(
+                    ("check", "passed", "metadata"),
+                    [(c.check_name, c.passed, _metadata_text(c.metadata)) for c in checks],
+                )
+            ),
+        },
+    )
+
+
+def range_result(
+    key: dg.AssetKey, days: Sequence[tuple[str, dg.MaterializeResult]]
+) -> dg.MaterializeResult:
+    """The one result of a range run: its days' funnels and totals, and their checks merged.
+
+    Every day of the range gets this same metadata, so it holds no per-day figure under a
+    one-day name (no ``dagster/row_count``: each day's is on its observation).
+    """
+    rows = [
+        {
+            "day": date,
+            "rows_in": _metadata_int(result, "rows_in"),
+            "rows_kept": _metadata_int(result, "rows_kept"),
+            "rows_removed": _metadata_int(result, "rows_removed"),
+            "checks_failed": ", ".join(
+                c.check_name for c in result.check_results or () if not c.passed
+            )
+            or "-",
+        }
+        for date, result in days
+    ]
+    totals = {f"range_{name}": sum(r[name] for r in rows) for name in _FUNNEL}
+    first, last = rows[0]["day"], rows[-1]["day"]
+    summary = (
+        f"**{key.to_user_string()}** {first} .. {last} ({len(rows)} days in one run): "
+        f"{totals['range_rows_in']} in, {totals['range_rows_kept']} kept, "
+        f"{totals['range_rows_removed']} removed. Each day's own metadata and checks are on "
+        "the observation of its partition.\n\n"
+        + _markdown_table(
+            ("day", "rows in", "kept", "removed", "checks failed"),
+            [tuple(r.values()) for r in rows],
+        )
+    )
+    by_day = dg.MetadataValue.table(
+        records=[dg.TableRecord(r) for r in rows],
+        schema=dg.TableSchema(
+            columns=[
+                dg.TableColumn("day", "string"),
+                *[dg.TableColumn(name, "int") for name in _FUNNEL],
+                dg.TableColumn("checks_failed", "string"),
+            ]
+        ),
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "days": len(rows),
+            "first_day": first,
+            "last_day": last,
+            **totals,
+            "by_day": by_day,
+            "summary": dg.MetadataValue.md(summary),
+        },
+        check_results=merge_checks(days),
+    )
+
+
+def merge_checks(days: Sequence[tuple[str, dg.MaterializeResult]]) -> list[dg.AssetCheckResult]:
+    """Each check once for the range: passed only if it passed on every day, failing days named."""
+    by_name: dict[str, list[tuple[str, dg.AssetCheckResult]]] = {}
+    for date, result in days:
+        for check in result.check_results or ():
+            by_name.setdefault(check.check_name, []).append((date, check))
+    merged = []
+    for name, evaluated in by_name.items():
+        failing = [(date, c) for date, c in evaluated if not c.passed]
+        shown = failing[0][1] if failing else evaluated[0][1]
+        merged.append(
+            dg.AssetCheckResult(
+                check_name=name,
+                asset_key=shown.asset_key,
+                passed=not failing,
+                severity=shown.severity,
+                description=shown.description,
+                metadata={
+                    "days": len(evaluated),
+                    "failing_days": ", ".join(date for date, _ in failing) or "-",
+                    "by_day": dg.MetadataValue.md(
+                        _markdown_table(
+                            ("day", "passed", "metadata"),
+                            [(date, c.passed, _metadata_text(c.metadata)) for date, c in evaluated],
+                        )
+                    ),
+                },
+            )
+        )
+    return merged
+
+
+def _markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = [" | ".join(columns), " | ".join("---" for _ in columns)]
+    lines += [" | ".join(str(v) for v in row) for row in rows]
+    return "\n".join(f"| {line} |" for line in lines)
+
+
+def _metadata_int(result: dg.MaterializeResult, name: str) -> int:
+    value = (result.metadata or {})[name]
+    return int(value.value if isinstance(value, dg.MetadataValue) else value)
+
+
+def _metadata_text(metadata: Mapping[str, object] | None) -> str:
+    """``k=v, ...`` on one line, for a Markdown table cell."""
+    parts = []
+    for name, value in (metadata or {}).items():
+        shown = value.value if isinstance(value, dg.MetadataValue) else value
+        parts.append(f"{name}={shown}")
+    return ", ".join(parts).replace("|", "/").replace("\n", " ") or "-"
 
 
 def conservation_check(funnel: StageFunnel) -> dg.AssetCheckResult:

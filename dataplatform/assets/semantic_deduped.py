@@ -8,12 +8,13 @@ import pyarrow as pa
 
 from dataplatform.assets.clip_scored import EMBEDDINGS
 from dataplatform.assets.dedup_history import concat_columns, state_metadata, sync_history
-from dataplatform.assets.partitions import PREVIOUS_DAY, daily_partitions
+from dataplatform.assets.partitions import PREVIOUS_DAY, daily_backfill_policy, daily_partitions
 from dataplatform.assets.quality_filtered import KEY as QUALITY_KEY
 from dataplatform.assets.reporting import (
     GLOBAL_SCOPE,
     OWNERS,
     finish_stage,
+    for_each_day,
     open_stage_day,
     read_input,
     stage_checks,
@@ -59,6 +60,7 @@ class SemanticDedupConfig(dg.Config):
 @dg.asset(
     key=KEY,
     partitions_def=daily_partitions,
+    backfill_policy=daily_backfill_policy,
     deps=[UPSTREAM, dg.AssetDep(KEY, partition_mapping=PREVIOUS_DAY)],
     description="Pairs without semantic copies (crops, flips, re-shoots) by CLIP image cosine.",
     kinds={"faiss", "parquet"},
@@ -75,7 +77,17 @@ def semantic_deduped(
         raise dg.Failure(f"keep_rule must be one of {KEEP_RULES}, not {config.keep_rule!r}")
     if config.retrain not in RETRAIN_MODES:
         raise dg.Failure(f"retrain must be one of {RETRAIN_MODES}, not {config.retrain!r}")
-    day = open_stage_day(context, warehouse, STAGE, global_dedup=True)
+    return for_each_day(context, lambda date: _materialize_day(context, config, warehouse, date))
+
+
+def _materialize_day(
+    context: dg.AssetExecutionContext,
+    config: SemanticDedupConfig,
+    warehouse: WarehouseResource,
+    date: str,
+) -> dg.MaterializeResult:
+    """One day of ``semantic_deduped``; ``for_each_day`` runs it for each day of the run."""
+    day = open_stage_day(warehouse, STAGE, date, global_dedup=True)
     home, date = day.home, day.date
     smoke = is_smoke()
     threshold = SMOKE_THRESHOLD if smoke else config.threshold

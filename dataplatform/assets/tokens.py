@@ -3,10 +3,11 @@
 import dagster as dg
 import pyarrow as pa
 
-from dataplatform.assets.partitions import daily_partitions
+from dataplatform.assets.partitions import daily_backfill_policy, daily_partitions
 from dataplatform.assets.reporting import (
     OWNERS,
     finish_stage,
+    for_each_day,
     open_stage_day,
     read_input,
     stage_checks,
@@ -53,6 +54,7 @@ class TokensConfig(dg.Config):
 @dg.asset(
     key=KEY,
     partitions_def=daily_partitions,
+    backfill_policy=daily_backfill_policy,
     deps=[SEMANTIC_KEY, TOKENIZER_KEY],
     description="Discrete VQ image tokens for every curated pair, with resolution and crop box.",
     kinds={"pytorch", "parquet"},
@@ -75,7 +77,21 @@ def tokens(
             f"resolution must be one of {RESOLUTIONS} and crop one of {POLICIES}; "
             f"got {config.resolution} and {config.crop!r}"
         )
-    day = open_stage_day(context, warehouse, STAGE)
+    return for_each_day(
+        context, lambda date: _materialize_day(context, config, warehouse, tokenizer, engine, date)
+    )
+
+
+def _materialize_day(
+    context: dg.AssetExecutionContext,
+    config: TokensConfig,
+    warehouse: WarehouseResource,
+    tokenizer: TokenizerResource,
+    engine: EngineResource,
+    date: str,
+) -> dg.MaterializeResult:
+    """One day of ``tokens``; ``for_each_day`` runs it for each day of the run."""
+    day = open_stage_day(warehouse, STAGE, date)
     home, date = day.home, day.date
     current = read_input(home, SEMANTIC_KEY.path[-1], date).sort_by("pair_id")
     rows = current.to_pylist()
