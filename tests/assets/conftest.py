@@ -106,7 +106,9 @@ def three_days(tmp_path: Path) -> Home:
 def stage_resources(home: Home, **overrides) -> dict:
     """Every resource the assets take, pointed at ``home``, CPU-only; None keeps a default."""
     resources = {
-        "warehouse": WarehouseResource(home=str(home.root), warehouse_url=home.warehouse_url),
+        "warehouse": WarehouseResource(
+            home=str(home.root), warehouse_url=home.warehouse_url, landing_url=home.landing_url
+        ),
         "licenses": LicensePolicyResource(),
         "clip": ClipResource(models_dir=str(home.root / "models"), num_workers=0),
         "quality": QualityResource(),

@@ -1,4 +1,5 @@
-"""Three days through every asset on a real Ray cluster equal the local engine's, row for row."""
+"""Three days through every asset on a real Ray cluster, landing and warehouse on S3, equal
+the local engine's tables and ledgers row for row."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from dataplatform.core.store.warehouse import (
 )
 from dataplatform.resources import ClipResource, EngineResource, QualityResource, TokenizerResource
 from tests.assets.conftest import DAYS, build_three_days, materialize_cards, materialize_day
+from tests.core.ingest.test_object_landing import upload
 from tests.core.store.test_object_store import BUCKET, s3_endpoint  # noqa: F401
 
 # The same batch sizes on both engines; two rows per chunk spreads five pairs over both actors.
@@ -66,6 +68,16 @@ def _tables(home: Home) -> dict[str, pa.Table]:
     return out
 
 
+def _in_landing(table: pa.Table, landing_url: str) -> list[dict]:
+    """Rows with image_location as the local landing names it: relative to the landing root."""
+    rows = table.to_pylist()
+    for row in rows:
+        if row.get("image_location"):
+            assert row["image_location"].startswith(landing_url + "/"), row["image_location"]
+            row["image_location"] = row["image_location"].removeprefix(landing_url + "/")
+    return rows
+
+
 @pytest.mark.timeout(900)
 def test_three_days_on_ray_equal_the_local_engine_row_for_row(
     tmp_path: Path,
@@ -76,8 +88,12 @@ def test_three_days_on_ray_equal_the_local_engine_row_for_row(
     build_three_days(local.landing)
     local_meta = _materialize(local, EngineResource(engine="local"), tmp_path / "models")
 
-    on_ray = Home(tmp_path / "ray", f"s3://{BUCKET}/ray-engine")
-    build_three_days(on_ray.landing)
+    # Landing and warehouse on the S3-compatible server: the actors read the images from it.
+    staged = tmp_path / "staged"
+    build_three_days(staged)
+    landing_url = f"s3://{BUCKET}/ray-engine/landing"
+    upload(staged, landing_url)
+    on_ray = Home(tmp_path / "ray", f"s3://{BUCKET}/ray-engine/warehouse", landing_url)
     # One tokenizer for both: training it is not engine work, and a second training could differ.
     # Its path is part of the identity every token row carries, so both name the same one.
     trained = local.root / "models" / TRAINED_DIR
@@ -93,13 +109,19 @@ def test_three_days_on_ray_equal_the_local_engine_row_for_row(
     assert sorted(got) == sorted(expected)
     assert len(expected) >= 2 * (len(STAGE_ORDER) + len(SIDE_TABLES)), sorted(expected)
     for name, table in expected.items():
-        assert got[name].to_pylist() == table.to_pylist(), name
+        assert _in_landing(got[name], landing_url) == table.to_pylist(), name
 
     for stage in ("raw_pairs", "clip_scored", "quality_filtered", "tokens", "data_cards"):
         meta = ray_meta[f"{stage}/{DAYS[0]}"]
         assert meta["engine"] == "ray", stage
         assert meta["engine_nodes"] == 1 + ray_cluster.worker_nodes, stage
         assert local_meta[f"{stage}/{DAYS[0]}"]["engine"] == "local", stage
+    for stage in ("exact_deduped", "phash_deduped", "semantic_deduped"):
+        # Day 1 has no history to look up; later days shard their lookups on the workers.
+        meta = ray_meta[f"{stage}/{DAYS[2]}"]
+        assert (meta["engine"], meta["engine_nodes"]) == ("ray", 3), stage
+        assert meta["engine_chunks"] > 0, stage
+        assert local_meta[f"{stage}/{DAYS[2]}"]["engine_chunks"] == 0, stage
     # Five pairs in chunks of two: three chunks over both worker nodes' actors.
     assert ray_meta[f"raw_pairs/{DAYS[0]}"]["engine_chunks"] == 3
     assert ray_meta[f"raw_pairs/{DAYS[0]}"]["engine_workers"] == 2

@@ -65,6 +65,8 @@ def find_equal_on_engine(
 
     The hits are the same rows with the same query indices, in shard order."""
     keys = np.asarray(keys, dtype=np.uint64)
+    if not store.segments_for(before):  # no history yet: nothing for a worker to read
+        return Hits(np.zeros(0, np.int64), store.schema.empty_table()), ChunkRun("ray", 0, 0, 0.0)
     prefix = keys >> np.uint64(64 - PREFIX_BITS)
     shards = []
     for p in range(1 << PREFIX_BITS):
