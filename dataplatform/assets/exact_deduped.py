@@ -26,11 +26,15 @@ from dataplatform.core.dedup.exact_dedup import exact_deduplicate
 from dataplatform.core.dedup.history_state import (
     EXACT_KEPT,
     INGESTED_IDS,
+    Lookups,
     ingested_before,
     kept_sha_before,
     record,
 )
+from dataplatform.core.engine.chunk_map import combined_runs
+from dataplatform.core.engine.engine_spec import EngineSpec
 from dataplatform.core.store.schema import ledger_row, ledger_table
+from dataplatform.resources.engine import EngineResource
 from dataplatform.resources.warehouse import WarehouseResource
 
 STAGE = "exact_deduped"
@@ -51,15 +55,17 @@ CHECK_SHA_UNIQUE = "image_sha256_unique"
     check_specs=stage_checks(KEY, CHECK_SHA_UNIQUE),
 )
 def exact_deduped(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, engine: EngineResource
 ) -> dg.MaterializeResult:
     """Drop pairs whose bytes equal a pair kept earlier (earlier day, then smaller pair_id)."""
-    return for_each_day(context, lambda date: _materialize_day(context, warehouse, date))
+    spec = engine.spec()
+    return for_each_day(context, lambda date: _materialize_day(context, warehouse, spec, date))
 
 
 def _materialize_day(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,
+    engine: EngineSpec,
     date: str,
 ) -> dg.MaterializeResult:
     """One day of ``exact_deduped``; ``for_each_day`` runs it for each day of the run."""
@@ -70,8 +76,10 @@ def _materialize_day(
     rebuilt = sync_history(context, home, (INGESTED_IDS, EXACT_KEPT), date)
     # Only the history rows the day can hit, from the persistent state: same decisions as the
     # whole history, at the day's cost (core/dedup/history_state.py).
-    ids_history = ingested_before(home, current, date)
-    kept_history = kept_sha_before(home, current, date)
+    # On the Ray engine, both lookups run sharded by key prefix on the workers.
+    lookups = Lookups(engine, context.log.info)
+    ids_history = ingested_before(home, current, date, lookups)
+    kept_history = kept_sha_before(home, current, date, lookups)
     result = exact_deduplicate(current, kept_history, ids_history)
 
     ledger_rows = []
@@ -118,7 +126,10 @@ def _materialize_day(
         current.num_rows,
         result.kept,
         ledger,
-        metadata=state_metadata(context, home, EXACT_KEPT, date, rebuilt),
+        metadata={
+            **state_metadata(context, home, EXACT_KEPT, date, rebuilt),
+            **combined_runs(lookups.runs, engine.kind).metadata(),
+        },
         checks=[sha_unique],
         pair_ids=concat_columns(
             kept_ids, rows_with(ids_history, "pair_id", kept_ids).column("pair_id")

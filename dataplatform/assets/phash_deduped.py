@@ -23,6 +23,7 @@ from dataplatform.assets.reporting import (
 from dataplatform.core.dedup.history_state import (
     INGESTED_IDS,
     PHASH_KEPT,
+    Lookups,
     ingested_before,
     kept_phash_near,
     record,
@@ -33,7 +34,10 @@ from dataplatform.core.dedup.phash_dedup import (
     phash_deduplicate,
 )
 from dataplatform.core.dedup.phash_index import DEFAULT_PHASH_THRESHOLD
+from dataplatform.core.engine.chunk_map import combined_runs
+from dataplatform.core.engine.engine_spec import EngineSpec
 from dataplatform.core.store.schema import ledger_row, ledger_table
+from dataplatform.resources.engine import EngineResource
 from dataplatform.resources.warehouse import WarehouseResource
 
 STAGE = "phash_deduped"
@@ -59,16 +63,23 @@ class PhashDedupConfig(dg.Config):
     check_specs=stage_checks(KEY, CHECK_NO_NEAR_DUPLICATES),
 )
 def phash_deduped(
-    context: dg.AssetExecutionContext, config: PhashDedupConfig, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext,
+    config: PhashDedupConfig,
+    warehouse: WarehouseResource,
+    engine: EngineResource,
 ) -> dg.MaterializeResult:
     """Drop pairs within the pHash threshold of a pair kept earlier; the ledger names the match."""
-    return for_each_day(context, lambda date: _materialize_day(context, config, warehouse, date))
+    spec = engine.spec()
+    return for_each_day(
+        context, lambda date: _materialize_day(context, config, warehouse, spec, date)
+    )
 
 
 def _materialize_day(
     context: dg.AssetExecutionContext,
     config: PhashDedupConfig,
     warehouse: WarehouseResource,
+    engine: EngineSpec,
     date: str,
 ) -> dg.MaterializeResult:
     """One day of ``phash_deduped``; ``for_each_day`` runs it for each day of the run."""
@@ -78,7 +89,9 @@ def _materialize_day(
     rebuilt = sync_history(context, home, (INGESTED_IDS, PHASH_KEPT), date)
     # Every earlier kept pHash within the threshold of one of the day's, from the persistent
     # state: all the greedy decision can use, so the decisions are the whole history's.
-    history = kept_phash_near(home, current, date, config.threshold)
+    # On the Ray engine, searched one (state segment, hash band) per task on the workers.
+    lookups = Lookups(engine, context.log.info)
+    history = kept_phash_near(home, current, date, config.threshold, lookups)
     result = phash_deduplicate(current, history, config.threshold)
 
     dups = result.duplicates
@@ -105,10 +118,11 @@ def _materialize_day(
         metadata={
             "threshold_bits": config.threshold,
             **state_metadata(context, home, PHASH_KEPT, date, rebuilt),
+            **combined_runs(lookups.runs, engine.kind).metadata(),
         },
         checks=[none_near],
         pair_ids=concat_columns(
-            kept_ids, ingested_before(home, result.kept, date).column("pair_id")
+            kept_ids, ingested_before(home, result.kept, date, lookups).column("pair_id")
         ),
         pair_id_scope=GLOBAL_SCOPE,
         # The commit id just written, so that a takedown racing the record leaves a mismatch.

@@ -3,10 +3,11 @@
 import dagster as dg
 import pyarrow as pa
 
-from dataplatform.assets.partitions import daily_partitions
+from dataplatform.assets.partitions import daily_backfill_policy, daily_partitions
 from dataplatform.assets.reporting import (
     OWNERS,
     finish_stage,
+    for_each_day,
     open_stage_day,
     stage_checks,
     table_column,
@@ -42,6 +43,7 @@ class RawPairsConfig(dg.Config):
 @dg.asset(
     key=KEY,
     partitions_def=daily_partitions,
+    backfill_policy=daily_backfill_policy,
     description="Every image-text pair that landed on the day, decoded once and described.",
     kinds={"python", "parquet", "pillow"},
     owners=OWNERS,
@@ -62,7 +64,22 @@ def raw_pairs(
     Pairs a takedown request names never enter (ledger reason ``takedown``), and the license
     policy drops or flags pairs outside the allow-list (column ``license_status``).
     """
-    day = open_stage_day(context, warehouse, STAGE)
+    return for_each_day(
+        context,
+        lambda date: _materialize_day(context, config, warehouse, licenses, engine, date),
+    )
+
+
+def _materialize_day(
+    context: dg.AssetExecutionContext,
+    config: RawPairsConfig,
+    warehouse: WarehouseResource,
+    licenses: LicensePolicyResource,
+    engine: EngineResource,
+    date: str,
+) -> dg.MaterializeResult:
+    """One day of ``raw_pairs``; ``for_each_day`` runs it for each day of the run."""
+    day = open_stage_day(warehouse, STAGE, date)
     home, date = day.home, day.date
     policy = licenses.policy()
     try:

@@ -52,10 +52,6 @@ def open_stage_day(
     A global dedup stage (``global_dedup``) compares the day with every earlier day's kept
     pairs, so it first refuses to run while an earlier landing day lacks its partition.
     """
-    if isinstance(warehouse, dg.AssetExecutionContext):
-        # Until raw_pairs passes its date too (for_each_day), it calls (context, warehouse,
-        # stage): one-day runs only. Remove with that change.
-        warehouse, stage, date = stage, date, warehouse.partition_key
     home = warehouse.resolve()
     if global_dedup:
         require_earlier_partitions(warehouse, stage, date)

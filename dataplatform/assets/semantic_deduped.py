@@ -20,7 +20,7 @@ from dataplatform.assets.reporting import (
     stage_checks,
     table_column,
 )
-from dataplatform.core.dedup.history_state import INGESTED_IDS, ingested_before
+from dataplatform.core.dedup.history_state import INGESTED_IDS, Lookups, ingested_before
 from dataplatform.core.dedup.semantic_history import NAME as STATE
 from dataplatform.core.dedup.semantic_history import RETRAIN_MODES, SEMANTIC_SPEC, retrain_if_due
 from dataplatform.core.dedup.semantic_history import record as semantic_record
@@ -31,9 +31,12 @@ from dataplatform.core.dedup.semantic_index import (
     find_similar_pairs,
     greedy_keep,
 )
+from dataplatform.core.engine.chunk_map import combined_runs
+from dataplatform.core.engine.engine_spec import EngineSpec
 from dataplatform.core.scoring.embedding_table import rows_for
 from dataplatform.core.store.profile import is_smoke
 from dataplatform.core.store.schema import ledger_row, ledger_table
+from dataplatform.resources.engine import EngineResource
 from dataplatform.resources.warehouse import WarehouseResource
 
 STAGE = "semantic_deduped"
@@ -70,20 +73,27 @@ class SemanticDedupConfig(dg.Config):
     check_specs=stage_checks(KEY, CHECK_NO_SIMILAR_KEPT),
 )
 def semantic_deduped(
-    context: dg.AssetExecutionContext, config: SemanticDedupConfig, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext,
+    config: SemanticDedupConfig,
+    warehouse: WarehouseResource,
+    engine: EngineResource,
 ) -> dg.MaterializeResult:
     """Keep the best pair of each cluster of near-identical images; earlier days always win."""
     if config.keep_rule not in KEEP_RULES:
         raise dg.Failure(f"keep_rule must be one of {KEEP_RULES}, not {config.keep_rule!r}")
     if config.retrain not in RETRAIN_MODES:
         raise dg.Failure(f"retrain must be one of {RETRAIN_MODES}, not {config.retrain!r}")
-    return for_each_day(context, lambda date: _materialize_day(context, config, warehouse, date))
+    spec = engine.spec()
+    return for_each_day(
+        context, lambda date: _materialize_day(context, config, warehouse, spec, date)
+    )
 
 
 def _materialize_day(
     context: dg.AssetExecutionContext,
     config: SemanticDedupConfig,
     warehouse: WarehouseResource,
+    engine: EngineSpec,
     date: str,
 ) -> dg.MaterializeResult:
     """One day of ``semantic_deduped``; ``for_each_day`` runs it for each day of the run."""
@@ -110,7 +120,12 @@ def _materialize_day(
     state = semantic_store(home)
     # Each day row's nearest earlier kept pair at the threshold, from the persistent index:
     # all that the greedy decision uses (core/dedup/semantic_history.py).
-    history = state.nearest(vectors, threshold, date)
+    lookups = Lookups(engine, context.log.info)
+    if lookups.sharded:  # split by index cell over the Ray engine's workers
+        history, run = state.nearest_on_engine(vectors, threshold, date, engine, context.log.info)
+        lookups.runs.append(run)
+    else:
+        history = state.nearest(vectors, threshold, date)
     rank = _rank(current, config.keep_rule)
     decision = greedy_keep(
         rank,
@@ -152,6 +167,7 @@ def _materialize_day(
         **advice,
         "semantic_retrained": retrained,
         **state_metadata(context, home, SEMANTIC_SPEC, date, rebuilt),
+        **combined_runs(lookups.runs, engine.kind).metadata(),
         "cluster_sizes": dg.MetadataValue.table(
             records=[
                 dg.TableRecord({"cluster_size": size, "clusters": n})
@@ -176,7 +192,9 @@ def _materialize_day(
         ledger,
         metadata=extra,
         checks=[none_similar],
-        pair_ids=concat_columns(kept_ids, ingested_before(home, kept, date).column("pair_id")),
+        pair_ids=concat_columns(
+            kept_ids, ingested_before(home, kept, date, lookups).column("pair_id")
+        ),
         pair_id_scope=GLOBAL_SCOPE,
         # The commit id just written, so that a takedown racing the record leaves a mismatch.
         on_commit=lambda commit: semantic_record(home, date, kept_vectors, kept, commit),
