@@ -63,6 +63,7 @@ BACKFILL_ID = "dagster/backfill"
 FOUR_DAYS = [*DAYS, "2025-01-04"]
 # The daily assets that declare partitions.daily_backfill_policy.
 POLICY_ASSETS = (
+    "raw_pairs",
     "exact_deduped",
     "phash_deduped",
     "clip_scored",
@@ -167,15 +168,9 @@ def test_a_range_run_equals_one_day_runs_day_by_day(tmp_path: Path, monkeypatch)
     monkeypatch.setattr(vq, "_load_tokenizer", tokenizer_loads)
     range_instance = dg.DagsterInstance.ephemeral()
     range_tags = {RANGE_START: DAYS[0], RANGE_END: DAYS[-1]}
-    for day in DAYS:
-        # raw_pairs runs one day per run until it calls for_each_day too.
-        assert materialize_day(
-            by_range, day, instance=range_instance, selection=[raw_pairs.key]
-        ).success
-    curation_keys = [a.key for a in STAGE_ASSETS if a.key != raw_pairs.key]
+    curation_keys = [a.key for a in STAGE_ASSETS]
     curation = dg.materialize(
         STAGE_ASSETS,
-        selection=curation_keys,
         tags=range_tags,
         resources=stage_resources(by_range),
         instance=range_instance,
