@@ -44,6 +44,7 @@ from dataplatform.assets.partitions import (
 from dataplatform.assets.reporting import range_result
 from dataplatform.core.scoring import clip_model
 from dataplatform.core.store.home import Home
+from dataplatform.core.store.stages import STAGE_ORDER
 from dataplatform.core.store.warehouse import connect, read_partition
 from dataplatform.core.tokens import vq_tokenizer as vq
 from dataplatform.resources import EngineResource, LicensePolicyResource, WarehouseResource
@@ -61,17 +62,8 @@ RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
 BACKFILL_ID = "dagster/backfill"
 FOUR_DAYS = [*DAYS, "2025-01-04"]
-# The daily assets that declare partitions.daily_backfill_policy.
-POLICY_ASSETS = (
-    "raw_pairs",
-    "exact_deduped",
-    "phash_deduped",
-    "clip_scored",
-    "quality_filtered",
-    "semantic_deduped",
-    "tokens",
-    "data_cards",
-)
+# The daily assets that declare partitions.daily_backfill_policy: every stage.
+POLICY_ASSETS = tuple(STAGE_ORDER)
 # Tables compared between one-day runs and a range run: every stage's and its side tables.
 TABLES = [
     "raw_pairs",

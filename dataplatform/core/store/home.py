@@ -205,22 +205,9 @@ def _object_listing(url: str) -> list[dict[str, Any]]:
 
 
 def _new_filesystem(url: str) -> Any:
-    import fsspec
+    from dataplatform.core.store.object_store import filesystem_class
 
-    from dataplatform.core.store.object_store import ObjectStoreError
-
-    protocol = urlsplit(url).scheme
-    try:
-        cls = fsspec.get_filesystem_class(protocol)
-    except ValueError as exc:
-        raise ObjectStoreError(
-            f"{LANDING_URL_ENV}={url}: fsspec knows no filesystem for {protocol}://"
-        ) from exc
-    except ImportError as exc:
-        package = "s3fs" if protocol in ("s3", "s3a") else f"the fsspec package for {protocol}://"
-        raise ObjectStoreError(
-            f"{LANDING_URL_ENV}={url} needs {package}: pip install it into this environment ({exc})"
-        ) from exc
+    cls = filesystem_class(url, LANDING_URL_ENV)
     # Not cached: a day that is still arriving must be listed afresh on every look.
     return cls(use_listings_cache=False, skip_instance_cache=True)
 

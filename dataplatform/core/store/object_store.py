@@ -175,22 +175,26 @@ def open_store(url: str) -> ObjectStore:
     return _STORES[key]
 
 
-def _filesystem(url: str) -> Any:
+def filesystem_class(url: str, setting: str) -> Any:
+    """fsspec's filesystem class for ``url``; an error naming ``setting`` when there is none."""
     import fsspec
 
     protocol = urlsplit(url).scheme
     try:
-        cls = fsspec.get_filesystem_class(protocol)
+        return fsspec.get_filesystem_class(protocol)
     except ValueError as exc:
         raise ObjectStoreError(
-            f"{WAREHOUSE_URL_ENV}={url}: fsspec knows no filesystem for {protocol}://"
+            f"{setting}={url}: fsspec knows no filesystem for {protocol}://"
         ) from exc
     except ImportError as exc:
         package = "s3fs" if protocol in ("s3", "s3a") else f"the fsspec package for {protocol}://"
         raise ObjectStoreError(
-            f"{WAREHOUSE_URL_ENV}={url} needs {package}: pip install it into this environment "
-            f"({exc})"
+            f"{setting}={url} needs {package}: pip install it into this environment ({exc})"
         ) from exc
+
+
+def _filesystem(url: str) -> Any:
+    cls = filesystem_class(url, WAREHOUSE_URL_ENV)
     # Listings are not cached: partitions written by other processes must show up at once.
     # Each store owns its client (open_store caches stores), so a client made under other
     # credentials is never handed back by fsspec's instance cache.
