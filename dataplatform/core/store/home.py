@@ -213,32 +213,6 @@ def _new_filesystem(url: str) -> Any:
 
 
 def _check_landing_access(fs: Any, bucket_url: str) -> None:
-    from dataplatform.core.store.object_store import ENDPOINT_ENVS, ObjectStoreError
+    from dataplatform.core.store.object_store import check_bucket
 
-    parts = urlsplit(bucket_url)
-    if parts.scheme not in ("s3", "s3a"):
-        return
-    from botocore.exceptions import BotoCoreError, NoCredentialsError
-
-    what = f"landing bucket {bucket_url} ({LANDING_URL_ENV})"
-    setting = next((n for n in ENDPOINT_ENVS if os.environ.get(n)), None)
-    where = f"at {os.environ[setting]} ({setting})" if setting else "on AWS S3"
-    try:
-        fs.call_s3("head_bucket", Bucket=parts.netloc)
-    except NoCredentialsError as exc:
-        raise ObjectStoreError(
-            f"{what}: no S3 credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-            "(or AWS_PROFILE)"
-        ) from exc
-    except FileNotFoundError as exc:
-        raise ObjectStoreError(
-            f"{what}: bucket {parts.netloc!r} does not exist {where}; create it or point "
-            f"{LANDING_URL_ENV} at an existing bucket"
-        ) from exc
-    except PermissionError as exc:
-        raise ObjectStoreError(
-            f"{what}: access denied {where} with the configured credentials "
-            "(AWS_ACCESS_KEY_ID / AWS_PROFILE)"
-        ) from exc
-    except (BotoCoreError, OSError) as exc:
-        raise ObjectStoreError(f"{what}: cannot reach S3 {where}: {exc}") from exc
+    check_bucket(fs, bucket_url, "landing", LANDING_URL_ENV)

@@ -203,16 +203,22 @@ def _filesystem(url: str) -> Any:
 
 def _check_access(store: ObjectStore) -> None:
     """Fail once, early and by name, when the bucket or the credentials are wrong."""
-    if store.protocol not in ("s3", "s3a"):
+    check_bucket(store.fs, store.url, "warehouse", WAREHOUSE_URL_ENV)
+
+
+def check_bucket(fs: Any, url: str, role: str, setting: str) -> None:
+    """One HEAD of ``url``'s bucket: an error naming the ``role`` (warehouse, landing), the
+    ``setting`` that points there, and what to fix, when the bucket or credentials are wrong."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("s3", "s3a"):
         return
     from botocore.exceptions import BotoCoreError, NoCredentialsError
 
-    bucket = urlsplit(store.url).netloc
-    what = f"warehouse bucket {store.url} ({WAREHOUSE_URL_ENV})"
-    setting = next((n for n in ENDPOINT_ENVS if os.environ.get(n)), None)
-    where = f"at {os.environ[setting]} ({setting})" if setting else "on AWS S3"
+    what = f"{role} bucket {url} ({setting})"
+    endpoint = next((n for n in ENDPOINT_ENVS if os.environ.get(n)), None)
+    where = f"at {os.environ[endpoint]} ({endpoint})" if endpoint else "on AWS S3"
     try:
-        store.fs.call_s3("head_bucket", Bucket=bucket)
+        fs.call_s3("head_bucket", Bucket=parts.netloc)
     except NoCredentialsError as exc:
         raise ObjectStoreError(
             f"{what}: no S3 credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
@@ -220,8 +226,8 @@ def _check_access(store: ObjectStore) -> None:
         ) from exc
     except FileNotFoundError as exc:
         raise ObjectStoreError(
-            f"{what}: bucket {bucket!r} does not exist {where}; create it or point "
-            f"{WAREHOUSE_URL_ENV} at an existing bucket"
+            f"{what}: bucket {parts.netloc!r} does not exist {where}; create it or point "
+            f"{setting} at an existing bucket"
         ) from exc
     except PermissionError as exc:
         raise ObjectStoreError(
