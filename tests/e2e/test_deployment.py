@@ -31,7 +31,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from dataplatform.core.engine.local_cluster import wait_for_listener
+from dataplatform.core.engine.local_cluster import stop_nodes, wait_for_listener
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -789,13 +789,7 @@ def test_a_step_reaches_the_compose_ray_cluster_through_ray_client(tmp_path: Pat
                 timeout=RAY_STARTUP_S + 120,
             )
         finally:
-            for node in reversed(nodes):
-                node.terminate()
-            for node in nodes:
-                try:
-                    node.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    node.kill()
+            stop_nodes(nodes)
             shutil.rmtree(temp, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-4000:] + logs.read_text(errors="replace")[-2000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])

@@ -86,13 +86,18 @@ def local_cluster(
 
             release_workers()
             ray.shutdown()
-            for node in reversed(nodes):
-                node.terminate()
-            for node in nodes:
-                try:
-                    node.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    node.kill()
+            stop_nodes(nodes)
+
+
+def stop_nodes(nodes: list[subprocess.Popen]) -> None:
+    """Stop ``ray start --block`` node processes, workers before the head; kill a stuck one."""
+    for node in reversed(nodes):
+        node.terminate()
+    for node in nodes:
+        try:
+            node.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            node.kill()
 
 
 def wait_for_listener(
