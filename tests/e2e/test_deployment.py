@@ -727,6 +727,17 @@ def _on_loopback(command: list[str], replace: dict[str, str], *extra: str) -> li
     return [str(ray_cli) if ray_cli.is_file() else _tool("ray"), *args, *extra]
 
 
+CLIENT_SERVER_FAILED = "Starting Ray client server failed"
+
+
+def _client_server_logs(temp: Path) -> str:
+    """The tails of the head's Ray client server logs (proxier and per-client servers)."""
+    tails = []
+    for path in sorted(temp.glob("session_*/logs/ray_client_server*")):
+        tails.append(f"\n--- {path.name}\n{path.read_text(errors='replace')[-1500:]}")
+    return "".join(tails)
+
+
 def test_a_step_reaches_the_compose_ray_cluster_through_ray_client(tmp_path: Path):
     """The head and the CPU worker run the compose file's own commands (ports moved to free
     loopback ones; no dashboard, which the dev extra's bare ray lacks). The step runs in a PID
@@ -773,6 +784,7 @@ def test_a_step_reaches_the_compose_ray_cluster_through_ray_client(tmp_path: Pat
 
     logs = tmp_path / "nodes.log"
     nodes: list[subprocess.Popen] = []
+    server_logs = ""
     with logs.open("wb") as log:
         try:
             nodes.append(subprocess.Popen(head, env=node_env, stdout=log, stderr=log))
@@ -780,18 +792,28 @@ def test_a_step_reaches_the_compose_ray_cluster_through_ray_client(tmp_path: Pat
                 int(client), nodes[0], logs, "the Ray head's client server", RAY_NODE_IP
             )
             nodes.append(subprocess.Popen(worker, env=node_env, stdout=log, stderr=log))
-            done = subprocess.run(
-                [*namespace, sys.executable, "-c", RAY_DRIVER, str(RAY_STARTUP_S)],
-                cwd=REPO,
-                env=driver_env,
-                capture_output=True,
-                text=True,
-                timeout=RAY_STARTUP_S + 120,
-            )
+            for _attempt in range(2):
+                done = subprocess.run(
+                    [*namespace, sys.executable, "-c", RAY_DRIVER, str(RAY_STARTUP_S)],
+                    cwd=REPO,
+                    env=driver_env,
+                    capture_output=True,
+                    text=True,
+                    timeout=RAY_STARTUP_S + 120,
+                )
+                # Once seen on a loaded 2-core CI runner: the head's proxier could not start the
+                # per-client server. That is Ray's start-up, not the address; one more client
+                # connection is allowed, and the server's own log is kept for the report.
+                if done.returncode == 0 or CLIENT_SERVER_FAILED not in done.stderr:
+                    break
+            if done.returncode != 0:
+                server_logs = _client_server_logs(temp)
         finally:
             stop_nodes(nodes)
             shutil.rmtree(temp, ignore_errors=True)
-    assert done.returncode == 0, done.stderr[-4000:] + logs.read_text(errors="replace")[-2000:]
+    assert done.returncode == 0, (
+        done.stderr[-4000:] + logs.read_text(errors="replace")[-2000:] + server_logs
+    )
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["squares"] == [[1, 4], [9, 16], [25, 36]]
     # One worker node with one CPU: one actor there, none on the head, which offers no CPU.
