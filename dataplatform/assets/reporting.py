@@ -10,7 +10,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dataplatform.assets.partitions import START_DATE
+from dataplatform.assets.day_order import require_earlier_partitions
 from dataplatform.assets.review import review_sheet_metadata
 from dataplatform.core.records.funnel import StageFunnel, stage_funnel
 from dataplatform.core.store.home import Home
@@ -379,23 +379,6 @@ def stage_metadata(
     if home is not None:
         metadata.update(review_sheet_metadata(home, funnel.stage, funnel.date))
     return metadata
-
-
-def require_earlier_partitions(warehouse: WarehouseResource, asset: str, date: str) -> None:
-    """Refuse a global dedup of ``date`` while an earlier landing day lacks ``asset``."""
-    missing = warehouse.missing_earlier_partitions(asset, date, START_DATE)
-    if missing:
-        shown = ", ".join(missing[:10]) + (
-            f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-        )
-        raise dg.Failure(
-            description=(
-                f"{asset} for {date} deduplicates against every earlier day, but these landing "
-                f"dates have no {asset} partition yet: {shown}. Materialize them first, or launch "
-                f"a backfill over the range (it runs the days in date order)."
-            ),
-            metadata={"missing_partitions": ", ".join(missing)},
-        )
 
 
 def table_column(table: pa.Table, name: str) -> list:
