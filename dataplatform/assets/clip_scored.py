@@ -23,6 +23,7 @@ from dataplatform.core.scoring.score_filter import (
     DEFAULT_CLIP_THRESHOLD,
     DEFAULT_KEEP_TOP_PERCENT,
     PERCENTILE,
+    ScoreMode,
     ScoreRule,
     cut_for,
     keep_mask,
@@ -45,7 +46,7 @@ SMOKE_RULE = ScoreRule(mode=PERCENTILE, keep_top_percent=90.0)
 
 
 class ClipScoreConfig(dg.Config):
-    mode: str = ABSOLUTE
+    mode: ScoreMode = ABSOLUTE
     """`absolute` keeps clip_score >= threshold; `percentile` keeps the top share of the day."""
     threshold: float = DEFAULT_CLIP_THRESHOLD
     """Cosine of image and text embeddings; LAION-5B kept >= 0.28 with ViT-B/32."""

@@ -1,6 +1,7 @@
 """semantic_deduped: near-identical images by CLIP embedding, found with FAISS, global."""
 
 from collections import Counter
+from typing import Literal, get_args
 
 import dagster as dg
 import numpy as np
@@ -22,7 +23,7 @@ from dataplatform.assets.reporting import (
 )
 from dataplatform.core.dedup.history_state import INGESTED_IDS, Lookups, ingested_before
 from dataplatform.core.dedup.semantic_history import NAME as STATE
-from dataplatform.core.dedup.semantic_history import RETRAIN_MODES, SEMANTIC_SPEC, retrain_if_due
+from dataplatform.core.dedup.semantic_history import SEMANTIC_SPEC, RetrainMode, retrain_if_due
 from dataplatform.core.dedup.semantic_history import record as semantic_record
 from dataplatform.core.dedup.semantic_history import store as semantic_store
 from dataplatform.core.dedup.semantic_history import sync as semantic_sync
@@ -45,16 +46,18 @@ UPSTREAM = QUALITY_KEY
 CHECK_NO_SIMILAR_KEPT = "no_kept_pair_above_similarity"
 # The smoke model's embeddings are random: only (near) identical images may count as copies.
 SMOKE_THRESHOLD = 0.999
-KEEP_RULES = ("quality", "clip_score", "pair_id")
+# Declared once: the Literal is what a run config is checked against at launch.
+KeepRule = Literal["quality", "clip_score", "pair_id"]
+KEEP_RULES: tuple[str, ...] = get_args(KeepRule)
 
 
 class SemanticDedupConfig(dg.Config):
     threshold: float = DEFAULT_SIMILARITY_THRESHOLD
     """Pairs whose image embeddings have cosine >= this are duplicates of each other."""
-    keep_rule: str = "quality"
+    keep_rule: KeepRule = "quality"
     """The member of a cluster kept: `quality` (highest aesthetic score where scored, then
     highest clip_score), `clip_score` (highest) or `pair_id` (smallest)."""
-    retrain: str = "auto"
+    retrain: RetrainMode = "auto"
     """`auto`: when the day's drift or the history's growth says the index's quantizer is due
     (docs/dedup_state.md), retrain it and re-encode the history before deciding (a rare day that
     costs the history, logged); `advise`: only report it, for `dataplatform rebuild-state`."""
@@ -79,10 +82,6 @@ def semantic_deduped(
     engine: EngineResource,
 ) -> dg.MaterializeResult:
     """Keep the best pair of each cluster of near-identical images; earlier days always win."""
-    if config.keep_rule not in KEEP_RULES:
-        raise dg.Failure(f"keep_rule must be one of {KEEP_RULES}, not {config.keep_rule!r}")
-    if config.retrain not in RETRAIN_MODES:
-        raise dg.Failure(f"retrain must be one of {RETRAIN_MODES}, not {config.retrain!r}")
     spec = engine.spec()
     return for_each_day(
         context, lambda date: _materialize_day(context, config, warehouse, spec, date)

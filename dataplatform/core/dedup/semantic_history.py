@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -78,7 +79,9 @@ RETRAIN_MIN_GROWTH = 1.25
 RETRAIN_MIN_LIST_GAIN = 2
 OUTGROWN_MIN_GROWTH = 2
 TRAINED_FILE = "trained.json"  # beside a quantizer: the history rows it was trained for
-RETRAIN_MODES = ("auto", "advise")
+# Declared once: the Literal is what a run config is checked against at launch.
+RetrainMode = Literal["auto", "advise"]
+RETRAIN_MODES: tuple[str, ...] = get_args(RetrainMode)
 
 
 @dataclass(frozen=True)

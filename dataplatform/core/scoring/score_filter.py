@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
-ABSOLUTE = "absolute"
-PERCENTILE = "percentile"
+# The modes, declared once: the Literal is what a run config is checked against at launch.
+ScoreMode = Literal["absolute", "percentile"]
+ABSOLUTE, PERCENTILE = get_args(ScoreMode)
 # Image-text cosine at or above which a pair is kept: LAION-5B's cut with OpenAI ViT-B/32 (its
 # English pairs; LAION-400M used a stricter 0.3), the architecture the CLIP resource loads by
 # default, and the low end of seed 003's 0.28-0.32 range. Another model needs its own cut.

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from PIL import Image
 
 # 7.6: 256 for 1B-class models, 336 or 448 for 10B-class. Other sizes are accepted by plan().
 RESOLUTIONS = (256, 336, 448)
-POLICIES = ("center", "letterbox", "random")
+# The policies, declared once: the Literal is what a run config is checked against at launch.
+CropPolicy = Literal["center", "letterbox", "random"]
+POLICIES: tuple[str, ...] = get_args(CropPolicy)
 # The 1B-class resolution, and the crop that keeps a fixed dataset reproducible.
 DEFAULT_RESOLUTION = RESOLUTIONS[0]
 DEFAULT_POLICY = "center"
