@@ -10,6 +10,7 @@ perceptual copies and count distinct images that were wrongly removed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -168,6 +169,12 @@ def _check_arguments(
         raise ValueError(f"workers must be >= 1, got {workers}")
 
 
+def date_seed(date: str) -> int:
+    """The seed of a date's synthetic set when none is given: stable across runs and machines
+    (unlike ``hash()``), and different for every folder name."""
+    return int.from_bytes(hashlib.sha256(date.encode()).digest()[:8], "big")
+
+
 def write_synthetic_landing(
     date_dir: Path,
     *,
@@ -175,12 +182,15 @@ def write_synthetic_landing(
     byte_copies: int,
     perceptual_copies: int,
     megapixels: tuple[float, float] = (1.0, 4.0),
-    seed: int = 0,
+    seed: int | None = None,
     workers: int = 2,
 ) -> dict[str, dict[str, object]]:
     """Write `date_dir/images/*.jpg` and `date_dir/pairs.jsonl`; return the truth per row id.
 
     The date folder must be empty: files left from an earlier set would land unlisted.
+    Without a `seed` the set is seeded from the folder's name (:func:`date_seed`), so every date
+    gets other images: one seed for all dates would make a second day entirely exact copies of
+    the first, which no real feed does. Give `seed` to reproduce a set whatever its date.
 
     Truth values: {"kind": "distinct" | "byte_copy" | "perceptual_copy", "of": the id of the
     distinct image copied, or None}; perceptual copies add "edit" and "phash_distance" so a
@@ -197,6 +207,8 @@ def write_synthetic_landing(
             f"remove it or pick another date"
         )
     date = date_dir.name
+    if seed is None:
+        seed = date_seed(date)
     images_dir = date_dir / _IMAGES_FOLDER
     images_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 0])

@@ -148,3 +148,46 @@ def test_refuses_a_non_empty_date_folder(synthetic: tuple[Path, dict[str, dict]]
 
     with pytest.raises(FileExistsError, match=f"{DATE} is not empty"):
         write_synthetic_landing(date_dir, n_distinct=1, byte_copies=0, perceptual_copies=0)
+
+
+def _small_day(landing: Path, date: str, seed: int | None) -> dict[str, dict]:
+    return write_synthetic_landing(
+        landing / date,
+        n_distinct=3,
+        byte_copies=1,
+        perceptual_copies=1,
+        megapixels=(0.01, 0.02),
+        seed=seed,
+        workers=1,
+    )
+
+
+def _images(date_dir: Path) -> list[bytes]:
+    return [path.read_bytes() for path in sorted((date_dir / "images").iterdir())]
+
+
+def test_dates_without_a_seed_get_other_images(tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    _small_day(landing, "2024-02-01", None)
+    _small_day(landing, "2024-02-02", None)
+
+    first, second = _images(landing / "2024-02-01"), _images(landing / "2024-02-02")
+    # Not one image of the second day is a byte copy of one of the first.
+    assert len(first) == len(second) == 5
+    assert not set(first) & set(second)
+
+
+def test_a_date_without_a_seed_reproduces_and_a_seed_overrides_the_date(tmp_path: Path) -> None:
+    _small_day(tmp_path / "a", "2024-02-01", None)
+    _small_day(tmp_path / "b", "2024-02-01", None)
+    assert _images(tmp_path / "a" / "2024-02-01") == _images(tmp_path / "b" / "2024-02-01")
+
+    # The same --seed gives the same images on any date.
+    _small_day(tmp_path / "c", "2024-02-01", 5)
+    _small_day(tmp_path / "c", "2024-02-02", 5)
+    _small_day(tmp_path / "d", "2024-02-02", 5)
+    seeded = _images(tmp_path / "c" / "2024-02-01")
+    assert (
+        seeded == _images(tmp_path / "c" / "2024-02-02") == _images(tmp_path / "d" / "2024-02-02")
+    )
+    assert seeded != _images(tmp_path / "a" / "2024-02-01")
