@@ -84,7 +84,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--distinct", type=int, default=3000)
     p.add_argument("--byte-copies", type=int, default=400)
     p.add_argument("--perceptual-copies", type=int, default=600)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="reproduce one set on any date (default: seeded from the date, so days differ)",
+    )
 
     args = parser.parse_args(argv)
     home = resolve_home(args.home)
