@@ -168,13 +168,16 @@ class ScoreStats:
         }
 
     def plot_counts(self) -> tuple[np.ndarray, tuple[float, float]]:
-        """``PLOT_BINS`` bar heights and their axis: the plot range, or [min, max] unranged."""
-        bars = np.zeros(PLOT_BINS, dtype=np.int64)
+        """At most ``PLOT_BINS`` bar heights and their axis, spanning the data, not the range.
+
+        Linear bins: the bars are whole groups of the stored bins from the lowest occupied one
+        to the highest, so every bar is an exact count (CLIP scores fill a few of the 400 bins
+        over [-1, 1], and a plot of the whole range would squeeze them into one bar). Asinh
+        bins: ``PLOT_BINS`` bars over [min, max], each bin counted at its centre.
+        """
         if self.binning.kind == LINEAR:
-            per_bar = self.binning.bins // PLOT_BINS
-            for b, c in self.counts.items():
-                bars[b // per_bar] += c
-            return bars, (self.binning.lo, self.binning.hi)
+            return self._linear_plot_counts()
+        bars = np.zeros(PLOT_BINS, dtype=np.int64)
         lo, hi = (self.low, self.high) if self.count else (0.0, 1.0)
         span = hi - lo if hi > lo else 1.0
         for b, c in self.counts.items():
@@ -182,6 +185,20 @@ class ScoreStats:
             bar = int((min(max(center, lo), hi) - lo) / span * PLOT_BINS)
             bars[min(bar, PLOT_BINS - 1)] += c
         return bars, (lo, lo + span)
+
+    def _linear_plot_counts(self) -> tuple[np.ndarray, tuple[float, float]]:
+        binning = self.binning
+        if not self.counts:
+            return np.zeros(PLOT_BINS, dtype=np.int64), (binning.lo, binning.hi)
+        first, last = min(self.counts), max(self.counts)
+        per_bar = math.ceil((last - first + 1) / PLOT_BINS)
+        n_bars = math.ceil((last - first + 1) / per_bar)
+        # Bars end on stored bin edges; near the top of the range they start lower instead.
+        start = min(first, binning.bins - n_bars * per_bar)
+        bars = np.zeros(n_bars, dtype=np.int64)
+        for b, c in self.counts.items():
+            bars[(b - start) // per_bar] += c
+        return bars, (binning.value(start), binning.value(start + n_bars * per_bar))
 
     def as_dict(self) -> dict:
         return {

@@ -63,9 +63,9 @@ def test_unranged_scores_bin_on_asinh_with_bounded_relative_error():
 
 def test_plot_counts_cover_every_value_on_the_plot_axis():
     values = np.concatenate(_days(2))
-    bars, axis = ScoreStats.of(values, RANGED).plot_counts()
-    assert axis == (-1.0, 1.0) and len(bars) == PLOT_BINS
-    assert bars.tolist() == np.histogram(values, bins=PLOT_BINS, range=(-1, 1))[0].tolist()
+    bars, (lo, hi) = ScoreStats.of(values, RANGED).plot_counts()
+    assert lo <= values.min() and values.max() <= hi and len(bars) <= PLOT_BINS
+    assert bars.tolist() == np.histogram(values, bins=len(bars), range=(lo, hi))[0].tolist()
     bars, axis = ScoreStats.of([2.0, 10.0, 500.0], UNRANGED).plot_counts()
     assert axis == (2.0, 500.0) and bars.sum() == 3 and bars[0] == 2 and bars[-1] == 1
 
@@ -76,3 +76,18 @@ def test_statistics_over_different_bins_do_not_merge():
         ScoreStats.of([0.1], RANGED).merge(ScoreStats.of([0.1], other))
     with pytest.raises(ValueError, match="hi > lo"):
         Binning.for_range((1.0, 1.0))
+
+
+def test_plot_counts_span_the_data_not_the_declared_range():
+    # CLIP-like scores: a sliver of [-1, 1]. The bars group whole stored bins (width 0.005)
+    # from the lowest occupied bin to the highest, so each bar is an exact count.
+    values = np.random.default_rng(3).uniform(0.18, 0.34, 1000)
+    bars, (lo, hi) = ScoreStats.of(values, RANGED).plot_counts()
+    assert lo <= values.min() < values.max() < hi
+    assert hi - lo < 0.2 and len(bars) <= PLOT_BINS and bars.sum() == 1000
+    assert bars[0] > 0 and bars[-1] > 0
+    edges = np.linspace(lo, hi, len(bars) + 1)
+    assert bars.tolist() == np.histogram(values, bins=edges)[0].tolist()
+    # Near the top of the range the bars start lower rather than run past it.
+    bars, axis = ScoreStats.of([-0.97, 1.0], RANGED).plot_counts()
+    assert axis == (-1.0, 1.0) and len(bars) == PLOT_BINS and bars[0] == bars[-1] == 1
