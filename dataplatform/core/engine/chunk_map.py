@@ -24,13 +24,12 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from dataplatform.core.engine.engine_spec import EngineSpec
+from dataplatform.core.engine.progress import Progress
 from dataplatform.core.store.home import allow_object_landings, configured_object_landings
 
 T = TypeVar("T")
 R = TypeVar("R")
 LOG = logging.getLogger(__name__)
-# Progress lines per stage run on Ray: enough to see it move in the step's log, not a flood.
-PROGRESS_LINES = 10
 
 
 class EngineWorkerLost(RuntimeError):
@@ -106,14 +105,15 @@ def map_chunks(
     ``gpu`` marks a model stage: its actors ask Ray for ``gpus_per_model_worker`` GPUs (one
     each when the cluster has GPUs and the setting is auto). ``on_lost`` computes a chunk whose
     actor died (e.g. one image at a time, each in a process of its own); without it a lost
-    actor fails the stage with ``EngineWorkerLost``.
+    actor fails the stage with ``EngineWorkerLost``. On Ray, chunks done, their rate and the
+    time left go to ``log`` every ``progress_seconds()`` (``Progress``), as chunks finish.
     """
     started = time.monotonic()
     if not spec.is_ray:
         worker = make_worker()
         results = [worker(chunk) for chunk in chunks]
         return results, ChunkRun("local", 1, len(chunks), time.monotonic() - started)
-    return _map_on_ray(spec, make_worker, chunks, gpu, on_lost, log or LOG.info, started)
+    return _map_on_ray(spec, make_worker, chunks, gpu, on_lost, log, started)
 
 
 # The driver's storage and model settings become the Ray job's, on every worker: an actor on
@@ -192,9 +192,12 @@ def _map_on_ray(
     chunks: Sequence[T],
     gpu: bool,
     on_lost: Callable[[T], R] | None,
-    log: Callable[[str], None],
+    progress_log: Callable[[str], None] | None,
     started: float,
 ) -> tuple[list[R], ChunkRun]:
+    # Without a log, progress goes to the progress logger (which a step forwards to its run's
+    # logs) and the rest to this module's.
+    log = progress_log or LOG.info
     ray = connect(spec)
     from ray.exceptions import RayActorError
 
@@ -230,32 +233,31 @@ def _map_on_ray(
     next_chunk = 0
     done = 0
     lost = 0
-    step = max(1, len(chunks) // PROGRESS_LINES)
-    while done < len(chunks):
-        while idle and next_chunk < len(chunks):
-            actor = idle.pop()
-            pending[actor.run.remote(chunks[next_chunk])] = (next_chunk, actor)
-            next_chunk += 1
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        index, actor = pending.pop(ready[0])
-        try:
-            results[index] = ray.get(ready[0])
-            idle.append(actor)
-        except RayActorError as exc:
-            lost += 1
-            if on_lost is None:
-                raise EngineWorkerLost(
-                    f"a Ray worker died while computing chunk {index} of {len(chunks)}: {exc}"
-                ) from exc
-            log(f"ray: the worker for chunk {index} died ({type(exc).__name__}); redoing it")
-            results[index] = on_lost(chunks[index])
-            replacement = _started(ray, [actor_class.remote(make_worker, landings)])
-            _POOL[0].actors[_POOL[0].actors.index(actor)] = replacement[0]
-            idle.extend(replacement)
-            fresh += 1
-        done += 1
-        if done % step == 0 or done == len(chunks):
-            log(f"ray: {done}/{len(chunks)} chunks done, {time.monotonic() - started:.1f} s")
+    with Progress("ray", len(chunks), unit="chunks", log=progress_log) as progress:
+        while done < len(chunks):
+            while idle and next_chunk < len(chunks):
+                actor = idle.pop()
+                pending[actor.run.remote(chunks[next_chunk])] = (next_chunk, actor)
+                next_chunk += 1
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            index, actor = pending.pop(ready[0])
+            try:
+                results[index] = ray.get(ready[0])
+                idle.append(actor)
+            except RayActorError as exc:
+                lost += 1
+                if on_lost is None:
+                    raise EngineWorkerLost(
+                        f"a Ray worker died while computing chunk {index} of {len(chunks)}: {exc}"
+                    ) from exc
+                log(f"ray: the worker for chunk {index} died ({type(exc).__name__}); redoing it")
+                results[index] = on_lost(chunks[index])
+                replacement = _started(ray, [actor_class.remote(make_worker, landings)])
+                _POOL[0].actors[_POOL[0].actors.index(actor)] = replacement[0]
+                idle.extend(replacement)
+                fresh += 1
+            done += 1
+            progress.advance()
     return results, ChunkRun(
         "ray", len(pool), len(chunks), time.monotonic() - started, nodes, gpus_each, lost, fresh
     )

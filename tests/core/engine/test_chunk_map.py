@@ -14,6 +14,7 @@ from dataplatform.core.engine.engine_spec import (
     EngineSpec,
     engine_spec,
 )
+from dataplatform.core.engine.progress import PROGRESS_SECONDS_ENV
 
 CHUNKS = [list(range(i, i + 5)) for i in range(0, 60, 5)]
 
@@ -45,6 +46,20 @@ def test_ray_gives_the_local_results_in_chunk_order(ray_cluster):
     assert os.getpid() not in pids
     assert run.nodes == 1 + ray_cluster.worker_nodes
     assert run.metadata()["engine_workers"] == 2
+
+
+def test_ray_logs_chunks_done_with_rate_and_time_left(ray_cluster, monkeypatch):
+    monkeypatch.setenv(PROGRESS_SECONDS_ENV, "0")
+    lines: list[str] = []
+    spec = EngineSpec(kind="ray", address=ray_cluster.address)
+    map_chunks(spec, _squares_worker, CHUNKS, log=lines.append)
+    assert lines[0].startswith(f"ray: {len(CHUNKS)} chunks on 2 actors")
+    assert lines[1] == f"ray: 0 of {len(CHUNKS)} chunks, starting"
+    for done, line in enumerate(lines[2:-1], 1):
+        assert line.startswith(f"ray: {done} of {len(CHUNKS)} chunks ("), line
+        assert " chunks/s, " in line and line.endswith(" left")
+    assert lines[-1].startswith(f"ray: {len(CHUNKS)} of {len(CHUNKS)} chunks done, ")
+    assert len(lines) == 2 + len(CHUNKS)
 
 
 def _dies_on_chunk_7():
