@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from dataplatform.core.engine.chunk_map import ChunkRun, Lost, map_chunks, map_isolated
 from dataplatform.core.engine.engine_spec import EngineSpec
+from dataplatform.core.engine.progress import Progress
 from dataplatform.core.ingest.confined_files import FileRefused
 from dataplatform.core.ingest.image_decode import (
     DEFAULT_DRAFT_SIZE,
@@ -39,6 +40,7 @@ from dataplatform.core.store.home import is_object_url
 from dataplatform.core.store.schema import RAW_PAIR_SCHEMA, ledger_table
 
 STAGE = "raw_pairs"
+PROGRESS_LABEL = "read, decode and hash"
 # Below this many images a process pool costs more to start than it saves.
 MIN_IMAGES_FOR_POOL = 64
 CHUNK_SIZE = 16
@@ -117,11 +119,13 @@ def inspect_on_engine(
 
     On Ray a chunk whose actor dies is redone one image per task, so a decoder that crashes its
     process on a hostile file is that image's ``decoder_crashed`` row, as on the local engine.
+    Progress goes to ``log`` (the progress logger without it): images here, chunks on Ray.
     """
     if not engine.is_ray:
         started = time.monotonic()
         workers = options.workers or available_cores()
-        facts = inspect_all(refs, options)
+        with Progress(PROGRESS_LABEL, len(refs), unit="images", log=log) as progress:
+            facts = inspect_all(refs, options, progress)
         chunks = -(-len(refs) // CHUNK_SIZE)
         return facts, ChunkRun("local", workers, chunks, time.monotonic() - started)
 
@@ -137,12 +141,18 @@ def inspect_on_engine(
 
 
 def inspect_all(
-    refs: Sequence[ImageRef], options: IngestOptions
+    refs: Sequence[ImageRef], options: IngestOptions, progress: Progress | None = None
 ) -> list[ImageFacts | tuple[str, str]]:
-    """Facts or rejection for every ref, in order, using one worker process per core."""
+    """Facts or rejection for every ref, in order, using one worker process per core;
+    ``progress`` is advanced as images are done."""
     workers = options.workers or available_cores()
     if workers <= 1 or len(refs) < MIN_IMAGES_FOR_POOL:
-        return _inspect_chunk(refs, options)
+        inline: list[ImageFacts | tuple[str, str]] = []
+        for ref in refs:
+            inline.append(inspect_ref(ref, options))
+            if progress is not None:
+                progress.advance()
+        return inline
     chunks = [refs[i : i + CHUNK_SIZE] for i in range(0, len(refs), CHUNK_SIZE)]
     # forkserver: Dagster steps run threads (gRPC, log watchers); forking them is unsafe.
     context = multiprocessing.get_context("forkserver")
@@ -154,12 +164,16 @@ def inspect_all(
             for chunk, future in zip(chunks[done:], futures, strict=True):
                 try:
                     results.extend(future.result())
+                    if progress is not None:
+                        progress.advance(len(chunk))
                 except BrokenProcessPool:
                     # A decoder that kills its process (a C-level crash on a hostile file)
                     # takes the pool with it. This chunk is redone one image per process, so
                     # the culprit becomes one ledger row; the rest go to a fresh pool (if the
                     # culprit was in a later chunk, that chunk breaks the new pool in turn).
                     results.extend(_isolated(chunk, options, context))
+                    if progress is not None:
+                        progress.advance(len(chunk))
                     break
     return results
 

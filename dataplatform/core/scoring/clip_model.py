@@ -37,6 +37,7 @@ from PIL import UnidentifiedImageError
 
 from dataplatform.core.engine.chunk_map import ChunkRun, map_chunks
 from dataplatform.core.engine.engine_spec import EngineSpec
+from dataplatform.core.engine.progress import Progress
 from dataplatform.core.ingest.image_decode import decode_rgb
 from dataplatform.core.ingest.image_store import read_location
 from dataplatform.core.ingest.rejection import describe
@@ -62,6 +63,8 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 _TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 _SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
+IMAGE_PROGRESS_LABEL = "CLIP image embeddings"
+TEXT_PROGRESS_LABEL = "CLIP text embeddings"
 
 
 class ClipWeightsUnavailable(RuntimeError):
@@ -210,12 +213,13 @@ class ClipEncoder:
         return f"ClipEncoder({self.spec.model!r}, {self.spec.pretrained!r}, {self.device})"
 
     def embed_images(
-        self, locations: Sequence[str], landing_root: Path
+        self, locations: Sequence[str], landing_root: Path, progress: Progress | None = None
     ) -> tuple[np.ndarray, list[str | None]]:
         """(n, dim) float32 unit rows in input order, and an error (or None) per location.
 
         A location that cannot be read gives "read_error: ..." and one that cannot be decoded
         gives "decode_error: ..."; its row is NaN, so that every other row is still usable.
+        ``progress`` is advanced by each batch's images.
         """
         import torch
         import torch.nn.functional as F
@@ -249,17 +253,20 @@ class ClipEncoder:
                     indices, pixels, failures = batch
                     for index, error in failures:
                         errors[index] = error
-                    if pixels is None:
-                        continue
-                    pixels = pixels.to(self.device, dtype=self._dtype, non_blocking=True)
-                    features = self.model.encode_image(pixels)
-                    # .cpu() waits for the GPU, so the next wait above is time it sits idle.
-                    embeddings[indices] = F.normalize(features.float(), dim=-1).cpu().numpy()
+                    if pixels is not None:
+                        pixels = pixels.to(self.device, dtype=self._dtype, non_blocking=True)
+                        features = self.model.encode_image(pixels)
+                        # .cpu() waits for the GPU, so the next wait above is time it sits idle.
+                        embeddings[indices] = F.normalize(features.float(), dim=-1).cpu().numpy()
+                    if progress is not None:
+                        progress.advance(len(indices) + len(failures))
         self.last_stats = EmbedStats(n, time.perf_counter() - started, waited)
         return embeddings, errors
 
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """(n, dim) float32 unit rows in input order; texts longer than the context are cut."""
+    def embed_texts(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
+        """(n, dim) float32 unit rows in input order; texts longer than the context are cut.
+
+        ``progress`` is advanced by each batch's texts."""
         import torch
         import torch.nn.functional as F
 
@@ -270,6 +277,8 @@ class ClipEncoder:
                 tokens = self.tokenizer(list(texts[start : start + size])).to(self.device)
                 features = self.model.encode_text(tokens)
                 embeddings[start : start + size] = F.normalize(features.float(), dim=-1).cpu()
+                if progress is not None:
+                    progress.advance(len(tokens))
         return embeddings
 
 
@@ -324,14 +333,17 @@ def embed_pairs(
 
     On Ray each actor loads the model once and takes a GPU when the cluster has them. Chunks are
     a whole number of batches, so each image meets the same batch companions as on the local
-    engine and the embeddings are the same numbers.
+    engine and the embeddings are the same numbers. Progress goes to ``log`` (the progress
+    logger without it): images and texts here, chunks on Ray.
     """
     engine = engine or EngineSpec()
     if not engine.is_ray or not locations:
         started = time.monotonic()
         encoder = load_encoder(spec)
-        image, errors = encoder.embed_images(locations, landing_root)
-        text = encoder.embed_texts(texts)
+        with Progress(IMAGE_PROGRESS_LABEL, len(locations), unit="images", log=log) as progress:
+            image, errors = encoder.embed_images(locations, landing_root, progress)
+        with Progress(TEXT_PROGRESS_LABEL, len(texts), unit="texts", log=log) as progress:
+            text = encoder.embed_texts(texts, progress)
         run = ChunkRun("local", 1, 1, time.monotonic() - started)
         return PairEmbeddings(image, errors, text, encoder.identity, run)
     size = math.ceil(engine.chunk_rows / spec.batch_size) * spec.batch_size

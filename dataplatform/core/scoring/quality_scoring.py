@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from dataplatform.core.engine.chunk_map import ChunkRun, map_chunks
 from dataplatform.core.engine.engine_spec import EngineSpec
+from dataplatform.core.engine.progress import Progress
 from dataplatform.core.ingest.image_decode import decode_rgb
 from dataplatform.core.ingest.image_store import read_location
 from dataplatform.core.ingest.rejection import describe
@@ -51,6 +52,7 @@ KEY_FIELDS = (
     pa.field("date", pa.string(), nullable=False),
 )
 ERRORS = registry.ERRORS.scores[0].name
+PROGRESS_LABEL = "quality scores"
 
 
 def scores_schema() -> pa.Schema:
@@ -171,12 +173,14 @@ def score_on_engine(
 
     A chunk is a whole number of batches, and every score is a function of its own row (the
     combining scorers read the row's own scores), so the table is the same on either engine.
+    Progress goes to ``log`` (the progress logger without it): images here, chunks on Ray.
     """
     engine = engine or EngineSpec()
     if not engine.is_ray or not rows:
         started = time.monotonic()
         scorers = load_scorers(settings)
-        table = score_partition(rows, embeddings, landing_root, scorers, batch_size)
+        with Progress(PROGRESS_LABEL, len(rows), unit="images", log=log) as progress:
+            table = score_partition(rows, embeddings, landing_root, scorers, batch_size, progress)
         run = ChunkRun("local", 1, 1, time.monotonic() - started)
         return PartitionScores(table, scorers.notes, run)
     size = math.ceil(engine.chunk_rows / batch_size) * batch_size
@@ -193,8 +197,10 @@ def score_partition(
     landing_root: Path,
     scorers: Scorers,
     batch_size: int = 32,
+    progress: Progress | None = None,
 ) -> pa.Table:
-    """One row of scores per input row (same order), as ``scores_schema()``."""
+    """One row of scores per input row (same order), as ``scores_schema()``; ``progress`` is
+    advanced by each batch's images once the image scorers have seen them."""
     schema = scores_schema()
     out: dict[str, list] = {name: [None] * len(rows) for name in schema.names}
     out["pair_id"] = [r["pair_id"] for r in rows]
@@ -213,6 +219,8 @@ def score_partition(
             if scorer.reads == IMAGES:
                 batch = Batch(batch_rows, images=images, model=model)
                 _run(scorer, batch, decoded, out, errors)
+        if progress is not None:
+            progress.advance(len(indices))
     everyone = list(range(len(rows)))
     for scorer, model in loaded:
         if scorer.reads == EMBEDDINGS:

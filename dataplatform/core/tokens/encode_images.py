@@ -20,6 +20,7 @@ import numpy as np
 
 from dataplatform.core.engine.chunk_map import ChunkRun, map_chunks
 from dataplatform.core.engine.engine_spec import EngineSpec
+from dataplatform.core.engine.progress import Progress
 from dataplatform.core.ingest.image_decode import decode_rgb
 from dataplatform.core.ingest.image_store import read_location
 from dataplatform.core.ingest.rejection import describe
@@ -27,6 +28,7 @@ from dataplatform.core.tokens.crop_policy import apply, plan
 
 # The columns of a row the encoding reads; only these travel to a Ray actor.
 ROW_FIELDS = ("pair_id", "image_location", "width", "height")
+PROGRESS_LABEL = "VQ token encoding"
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,13 @@ class EncodedRows:
     run: ChunkRun
 
 
-def _encode(model: Any, rows: Sequence[dict], landing_root: Path, settings: EncodeSettings):
+def _encode(
+    model: Any,
+    rows: Sequence[dict],
+    landing_root: Path,
+    settings: EncodeSettings,
+    progress: Progress | None = None,
+):
     grids: dict[int, np.ndarray] = {}
     boxes: dict[int, list[int]] = {}
     failures: dict[int, str] = {}
@@ -63,6 +71,8 @@ def _encode(model: Any, rows: Sequence[dict], landing_root: Path, settings: Enco
         if batch:
             for k, grid in zip(batch, model.encode(np.stack(pixels)), strict=True):
                 grids[k] = grid
+            if progress is not None:
+                progress.advance(len(batch))
             batch.clear()
             pixels.clear()
 
@@ -73,6 +83,8 @@ def _encode(model: Any, rows: Sequence[dict], landing_root: Path, settings: Enco
             )
         except Exception as exc:  # noqa: BLE001 - one unreadable image is that row's problem
             failures[k] = describe(exc)
+            if progress is not None:
+                progress.advance()
             continue
         placement = plan(
             row["width"],
@@ -122,12 +134,15 @@ def encode_rows(
     engine: EngineSpec | None = None,
     log: Callable[[str], None] | None = None,
 ) -> EncodedRows:
-    """Token grids for ``rows`` (dicts with ``ROW_FIELDS``), on the engine; GPU actors on Ray."""
+    """Token grids for ``rows`` (dicts with ``ROW_FIELDS``), on the engine; GPU actors on Ray.
+
+    Progress goes to ``log`` (the progress logger without it): images here, chunks on Ray."""
     engine = engine or EngineSpec()
     if not engine.is_ray or not rows:
         started = time.monotonic()
         model = _load(settings)
-        grids, boxes, failures = _encode(model, rows, landing_root, settings)
+        with Progress(PROGRESS_LABEL, len(rows), unit="images", log=log) as progress:
+            grids, boxes, failures = _encode(model, rows, landing_root, settings, progress)
         run = ChunkRun("local", 1, 1, time.monotonic() - started)
         return EncodedRows(grids, boxes, failures, model.identity, run)
     slim = [{f: row[f] for f in ROW_FIELDS} for row in rows]

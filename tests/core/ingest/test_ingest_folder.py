@@ -1,7 +1,16 @@
 import json
 from pathlib import Path
 
-from dataplatform.core.ingest.ingest_folder import IngestOptions, ingest_folder
+import pytest
+
+from dataplatform.core.engine.progress import PROGRESS_SECONDS_ENV
+from dataplatform.core.ingest.ingest_folder import (
+    CHUNK_SIZE,
+    MIN_IMAGES_FOR_POOL,
+    PROGRESS_LABEL,
+    IngestOptions,
+    ingest_folder,
+)
 from tests.conftest import encode, photo
 from tests.core.ingest.test_image_decode import bomb_png
 
@@ -84,3 +93,30 @@ def test_worker_pool_gives_the_same_rows(tmp_path: Path):
 def test_missing_folder_is_an_empty_partition(tmp_path: Path):
     result = ingest_folder(tmp_path / "nope", "2025-01-01")
     assert (result.rows_in, result.kept.num_rows, result.rejected.num_rows) == (0, 0, 0)
+
+
+def test_progress_counts_every_image_and_leaves_the_rows_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv(PROGRESS_SECONDS_ENV, "0")
+    day = tmp_path / "2025-01-01"
+    (day / "img").mkdir(parents=True)
+    base = photo("coffee").resize((48, 48))
+    rows = []
+    for i in range(MIN_IMAGES_FOR_POOL):
+        (day / "img" / f"{i}.png").write_bytes(encode(base.rotate(i * 5), "PNG"))
+        rows.append({"id": f"id{i:03d}", "image": f"img/{i}.png", "text": f"coffee {i}"})
+    (day / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    quiet = ingest_folder(day, "2025-01-01", IngestOptions(workers=1))
+    for workers in (1, 2):
+        lines: list[str] = []
+        logged = ingest_folder(day, "2025-01-01", IngestOptions(workers=workers), log=lines.append)
+        assert logged.kept.equals(quiet.kept) and logged.rejected.equals(quiet.rejected)
+        assert lines[0] == f"{PROGRESS_LABEL}: 0 of 64 images, starting"
+        assert lines[-1].startswith(f"{PROGRESS_LABEL}: 64 of 64 images done, ")
+        counts = [
+            int(line.removeprefix(f"{PROGRESS_LABEL}: ").split(" of ")[0]) for line in lines[1:-1]
+        ]
+        # One line per image inline, one per finished chunk of CHUNK_SIZE from the pool.
+        step = 1 if workers == 1 else CHUNK_SIZE
+        assert counts == list(range(step, 64, step))

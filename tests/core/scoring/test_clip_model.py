@@ -16,14 +16,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dataplatform.core.engine.progress import PROGRESS_SECONDS_ENV
 from dataplatform.core.ingest.image_store import location_of
 from dataplatform.core.ingest.landing import ImageRef
 from dataplatform.core.scoring.clip_model import (
+    IMAGE_PROGRESS_LABEL,
     SMOKE_MODEL_NAME,
+    TEXT_PROGRESS_LABEL,
     ClipSpec,
     ClipWeightsUnavailable,
     build_smoke_checkpoint,
     clip_scores,
+    embed_pairs,
     load_encoder,
     smoke_spec,
 )
@@ -266,3 +270,29 @@ def test_bad_settings_name_the_setting(checkpoint: Path):
         ClipSpec(batch_size=0)
     with pytest.raises(ClipWeightsUnavailable, match="pretrained"):
         load_encoder(ClipSpec(pretrained=""))
+
+
+def test_embed_pairs_logs_its_progress_and_the_same_numbers(
+    checkpoint: Path, landing, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv(PROGRESS_SECONDS_ENV, "0")
+    root, locations = landing
+    texts = [f"photo {i}" for i in range(len(locations))]
+    spec = _spec(checkpoint, batch_size=3, num_workers=0)
+    quiet = embed_pairs(spec, locations, texts, root, log=lambda line: None)
+    lines: list[str] = []
+    logged = embed_pairs(spec, locations, texts, root, log=lines.append)
+    np.testing.assert_array_equal(logged.image, quiet.image)
+    np.testing.assert_array_equal(logged.text, quiet.text)
+    assert logged.errors == quiet.errors
+    n = len(locations)  # 8: batches of 3, the broken and missing images counted in theirs
+    assert [line.split(", ")[0] for line in lines] == [
+        f"{IMAGE_PROGRESS_LABEL}: 0 of {n} images",
+        f"{IMAGE_PROGRESS_LABEL}: 3 of {n} images (37%)",
+        f"{IMAGE_PROGRESS_LABEL}: 6 of {n} images (75%)",
+        f"{IMAGE_PROGRESS_LABEL}: {n} of {n} images done",
+        f"{TEXT_PROGRESS_LABEL}: 0 of {n} texts",
+        f"{TEXT_PROGRESS_LABEL}: 3 of {n} texts (37%)",
+        f"{TEXT_PROGRESS_LABEL}: 6 of {n} texts (75%)",
+        f"{TEXT_PROGRESS_LABEL}: {n} of {n} texts done",
+    ]
