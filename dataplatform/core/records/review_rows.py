@@ -2,20 +2,25 @@
 
 One stage and one date: a deterministic sample of the kept rows with their scores, the removed
 rows grouped by reason (spread over the score range), the duplicate clusters with their
-originals, the pairs a takedown removed, and a thumbnail for each, all capped by
-``ReviewLimits`` so a huge partition costs what a small one does. ``review_sheet`` renders it.
+originals, the pairs a takedown removed, the near misses of a dedup stage (kept pairs just
+outside its threshold, ``near_misses``), the run profile, and a thumbnail for each, all capped
+by ``ReviewLimits`` so a huge partition costs what a small one does. ``review_sheet`` renders it.
 
 A sheet is rendered on the daily path, so it reads what its rows need and not the history: the
 raw_pairs partitions of the rows' own dates and of the days the ingested-ids state says an
 original was ingested on, and every stage's ledger on those days (plus the takedown ledger, a
 row per taken-down pair). A day the state cannot answer for is read instead, and the sheet
-says so (``Sheet.raw_days_scanned``).
+says so (``Sheet.raw_days_scanned``). The near-miss band is searched among a sample of the
+day's kept rows (``ReviewLimits.near_miss_pool``) and, for pHash, the earlier-day originals the
+sheet shows anyway; a search of the whole kept history at twice the threshold would pass the
+reach of the stored pHash bands and read every earlier hash.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import glob
+import json
 import logging
 import os
 import re
@@ -26,33 +31,55 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dataplatform.core.dedup.dedup_state import END_OF_TIME, StateError, stale_dates
 from dataplatform.core.dedup.history_state import (
+    EXACT_KEPT,
     INGESTED_IDS,
+    PHASH_KEPT,
     ingested_before,
     warehouse_commits,
 )
+from dataplatform.core.dedup.phash import from_hex
+from dataplatform.core.dedup.phash_index import DEFAULT_PHASH_THRESHOLD
+from dataplatform.core.dedup.semantic_history import NAME as SEMANTIC_STAGE
+from dataplatform.core.dedup.semantic_index import DEFAULT_SIMILARITY_THRESHOLD
 from dataplatform.core.ingest.image_store import read_location
 from dataplatform.core.ingest.ingest_folder import STAGE as RAW_PAIRS
 from dataplatform.core.records.funnel import reason_counts
+from dataplatform.core.records.near_misses import (
+    COSINE,
+    HAMMING,
+    NearMiss,
+    cosine_band,
+    hamming_band,
+    phash_near_misses,
+    semantic_near_misses,
+)
 from dataplatform.core.records.thumbnails import (
     THUMBNAIL_PX,
     ThumbnailError,
     jpeg_data_uri,
     thumbnail_jpeg,
 )
-from dataplatform.core.scoring.scores import REVIEW, scores
+from dataplatform.core.scoring.embedding_table import matrix_of
+from dataplatform.core.scoring.scores import EMBEDDINGS, REVIEW, scores
 from dataplatform.core.store.home import Home
+from dataplatform.core.store.profile import PROFILE_ENV, is_smoke
 from dataplatform.core.store.schema import LEDGER_SCHEMA
 from dataplatform.core.store.warehouse import (
     PART_FILE,
+    document_exists,
+    document_path,
     ledger_dates,
     ledger_dir,
     partition_dir,
     partition_file,
+    read_document,
+    write_document,
 )
 
 log = logging.getLogger(__name__)
@@ -64,6 +91,18 @@ _NAME = re.compile(r"[a-z][a-z0-9_]*")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 # What tokens adds to a kept pair, shown after the scores.
 _TOKEN_COUNT = "token_count"
+# The dedup stages, and what their near-miss band measures.
+EXACT_STAGE = EXACT_KEPT.table
+PHASH_STAGE = PHASH_KEPT.table
+_DEDUP_REASONS = {PHASH_STAGE: "phash_duplicate", SEMANTIC_STAGE: "semantic_duplicate"}
+_DEFAULT_THRESHOLDS = {
+    PHASH_STAGE: float(DEFAULT_PHASH_THRESHOLD),
+    SEMANTIC_STAGE: DEFAULT_SIMILARITY_THRESHOLD,
+}
+# The CLIP model's identity (clip_scored's ``clip_model`` column) says whether it was smoke.
+_MODEL_COLUMN = "clip_model"
+_SMOKE_MODEL = "smoke=true"
+SMOKE, PRODUCTION = "smoke", "production"
 
 
 def review_columns() -> tuple[str, ...]:
@@ -90,6 +129,9 @@ class ReviewLimits:
     thumbnail_px: int = THUMBNAIL_PX
     workers: int = 4
     fetch_remote: bool = False
+    # Near misses shown, and the kept rows (a hash sample of pair_id) searched for them.
+    near_misses: int = 30
+    near_miss_pool: int = 10_000
 
 
 DEFAULT_LIMITS = ReviewLimits()
@@ -130,6 +172,62 @@ def review_dates_showing(home: Home, pair_ids: Iterable[str]) -> list[str]:
         dates.update(r[0] for r in rows)
     con.close()
     return sorted(dates)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The run profile a sheet or card comes from: ``smoke`` or ``production``, and why."""
+
+    name: str
+    basis: str  # where the profile was read from, in words
+
+    @property
+    def is_smoke(self) -> bool:
+        return self.name == SMOKE
+
+
+def stage_profile(model_identities: Iterable[str | None]) -> Profile:
+    """The profile of a stage table from the ``clip_model`` values of its rows (its data says
+    which model scored it, whatever the environment of the process that renders the sheet);
+    the rendering process's ``DATAPLATFORM_PROFILE`` when no row names a model."""
+    named = [m for m in model_identities if m]
+    if named:
+        smoke = any(_SMOKE_MODEL in m for m in named)
+        return Profile(
+            SMOKE if smoke else PRODUCTION,
+            "the built-in smoke CLIP model scored these rows (clip_model)"
+            if smoke
+            else "real CLIP weights scored these rows (clip_model)",
+        )
+    return Profile(
+        SMOKE if is_smoke() else PRODUCTION,
+        f"{PROFILE_ENV} of the process that rendered this; no model scored these rows",
+    )
+
+
+@dataclass
+class NearMissRow:
+    """A kept pair and its nearest kept neighbour, just outside the threshold."""
+
+    pair: SheetPair
+    neighbour: SheetPair
+    value: float  # Hamming bits or cosine similarity
+    margin: float
+
+
+@dataclass
+class NearMisses:
+    """A dedup stage's near-miss band: what was searched, and the closest pairs found."""
+
+    measure: str  # HAMMING or COSINE
+    threshold: float
+    threshold_from: str  # where the threshold was read, in words
+    band: tuple[float, float]
+    rows: list[NearMissRow]
+    total: int  # near misses found in the pool; ``rows`` holds the closest ``near_misses``
+    pool: int  # day kept rows searched
+    kept_total: int
+    references: int  # earlier-day kept rows searched beside the pool (shown originals)
 
 
 @dataclass
@@ -183,12 +281,24 @@ class Sheet:
     taken_down: set[str]  # the shown pairs a takedown names
     taken_down_since: list[str]  # pairs of this date that a takedown removed after curation
     rendered_at: str
+    profile: Profile = field(default_factory=lambda: stage_profile(()))
+    near_misses: NearMisses | None = None
     # raw_pairs days read whole because the ingested-ids state could not answer for them.
     raw_days_scanned: list[str] = field(default_factory=list)
 
 
-def load_sheet(home: Home, stage: str, date: str, limits: ReviewLimits = DEFAULT_LIMITS) -> Sheet:
-    """What the sheet of ``stage`` on ``date`` shows, within ``limits``."""
+def load_sheet(
+    home: Home,
+    stage: str,
+    date: str,
+    limits: ReviewLimits = DEFAULT_LIMITS,
+    threshold: float | None = None,
+) -> Sheet:
+    """What the sheet of ``stage`` on ``date`` shows, within ``limits``.
+
+    ``threshold`` is the dedup threshold the stage's run used (``sheet_threshold`` says what
+    is assumed without it); other stages ignore it.
+    """
     _check_name(stage, "stage")
     _check_date(date)
     kept_file = partition_dir(home, stage, date) / PART_FILE
@@ -204,6 +314,7 @@ def load_sheet(home: Home, stage: str, date: str, limits: ReviewLimits = DEFAULT
     kept_total = pq.read_metadata(kept_file).num_rows
     kept_sample = _kept_sample(con, kept_source, names, score_columns, limits.kept)
     score_summary = _score_summary(con, kept_source, score_columns)
+    profile = _profile(con, kept_source, names)
 
     ledger = _ledger(home, stage, date).to_pylist()
     duplicates = [r for r in ledger if r["duplicate_of"] is not None]
@@ -235,6 +346,30 @@ def load_sheet(home: Home, stage: str, date: str, limits: ReviewLimits = DEFAULT
     kept_keys = [(p.pair_id, p.date) for p in kept_sample]
     original_ids = [original for original, _ in shown_groups]
     raw, raw_days_scanned = _raw_rows(home, con, date, kept_keys + removed_keys, original_ids)
+    near = _near_misses(
+        home,
+        con,
+        stage,
+        date,
+        (kept_source, names, kept_total),
+        ledger,
+        raw,
+        original_ids,
+        limits,
+        threshold,
+    )
+    if near is not None:
+        # The day's pairs of the band not yet read; their neighbours are the day's or originals.
+        unread = [
+            (p.pair_id, p.date)
+            for row in near.rows
+            for p in (row.pair, row.neighbour)
+            if (p.pair_id, p.date) not in raw
+        ]
+        raw.update(_raw_rows(home, con, date, unread, [])[0])
+        for row in near.rows:
+            for p in (row.pair, row.neighbour):
+                _fill(p, raw.get((p.pair_id, p.date)))
 
     for pair in kept_sample:
         pair.location = raw.get((pair.pair_id, pair.date), {}).get("image_location")
@@ -242,6 +377,7 @@ def load_sheet(home: Home, stage: str, date: str, limits: ReviewLimits = DEFAULT
     found = [p for p in originals.values() if p.date]
     around = _ledger_rows_on(home, con, sorted({date, *(p.date for p in found)}))
     shown = {p.pair_id for p in kept_sample} | {r["pair_id"] for r in ledger} | set(original_ids)
+    shown |= {p.pair_id for row in (near.rows if near else []) for p in (row.pair, row.neighbour)}
     taken_down, taken_down_since = _taken_down(home, con, date, around, shown)
     later = _later_removals(around, found)
 
@@ -265,6 +401,9 @@ def load_sheet(home: Home, stage: str, date: str, limits: ReviewLimits = DEFAULT
         wanted[key] = raw.get(key, {}).get("image_location")
     for pair in originals.values():
         wanted[(pair.pair_id, pair.date)] = pair.location
+    for row in near.rows if near is not None else []:
+        for p in (row.pair, row.neighbour):
+            wanted[(p.pair_id, p.date)] = p.location
     images = _thumbnails(home, wanted, taken_down, limits)
 
     return Sheet(
@@ -284,8 +423,182 @@ def load_sheet(home: Home, stage: str, date: str, limits: ReviewLimits = DEFAULT
         taken_down=taken_down,
         taken_down_since=taken_down_since,
         rendered_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        profile=profile,
+        near_misses=near,
         raw_days_scanned=raw_days_scanned,
     )
+
+
+def partition_profile(home: Home, stages: Sequence[str], date: str) -> Profile:
+    """The profile of ``date``'s partitions: read from the last of ``stages`` whose table
+    names the model that scored it, else the rendering process's environment."""
+    con = duckdb.connect()
+    try:
+        for stage in reversed(list(stages)):
+            _check_name(stage, "stage")
+            kept_file = partition_dir(home, stage, date) / PART_FILE
+            if kept_file.is_file() and _MODEL_COLUMN in pq.read_schema(kept_file).names:
+                return _profile(con, _read_parquet(kept_file), [_MODEL_COLUMN])
+    finally:
+        con.close()
+    return stage_profile(())
+
+
+def _profile(con: duckdb.DuckDBPyConnection, source: str, names: list[str]) -> Profile:
+    if _MODEL_COLUMN not in names:
+        return stage_profile(())
+    rows = con.execute(
+        f"SELECT DISTINCT {_quote(_MODEL_COLUMN)} FROM {source} LIMIT 100"
+    ).fetchall()
+    return stage_profile(r[0] for r in rows)
+
+
+# --- the near-miss band ------------------------------------------------------------------------
+
+
+def settings_relative(date: str, stage: str) -> str:
+    """Where a sheet's settings (the run's threshold) are kept, beside the sheet."""
+    return f"review/date={date}/{stage}.settings.json"
+
+
+def remember_threshold(home: Home, stage: str, date: str, threshold: float) -> None:
+    """Keep the run's ``threshold`` beside the sheet, for sheets rendered again later."""
+    if stage in _DEDUP_REASONS:
+        payload = json.dumps({"threshold": float(threshold)}) + "\n"
+        write_document(home, settings_relative(date, stage), payload)
+
+
+def sheet_threshold(
+    home: Home, stage: str, date: str, ledger: list[dict], given: float | None
+) -> tuple[float, str] | None:
+    """The threshold a dedup stage ran with on ``date``, and where it was read; None for a
+    stage without one.
+
+    In order: ``given`` (the run's own); the one ``remember_threshold`` stored beside the
+    sheet when the run rendered it, so that a sheet rendered again later (after a takedown)
+    uses it too; the threshold the day's ledger rows of the stage's duplicates carry; else the
+    stage's default, said to be assumed.
+    """
+    if stage not in _DEDUP_REASONS:
+        return None
+    relative = settings_relative(date, stage)
+    if given is not None:
+        return float(given), "the run's threshold"
+    if document_exists(home, relative):
+        stored = json.loads(read_document(home, relative)).get("threshold")
+        if stored is not None:
+            return float(stored), f"the run's threshold, kept in {document_path(home, relative)}"
+    in_ledger = sorted(
+        {
+            r["threshold"]
+            for r in ledger
+            if r["reason"] == _DEDUP_REASONS[stage] and r["threshold"] is not None
+        }
+    )
+    if in_ledger:
+        return float(in_ledger[-1]), "the threshold the day's duplicates carry in the ledger"
+    return (
+        _DEFAULT_THRESHOLDS[stage],
+        "the stage's default, assumed: the run's threshold is not recorded where the sheet "
+        "can read it and no duplicate was removed this day",
+    )
+
+
+def _near_misses(
+    home: Home,
+    con: duckdb.DuckDBPyConnection,
+    stage: str,
+    date: str,
+    kept: tuple[str, list[str], int],
+    ledger: list[dict],
+    raw: dict[tuple[str, str], dict],
+    original_ids: list[str],
+    limits: ReviewLimits,
+    given: float | None,
+) -> NearMisses | None:
+    """The stage's near-miss band within ``limits``; None for a stage without a threshold.
+
+    ``kept`` is the kept partition's DuckDB source, its column names and its row count.
+    """
+    kept_source, names, kept_total = kept
+    found = sheet_threshold(home, stage, date, ledger, given)
+    if found is None:
+        return None
+    threshold, threshold_from = found
+    # A hash sample of the kept rows (spread over the partition), searched in pair_id order.
+    pool_limit = int(limits.near_miss_pool)
+    if stage == PHASH_STAGE:
+        if "phash" not in names:
+            return None
+        rows = con.execute(
+            f"SELECT * FROM (SELECT pair_id, date, phash FROM {kept_source} "
+            f"WHERE phash IS NOT NULL ORDER BY md5(pair_id), pair_id LIMIT {pool_limit}) "
+            "ORDER BY pair_id, date"
+        ).fetchall()
+        pool = [(pid, day) for pid, day, _ in rows]
+        # The originals the sheet shows are earlier kept pairs whose pHash it already read.
+        originals = set(original_ids)
+        references = [
+            (pid, day, row["phash"])
+            for (pid, day), row in sorted(raw.items())
+            if pid in originals and day < date and row.get("phash")
+        ]
+        misses = phash_near_misses(
+            np.array([from_hex(h) for _, _, h in rows], dtype=np.uint64),
+            int(threshold),
+            np.array([from_hex(h) for _, _, h in references], dtype=np.uint64),
+        )
+        keys = pool + [(pid, day) for pid, day, _ in references]
+        measure, band = HAMMING, hamming_band(int(threshold))
+    else:
+        embeddings = partition_dir(home, EMBEDDINGS, date) / PART_FILE
+        if not Path(embeddings).is_file():
+            return None
+        table = con.sql(
+            f"SELECT * FROM (SELECT k.pair_id, k.date, e.image_embedding FROM {kept_source} k "
+            f"JOIN {_read_parquet(embeddings)} e USING (pair_id) "
+            f"ORDER BY md5(k.pair_id), k.pair_id LIMIT {pool_limit}) ORDER BY pair_id, date"
+        ).to_arrow_table()
+        pool = list(
+            zip(table.column("pair_id").to_pylist(), table.column("date").to_pylist(), strict=True)
+        )
+        column = table.column("image_embedding")
+        dim = getattr(column.type, "list_size", None) or (
+            len(column[0].as_py()) if table.num_rows else 1
+        )
+        vectors = matrix_of(column, dim)
+        misses = semantic_near_misses(vectors, threshold)
+        keys, references = pool, []
+        measure, band = COSINE, cosine_band(threshold)
+    shown = misses[: max(0, int(limits.near_misses))]
+    return NearMisses(
+        measure=measure,
+        threshold=threshold,
+        threshold_from=threshold_from,
+        band=(float(band[0]), float(band[1])),
+        rows=[_near_miss_row(m, keys) for m in shown],
+        total=len(misses),
+        pool=len(pool),
+        kept_total=kept_total,
+        references=len(references),
+    )
+
+
+def _near_miss_row(miss: NearMiss, keys: list[tuple[str, str]]) -> NearMissRow:
+    pid, day = keys[miss.row]
+    other_id, other_day = keys[miss.neighbour]
+    return NearMissRow(
+        pair=SheetPair(pair_id=pid, date=day),
+        neighbour=SheetPair(pair_id=other_id, date=other_day),
+        value=miss.value,
+        margin=miss.margin,
+    )
+
+
+def _fill(pair: SheetPair, row: dict | None) -> None:
+    if row is not None:
+        pair.text, pair.width, pair.height = row["text"], row["width"], row["height"]
+        pair.location = row["image_location"]
 
 
 def index_rows(
@@ -428,7 +741,7 @@ def _raw_rows(
         return {}, scanned
     con.register("wanted_ids", pa.table({"pair_id": pa.array(ids, pa.string())}))
     cursor = con.execute(
-        f"SELECT r.pair_id, r.date, r.text, r.width, r.height, r.image_location "
+        f"SELECT r.pair_id, r.date, r.text, r.width, r.height, r.image_location, r.phash "
         f"FROM {_read_parquet(files)} r JOIN wanted_ids w USING (pair_id)"
     )
     names = [d[0] for d in cursor.description]

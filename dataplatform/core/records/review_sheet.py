@@ -11,6 +11,11 @@ Content-Security-Policy forbids scripts and remote loads should anything slip th
 A taken-down pair shows its pair_id only, wherever it appears (kept, removed, or as the original
 of a duplicate cluster on a later day). What a sheet shows is read by ``review_rows``; this module
 renders and writes it.
+
+Every sheet says the run profile it comes from (a smoke run's scores mean nothing), and a dedup
+sheet lists its near misses. Numbers are rounded for reading (``readable_numbers``). A reviewer
+opens the sheets from the Dagster UI through ``dataplatform.review_server``, whose address
+(``REVIEW_URL_ENV``) the metadata links with ``sheet_url``.
 """
 
 from __future__ import annotations
@@ -19,19 +24,27 @@ import html
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 import pyarrow as pa
 
 from dataplatform.core.ingest.ingest_folder import STAGE as RAW_PAIRS
 from dataplatform.core.records.funnel import reason_counts
+from dataplatform.core.records.near_misses import HAMMING
+from dataplatform.core.records.readable_numbers import format_cosine, format_number
 from dataplatform.core.records.review_rows import (
     DEFAULT_LIMITS,
+    EXACT_STAGE,
     TAKEDOWN,
+    Profile,
     ReviewLimits,
     Sheet,
     SheetImage,
+    SheetPair,
     index_rows,
     load_sheet,
+    partition_profile,
+    remember_threshold,
     score_order,
     spread,
 )
@@ -40,6 +53,20 @@ from dataplatform.core.store.warehouse import PART_FILE, partition_dir, write_do
 
 REVIEW_FOLDER = "review"
 INDEX_NAME = "index"
+# The review server's address as a reviewer's browser reaches it (http://127.0.0.1:8070 on
+# this machine, the deployment's name for it elsewhere); unset, the metadata has no link.
+REVIEW_URL_ENV = "DATAPLATFORM_REVIEW_URL"
+
+
+def review_root(home: Home) -> Path:
+    """The folder of every date's review sheets: all that the review server serves."""
+    return home.warehouse / REVIEW_FOLDER
+
+
+def sheet_url(base_url: str, date: str, name: str) -> str:
+    """The review server's URL of the sheet ``name`` (a stage, or ``index``) of ``date``."""
+    relative = _relative(date, name).removeprefix(f"{REVIEW_FOLDER}/")
+    return f"{base_url.rstrip('/')}/{quote(relative, safe='/=')}"
 
 
 def review_path(home: Home, date: str, name: str) -> Path:
@@ -61,17 +88,28 @@ def render_partition_review(
 
 
 def render_review_sheet(
-    home: Home, stage: str, date: str, limits: ReviewLimits = DEFAULT_LIMITS
+    home: Home,
+    stage: str,
+    date: str,
+    limits: ReviewLimits = DEFAULT_LIMITS,
+    threshold: float | None = None,
 ) -> Path:
-    """Write the review sheet of ``stage`` on ``date`` and return its path."""
-    sheet = load_sheet(home, stage, date, limits)
+    """Write the review sheet of ``stage`` on ``date`` and return its path.
+
+    ``threshold``: the dedup threshold the stage's run used, for its near-miss band; it is
+    kept beside the sheet so that a later render (after a takedown) uses it too.
+    """
+    sheet = load_sheet(home, stage, date, limits, threshold)
+    if threshold is not None:
+        remember_threshold(home, stage, date, threshold)
     return write_document(home, _relative(date, stage), _sheet_html(sheet, limits))
 
 
 def render_review_index(home: Home, date: str, stages: Sequence[str]) -> Path:
     """Write ``index.html`` for ``date``: each stage's funnel and a link to its sheet."""
     rows = index_rows(home, date, stages)
-    return write_document(home, _relative(date, INDEX_NAME), _index_html(date, rows))
+    profile = partition_profile(home, stages, date)
+    return write_document(home, _relative(date, INDEX_NAME), _index_html(date, rows, profile))
 
 
 def _relative(date: str, name: str) -> str:
@@ -141,6 +179,11 @@ table.rejects td { max-width: 520px; overflow-wrap: anywhere; }
   background: #eaeef2; margin-top: 3px; }
 .bar .k { background: var(--kept); }
 .bar .r { background: var(--removed); }
+p.profile { margin: 6px 0 0; padding: 4px 10px; border-radius: 4px; font-size: 13px;
+  background: #2d333b; color: #c9d1d9; display: inline-block; }
+p.profile.smoke { background: #9a6700; color: #fff; font-weight: 600; }
+.cluster.near-miss .arrow { font-size: 16px; }
+dl.scores dd.margin { color: #9a6700; font-weight: 600; }
 """
 
 # No script, no remote loads: images only from data: URIs, styles only from this page.
@@ -151,12 +194,23 @@ def _e(value: object) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def _num(value: float | int | None, digits: int = 4) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, int) or (float(value).is_integer() and abs(value) < 1e12):
-        return str(int(value))
-    return f"{value:.{digits}g}"
+def _num(value: float | int | None) -> str:
+    return format_number(value)
+
+
+def _profile_html(profile: Profile) -> str:
+    """The banner that says which profile the page's numbers come from."""
+    if profile.is_smoke:
+        what = (
+            "Smoke profile: CLIP is the small built-in test model, so CLIP scores, the CLIP "
+            "cut and semantic similarities mean nothing (the semantic threshold is raised)"
+        )
+    else:
+        what = "Production profile: real model weights"
+    return (
+        f'<p class="profile {_e(profile.name)}" data-profile="{_e(profile.name)}">'
+        f"{what}. <span>From {_e(profile.basis)}.</span></p>"
+    )
 
 
 def _page(title: str, heading: str, subtitle: str, nav: str, body: str) -> str:
@@ -177,7 +231,9 @@ def _sheet_html(sheet: Sheet, limits: ReviewLimits) -> str:
     nav = (
         '<nav class="toc"><a href="index.html">all stages of this date</a>'
         '<a href="#summary">summary</a><a href="#removed">removed by reason</a>'
-        '<a href="#clusters">duplicate clusters</a><a href="#kept">kept sample</a></nav>'
+        '<a href="#clusters">duplicate clusters</a>'
+        + ('<a href="#near-misses">near misses</a>' if _has_near_section(sheet) else "")
+        + '<a href="#kept">kept sample</a></nav>'
     )
     subtitle = (
         f"{rows_in} in · {sheet.kept_total} kept · {removed} removed · rendered "
@@ -187,14 +243,96 @@ def _sheet_html(sheet: Sheet, limits: ReviewLimits) -> str:
         _summary_html(sheet, rows_in),
         _removed_html(sheet, limits),
         _clusters_html(sheet, limits),
+        _near_misses_html(sheet),
         _kept_html(sheet),
     ]
     return _page(
         f"{sheet.stage} {sheet.date} review",
         f"Review: <code>{_e(sheet.stage)}</code> · {_e(sheet.date)}",
         subtitle,
-        nav,
-        "\n".join(body),
+        _profile_html(sheet.profile) + nav,
+        "\n".join(b for b in body if b),
+    )
+
+
+def _has_near_section(sheet: Sheet) -> bool:
+    return sheet.near_misses is not None or sheet.stage == EXACT_STAGE
+
+
+def _near_misses_html(sheet: Sheet) -> str:
+    """Kept pairs just outside the threshold: the copies a looser threshold would remove."""
+    if sheet.stage == EXACT_STAGE:
+        return (
+            '<section id="near-misses"><h2>Near misses</h2><p class="note" '
+            'data-near-misses="none">Exact dedup removes byte-identical images (equal SHA-256): '
+            "it has no threshold, so there is no near miss to show. Near copies are "
+            "phash_deduped's and semantic_deduped's to find; their sheets list the kept pairs "
+            "just outside their thresholds.</p></section>"
+        )
+    near = sheet.near_misses
+    if near is None:
+        return ""
+    hamming = near.measure == HAMMING
+    if hamming:
+        unit = "Hamming bits"
+        band = f"{_num(near.band[0])} < bits ≤ {_num(near.band[1])}"
+        threshold = f"{_num(near.threshold)} bits"
+    else:
+        unit = "cosine"
+        band = f"{format_cosine(near.band[0])} ≤ cosine < {format_cosine(near.band[1])}"
+        threshold = f"cosine {format_cosine(near.threshold)}"
+    searched = f"{near.pool} of {near.kept_total} kept rows of this day"
+    if near.pool < near.kept_total:
+        searched += " (a fixed sample by hash of pair_id)"
+    if near.references:
+        searched += f", and the {near.references} earlier-day original(s) shown above"
+    parts = [
+        f'<section id="near-misses" data-near-misses="{near.total}" '
+        f'data-threshold="{_e(near.threshold)}"><h2>Near misses · {_rows(near.total)}</h2>',
+        f'<p class="note">Kept pairs whose nearest kept neighbour lies within twice the '
+        f"threshold but outside it ({band}), closest to the threshold first: the copies this "
+        f"threshold may have let through. Threshold {threshold}, {_e(near.threshold_from)}. "
+        f"Searched: {searched}; other earlier kept pairs are not searched here.</p>",
+    ]
+    if not near.rows:
+        parts.append('<p class="note">No kept pair lies in the band.</p></section>')
+        return "\n".join(parts)
+    if len(near.rows) < near.total:
+        hidden = near.total - len(near.rows)
+        parts.append(
+            f'<p class="cap" data-not-shown="{hidden}">Showing the {len(near.rows)} closest of '
+            f"{near.total}; {hidden} not shown.</p>"
+        )
+    parts.append('<div class="clusters">')
+    for row in near.rows:
+        value = _num(row.value) if hamming else format_cosine(row.value)
+        margin = _num(row.margin) if hamming else format_cosine(row.margin)
+        scores = _scores([(unit, value, False), ("margin", margin, False)]).replace(
+            f"<dd>{_e(margin)}</dd>", f'<dd class="margin">{_e(margin)}</dd>'
+        )
+        parts.append(
+            f'<div class="cluster near-miss" data-pair-id="{_e(row.pair.pair_id)}" '
+            f'data-neighbour="{_e(row.neighbour.pair_id)}" data-value="{_e(row.value)}" '
+            f'data-margin="{_e(row.margin)}">'
+            f'{_near_card(sheet, row.pair, scores)}<div class="arrow">⟷</div>'
+            f"{_near_card(sheet, row.neighbour, '')}</div>"
+        )
+    parts.append("</div></section>")
+    return "\n".join(parts)
+
+
+def _near_card(sheet: Sheet, pair: SheetPair, scores: str) -> str:
+    if pair.pair_id in sheet.taken_down:
+        return _takedown_card(pair.pair_id, "kept")
+    return _card(
+        "kept",
+        pair.pair_id,
+        sheet.images.get((pair.pair_id, pair.date)) or SheetImage(missing="not found in raw_pairs"),
+        f'<span class="badge kept">kept {_e(pair.date or "?")}</span>',
+        _size(pair.width, pair.height),
+        pair.text,
+        scores,
+        "",
     )
 
 
@@ -454,11 +592,12 @@ def _removed_card(sheet: Sheet, row: dict) -> str:
     scores = []
     if row["score"] is not None:
         scores.append(("score", _num(row["score"]), True))
-    for name in ("distance", "similarity"):
-        if row[name] is not None:
-            scores.append((name, _num(row[name], 5), True))
+    if row["distance"] is not None:
+        scores.append(("distance", _num(row["distance"]), True))
+    if row["similarity"] is not None:
+        scores.append(("similarity", format_cosine(row["similarity"]), True))
     if row["threshold"] is not None:
-        scores.append(("threshold", _num(row["threshold"], 5), False))
+        scores.append(("threshold", _threshold(row), False))
     size = _size(*sheet.sizes.get((row["pair_id"], row["date"]), (None, None)))
     meta = " · ".join(_e(p) for p in (size, row["source"]) if p)
     return _card(
@@ -480,12 +619,12 @@ def _copy_card(sheet: Sheet, row: dict) -> str:
         return _takedown_card(row["pair_id"], "copy", row["reason"], attrs)
     scores = []
     if row["similarity"] is not None:
-        scores.append(("cosine", _num(row["similarity"], 5), True))
+        scores.append(("cosine", format_cosine(row["similarity"]), True))
     if row["distance"] is not None:
         label = "Hamming bits" if row["reason"] == "phash_duplicate" else "distance"
         scores.append((label, _num(row["distance"]), True))
     if row["threshold"] is not None:
-        scores.append(("threshold", _num(row["threshold"], 5), False))
+        scores.append(("threshold", _threshold(row), False))
     raw = sheet.images.get((row["pair_id"], row["date"]))
     return _card(
         "copy",
@@ -556,6 +695,13 @@ def _scores(items: list[tuple[str, str, bool]]) -> str:
     return f'<dl class="scores">{cells}</dl>'
 
 
+def _threshold(row: dict) -> str:
+    """A ledger row's threshold: a cosine to four decimals beside a similarity, else rounded."""
+    if row["similarity"] is not None:
+        return format_cosine(row["threshold"])
+    return _num(row["threshold"])
+
+
 def _rows(n: int) -> str:
     return f"{n} row" if n == 1 else f"{n} rows"
 
@@ -569,7 +715,11 @@ def _size(width: int | None, height: int | None, fmt: str | None = None) -> str:
     return " · ".join(parts)
 
 
-def _index_html(date: str, rows: list[tuple[str, int | None, int | None, dict[str, int]]]) -> str:
+def _index_html(
+    date: str,
+    rows: list[tuple[str, int | None, int | None, dict[str, int]]],
+    profile: Profile,
+) -> str:
     lines = []
     for stage, kept, removed, reasons in rows:
         if kept is None:
@@ -599,6 +749,6 @@ def _index_html(date: str, rows: list[tuple[str, int | None, int | None, dict[st
         f"{date} review",
         f"Review sheets · {_e(date)}",
         "Each stage's sheet shows its kept and removed pairs with thumbnails and scores.",
-        "",
+        _profile_html(profile),
         body,
     )
