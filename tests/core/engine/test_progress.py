@@ -56,11 +56,10 @@ def test_lines_at_start_every_interval_and_at_the_end():
 
 def test_a_loop_that_raises_says_where_it_stopped():
     clock, lines = Clock(), []
-    with pytest.raises(RuntimeError, match="model fell over"):
-        with _meter(40, lines, clock) as progress:
-            clock.now += 4.0
-            progress.advance(12)
-            raise RuntimeError("model fell over")
+    with pytest.raises(RuntimeError, match="model fell over"), _meter(40, lines, clock) as meter:
+        clock.now += 4.0
+        meter.advance(12)
+        raise RuntimeError("model fell over")
     assert lines[-1] == "embed: stopped at 12 of 40 images (30%), 3.00 images/s, after 4 s"
 
 
@@ -109,12 +108,14 @@ def test_the_interval_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch
 
 def test_without_a_log_lines_go_to_the_progress_logger(caplog: pytest.LogCaptureFixture):
     clock = Clock()
-    with caplog.at_level(logging.INFO, logger=PROGRESS_LOGGER):
-        with Progress("decode", 2, every_s=0, clock=clock) as progress:
-            clock.now += 1.0
-            progress.advance()
-            clock.now += 1.0
-            progress.advance()
+    with (
+        caplog.at_level(logging.INFO, logger=PROGRESS_LOGGER),
+        Progress("decode", 2, every_s=0, clock=clock) as progress,
+    ):
+        clock.now += 1.0
+        progress.advance()
+        clock.now += 1.0
+        progress.advance()
     records = [r for r in caplog.records if r.name == PROGRESS_LOGGER]
     assert [r.getMessage() for r in records] == [
         "decode: 0 of 2 items, starting",
