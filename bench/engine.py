@@ -441,7 +441,7 @@ def materialize_stages(home: Path, setup: Setup, address: str, chunk_rows: int) 
         mat = event.event_specific_data.materialization
         values = {k: v.value for k, v in mat.metadata.items()}
         stage = mat.asset_key.path[-1]
-        rows_out[stage] = int(values.get("dagster/row_count", -1))
+        rows_out[stage] = int(values.get("dagster/partition_row_count", -1))
         if "engine_wall_s" in values:
             engines[stage] = f"{values.get('engine', '?')} {float(values['engine_wall_s']):.1f} s"
         if stage == "raw_pairs":

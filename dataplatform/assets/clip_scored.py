@@ -4,6 +4,7 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
+from dataplatform.assets.code_versions import code_version
 from dataplatform.assets.partitions import daily_backfill_policy, daily_partitions
 from dataplatform.assets.phash_deduped import KEY as PHASH_KEY
 from dataplatform.assets.reporting import (
@@ -62,10 +63,16 @@ class ClipScoreConfig(dg.Config):
     description="CLIP image and text embeddings and their cosine for every pair, then a threshold.",
     kinds={"pytorch", "parquet"},
     owners=OWNERS,
-    code_version="1",
+    code_version=code_version(__name__),
     group_name="curation",
     pool="gpu",
-    check_specs=stage_checks(KEY, CHECK_SCORE_RANGE, CHECK_EMBEDDING_NORMS),
+    check_specs=stage_checks(
+        KEY,
+        {
+            CHECK_SCORE_RANGE: "every clip_score is a cosine in [-1, 1]",
+            CHECK_EMBEDDING_NORMS: "every stored image embedding has unit L2 norm",
+        },
+    ),
 )
 def clip_scored(
     context: dg.AssetExecutionContext,

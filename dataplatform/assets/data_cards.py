@@ -4,6 +4,7 @@ import datetime as dt
 
 import dagster as dg
 
+from dataplatform.assets.code_versions import code_version
 from dataplatform.assets.partitions import daily_backfill_policy, daily_partitions
 from dataplatform.assets.reporting import (
     OWNERS,
@@ -37,7 +38,7 @@ from dataplatform.resources.warehouse import WarehouseResource
 
 STAGE = CARDS_TABLE
 KEY = dg.AssetKey(STAGE)
-CODE_VERSION = "1"
+CODE_VERSION = code_version(__name__)
 CHECK_CARDS_COMPLETE = "cards_complete"
 # The partitioned stages a card records, in pipeline order (the tokenizer is unpartitioned).
 LINEAGE = STAGE_ORDER[: STAGE_ORDER.index(STAGE)]
@@ -56,7 +57,15 @@ LINEAGE = STAGE_ORDER[: STAGE_ORDER.index(STAGE)]
     owners=OWNERS,
     code_version=CODE_VERSION,
     group_name="cards",
-    check_specs=stage_checks(KEY, CHECK_CARDS_COMPLETE),
+    check_specs=stage_checks(
+        KEY,
+        {
+            CHECK_CARDS_COMPLETE: (
+                "every card has a source, a license status, a CLIP score, tokens and the run "
+                "of every stage"
+            )
+        },
+    ),
 )
 def data_cards(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, engine: EngineResource

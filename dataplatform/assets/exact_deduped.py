@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from dataplatform.assets.code_versions import code_version
 from dataplatform.assets.dedup_history import (
     concat_columns,
     input_commit,
@@ -50,9 +51,14 @@ CHECK_SHA_UNIQUE = "image_sha256_unique"
     description="Raw pairs without byte copies: the earliest pair with an image's SHA-256 wins.",
     kinds={"duckdb", "parquet"},
     owners=OWNERS,
-    code_version="1",
+    code_version=code_version(__name__),
     group_name="curation",
-    check_specs=stage_checks(KEY, CHECK_SHA_UNIQUE),
+    check_specs=stage_checks(
+        KEY,
+        {CHECK_SHA_UNIQUE: "image_sha256 is unique across every kept pair up to this day"},
+        global_dedup=True,
+        blocking=[CHECK_SHA_UNIQUE],
+    ),
 )
 def exact_deduped(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, engine: EngineResource

@@ -3,6 +3,7 @@
 import dagster as dg
 import pyarrow as pa
 
+from dataplatform.assets.code_versions import code_version
 from dataplatform.assets.dedup_history import (
     concat_columns,
     rows_by_id,
@@ -58,9 +59,18 @@ class PhashDedupConfig(dg.Config):
     description="Exact-deduped pairs without perceptual copies (pHash Hamming distance).",
     kinds={"numpy", "parquet"},
     owners=OWNERS,
-    code_version="1",
+    code_version=code_version(__name__),
     group_name="curation",
-    check_specs=stage_checks(KEY, CHECK_NO_NEAR_DUPLICATES),
+    check_specs=stage_checks(
+        KEY,
+        {
+            CHECK_NO_NEAR_DUPLICATES: (
+                "no two kept pairs (the day's, and the day's against the history) lie within "
+                "the pHash threshold"
+            )
+        },
+        global_dedup=True,
+    ),
 )
 def phash_deduped(
     context: dg.AssetExecutionContext,

@@ -8,6 +8,7 @@ import pyarrow as pa
 
 from dataplatform.assets.clip_scored import EMBEDDINGS
 from dataplatform.assets.clip_scored import KEY as CLIP_KEY
+from dataplatform.assets.code_versions import code_version
 from dataplatform.assets.partitions import daily_backfill_policy, daily_partitions
 from dataplatform.assets.reporting import (
     OWNERS,
@@ -67,10 +68,17 @@ QualityConfig = _quality_config()
     description="Every quality score stored for every pair, then the quality thresholds applied.",
     kinds={"onnx", "pytorch", "parquet"},
     owners=OWNERS,
-    code_version="1",
+    code_version=code_version(__name__),
     group_name="curation",
     pool="gpu",
-    check_specs=stage_checks(KEY, CHECK_SCORE_RANGES),
+    check_specs=stage_checks(
+        KEY,
+        {
+            CHECK_SCORE_RANGES: (
+                "every bounded quality score inside its declared range (scoring/scores)"
+            )
+        },
+    ),
 )
 def quality_filtered(
     context: dg.AssetExecutionContext,

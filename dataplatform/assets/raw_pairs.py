@@ -3,6 +3,7 @@
 import dagster as dg
 import pyarrow as pa
 
+from dataplatform.assets.code_versions import code_version
 from dataplatform.assets.partitions import daily_backfill_policy, daily_partitions
 from dataplatform.assets.reporting import (
     OWNERS,
@@ -47,7 +48,7 @@ class RawPairsConfig(dg.Config):
     description="Every image-text pair that landed on the day, decoded once and described.",
     kinds={"python", "parquet", "pillow"},
     owners=OWNERS,
-    code_version="1",
+    code_version=code_version(__name__),
     group_name="curation",
     check_specs=stage_checks(KEY),
 )

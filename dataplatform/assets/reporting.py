@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -11,14 +11,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dataplatform.assets.day_order import require_earlier_partitions
+from dataplatform.assets.partitions import daily_partitions
 from dataplatform.assets.review import review_sheet_metadata
 from dataplatform.core.records.funnel import StageFunnel, stage_funnel
+from dataplatform.core.store.content_version import combined_version, content_version
 from dataplatform.core.store.home import Home
 from dataplatform.core.store.warehouse import (
     SIDE_TABLES,
     CorruptPartitionError,
     Location,
     commit_stage,
+    partition_dates,
     partition_file,
     read_history,
     read_partition,
@@ -29,6 +32,25 @@ from dataplatform.resources.warehouse import WarehouseResource
 OWNERS = ["team:data-curation"]
 CHECK_ROWS_CONSERVED = "rows_conserved"
 CHECK_PAIR_ID_UNIQUE = "pair_id_unique"
+# A global dedup day is decided against every earlier day: re-running an earlier day fails this
+# check on every later day (Dagster ignores a self-dependency for staleness at 100 or more
+# partitions, so "stale" would never show it).
+CHECK_DECIDED_AFTER_EARLIER_DAYS = "decided_after_earlier_days"
+# The checks every stage reports; a failed one blocks the stages downstream of the day.
+SHARED_CHECKS = {
+    CHECK_ROWS_CONSERVED: (
+        "Blocking. Rows in = rows kept + rows in the rejection ledger: no pair is lost silently."
+    ),
+    CHECK_PAIR_ID_UNIQUE: (
+        "Blocking. pair_id is unique among the kept pairs (for a global dedup stage: across "
+        "every kept pair up to this day)."
+    ),
+}
+DECIDED_DESCRIPTION = (
+    "Blocking. This day was deduplicated after the latest materialization of every earlier "
+    "day. Fails, naming the earlier day, when an earlier day is materialized again: then "
+    "re-materialize this day and the later ones in date order."
+)
 # Where a global stage checks pair_id (and hash) uniqueness: its history and the day together.
 GLOBAL_SCOPE = "all kept pairs up to this day"
 # The funnel counts every stage's metadata has (stage_metadata), summed over a range run.
@@ -42,6 +64,7 @@ class StageDay:
     home: Home
     stage: str
     date: str
+    global_dedup: bool = False
 
 
 def open_stage_day(
@@ -55,7 +78,7 @@ def open_stage_day(
     home = warehouse.resolve()
     if global_dedup:
         require_earlier_partitions(warehouse, stage, date)
-    return StageDay(home, stage, date)
+    return StageDay(home, stage, date, global_dedup)
 
 
 def for_each_day(
@@ -82,14 +105,66 @@ def for_each_day(
         )
         result = materialize_day(date)
         context.log_event(day_observation(context.asset_key, date, result))
+        # The returned result's checks have no partition in a range run: each day's own
+        # outcome goes on its partition, where the check's page and the asset's show it.
+        for evaluation in day_check_evaluations(context, date, result):
+            context.log_event(evaluation)
         done.append((date, result))
     return range_result(context.asset_key, done)
 
 
-def stage_checks(key: dg.AssetKey, *own: str) -> list[dg.AssetCheckSpec]:
-    """A stage's check specs: the two ``finish_stage`` reports for every stage, then its own."""
-    names = (CHECK_ROWS_CONSERVED, CHECK_PAIR_ID_UNIQUE, *own)
-    return [dg.AssetCheckSpec(name, asset=key) for name in names]
+def stage_checks(
+    key: dg.AssetKey,
+    own: Mapping[str, str] | None = None,
+    *,
+    global_dedup: bool = False,
+    blocking: Collection[str] = (),
+) -> list[dg.AssetCheckSpec]:
+    """A stage's check specs, each with its description, evaluated per daily partition.
+
+    The shared ones (``SHARED_CHECKS``, and for a global dedup stage
+    ``CHECK_DECIDED_AFTER_EARLIER_DAYS``) block: when one fails, the stages downstream of the
+    day do not run. The stage's ``own`` (name: description) report, and block too when named
+    in ``blocking`` (a uniqueness check is as fatal downstream as a lost row).
+    """
+    shared = dict(SHARED_CHECKS)
+    if global_dedup:
+        shared[CHECK_DECIDED_AFTER_EARLIER_DAYS] = DECIDED_DESCRIPTION
+    unknown = set(blocking) - set(own or {})
+    if unknown:
+        raise ValueError(f"blocking names checks the stage does not declare: {sorted(unknown)}")
+    named = [(name, text, True) for name, text in shared.items()]
+    named += [(name, text, name in blocking) for name, text in (own or {}).items()]
+    return [
+        dg.AssetCheckSpec(
+            name,
+            asset=key,
+            description=("Blocking. " + text if block and name not in shared else text),
+            blocking=block,
+            partitions_def=daily_partitions,
+        )
+        for name, text, block in named
+    ]
+
+
+def day_check_evaluations(
+    context: dg.AssetExecutionContext, date: str, result: dg.MaterializeResult
+) -> list[dg.AssetCheckEvaluation]:
+    """``result``'s check results as evaluations of ``date``'s partition (for a range run)."""
+    blocking = {spec.name for spec in context.assets_def.check_specs if spec.blocking}
+    return [
+        dg.AssetCheckEvaluation(
+            asset_key=check.asset_key or context.asset_key,
+            check_name=check.check_name,
+            passed=check.passed,
+            metadata=check.metadata,
+            severity=check.severity,
+            description=check.description,
+            blocking=check.check_name in blocking,
+            partition=date,
+        )
+        for check in result.check_results or ()
+    ]
 
 
 @contextmanager
@@ -177,13 +252,68 @@ def finish_stage(
     funnel = stage_funnel(stage, date, rows_in, kept.num_rows, ledger)
     extra = dict(metadata() if callable(metadata) else (metadata or {}))
     ids = kept.column("pair_id") if pair_ids is None else pair_ids
+    shared = [
+        conservation_check(funnel),
+        unique_check(CHECK_PAIR_ID_UNIQUE, "pair_id", ids, pair_id_scope),
+    ]
+    if day.global_dedup:
+        shared.append(flag_later_days(day))
     return dg.MaterializeResult(
-        metadata=stage_metadata(funnel, output, extra, home=home if review_sheet else None),
-        check_results=[
-            conservation_check(funnel),
-            unique_check(CHECK_PAIR_ID_UNIQUE, "pair_id", ids, pair_id_scope),
-            *checks,
-        ],
+        metadata=stage_metadata(
+            funnel,
+            output,
+            extra,
+            home=home if review_sheet else None,
+            schema=kept.schema,
+        ),
+        check_results=[*shared, *checks],
+        # From the content, so that a changed day shows its downstream "upstream data changed"
+        # and an identical re-run does not.
+        data_version=dg.DataVersion(content_version(kept)),
+    )
+
+
+def flag_later_days(day: StageDay) -> dg.AssetCheckResult:
+    """Fail ``CHECK_DECIDED_AFTER_EARLIER_DAYS`` on every later day of ``day``'s global stage.
+
+    Each later day with a partition was deduplicated against this day's previous kept pairs,
+    so its decisions may no longer hold: each gets a failed evaluation naming this day and
+    this run (one event per later day, so a re-run of a day two years back costs ~700 events,
+    not a history scan). This day's own check passes: it is decided now, after all earlier days.
+    Re-materializing a later day passes its check again.
+    """
+    context = dg.AssetExecutionContext.get()
+    later = [d for d in partition_dates(day.home, day.stage) if d > day.date]
+    for date in later:
+        context.log_event(
+            dg.AssetCheckEvaluation(
+                asset_key=context.asset_key,
+                check_name=CHECK_DECIDED_AFTER_EARLIER_DAYS,
+                passed=False,
+                partition=date,
+                blocking=True,
+                description=(
+                    f"{day.date} was materialized again after this day was deduplicated "
+                    f"against it: re-materialize {day.stage} from {date} on, in date order"
+                ),
+                metadata={
+                    "earlier_day_rerun": day.date,
+                    "rerun_run_id": context.run_id,
+                    "rematerialize_from": date,
+                },
+            )
+        )
+    if later:
+        context.log.warning(
+            f"{day.stage} {day.date} was decided again: {len(later)} later days "
+            f"({later[0]} .. {later[-1]}) now fail {CHECK_DECIDED_AFTER_EARLIER_DAYS}; "
+            f"re-materialize them in date order (a backfill from {later[0]})"
+        )
+    return dg.AssetCheckResult(
+        check_name=CHECK_DECIDED_AFTER_EARLIER_DAYS,
+        passed=True,
+        metadata={"later_days_flagged": len(later)},
+        description="decided after the latest materialization of every earlier day",
     )
 
 
@@ -199,6 +329,7 @@ def day_observation(
         partition=date,
         metadata={
             **(result.metadata or {}),
+            "content_version": result.data_version.value if result.data_version else "-",
             "checks_failed": ", ".join(failed) or "-",
             "checks": dg.MetadataValue.md(
                 _markdown_table(
@@ -263,6 +394,11 @@ def range_result(
             "summary": dg.MetadataValue.md(summary),
         },
         check_results=merge_checks(days),
+        # Dagster gives every day of the range this one version: it changes when any day's
+        # content does. Each day's own version is on its observation.
+        data_version=dg.DataVersion(
+            combined_version(result.data_version.value for _, result in days if result.data_version)
+        ),
     )
 
 
@@ -345,12 +481,19 @@ def unique_check(
 
 
 def stage_metadata(
-    funnel: StageFunnel, output: Location, extra: dict | None = None, home: Home | None = None
+    funnel: StageFunnel,
+    output: Location,
+    extra: dict | None = None,
+    home: Home | None = None,
+    schema: pa.Schema | None = None,
 ) -> dict:
     """Row counts, the stage's funnel and its reasons as a table, and a Markdown summary.
 
-    With ``home``, the stage's review sheet for the day is rendered and linked too, so a
-    reviewer calibrating a threshold opens kept and removed images from the run's page.
+    Dagster's own keys show on the asset's page: the partition's row count, its column schema
+    (``schema``, the committed table's), its location and the DuckDB view that reads it. Plain
+    floats are rounded for reading (the exact values are in the warehouse). With ``home``, the
+    stage's review sheet for the day is rendered and linked too, so a reviewer calibrating a
+    threshold opens kept and removed images from the run's page.
     """
     reasons_table = dg.MetadataValue.table(
         records=[dg.TableRecord({"reason": r, "rows": n}) for r, n in funnel.reasons.items()],
@@ -367,7 +510,9 @@ def stage_metadata(
         *[f"| {r} | {n} |" for r, n in funnel.reasons.items()],
     ]
     metadata = {
-        "dagster/row_count": funnel.kept,
+        "dagster/partition_row_count": funnel.kept,
+        "dagster/uri": str(output),
+        "dagster/table_name": funnel.stage,
         "rows_in": funnel.rows_in,
         "rows_kept": funnel.kept,
         "rows_removed": funnel.removed,
@@ -375,10 +520,36 @@ def stage_metadata(
         "summary": dg.MetadataValue.md("\n".join(lines)),
         "path": dg.MetadataValue.path(str(output)),
     }
-    metadata.update(extra or {})
+    if schema is not None:
+        metadata["dagster/column_schema"] = column_schema(schema)
+    metadata.update({name: readable(value) for name, value in (extra or {}).items()})
     if home is not None:
         metadata.update(review_sheet_metadata(home, funnel.stage, funnel.date))
     return metadata
+
+
+def column_schema(schema: pa.Schema) -> dg.TableSchema:
+    """A pyarrow schema as Dagster's column schema (names, Arrow types, nullability)."""
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(
+                field.name,
+                str(field.type),
+                constraints=dg.TableColumnConstraints(nullable=field.nullable),
+            )
+            for field in schema
+        ]
+    )
+
+
+SIGNIFICANT_DIGITS = 4
+
+
+def readable(value: object) -> object:
+    """A plain float to ``SIGNIFICANT_DIGITS`` significant digits; anything else unchanged."""
+    if isinstance(value, float) and value == value and value not in (float("inf"), -float("inf")):
+        return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+    return value
 
 
 def table_column(table: pa.Table, name: str) -> list:

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from dataplatform.assets.clip_scored import EMBEDDINGS
+from dataplatform.assets.code_versions import code_version
 from dataplatform.assets.dedup_history import concat_columns, state_metadata, sync_history
 from dataplatform.assets.partitions import PREVIOUS_DAY, daily_backfill_policy, daily_partitions
 from dataplatform.assets.quality_filtered import KEY as QUALITY_KEY
@@ -71,9 +72,13 @@ class SemanticDedupConfig(dg.Config):
     description="Pairs without semantic copies (crops, flips, re-shoots) by CLIP image cosine.",
     kinds={"faiss", "parquet"},
     owners=OWNERS,
-    code_version="1",
+    code_version=code_version(__name__),
     group_name="curation",
-    check_specs=stage_checks(KEY, CHECK_NO_SIMILAR_KEPT),
+    check_specs=stage_checks(
+        KEY,
+        {CHECK_NO_SIMILAR_KEPT: "no two kept pairs have image cosine at or above the threshold"},
+        global_dedup=True,
+    ),
 )
 def semantic_deduped(
     context: dg.AssetExecutionContext,

@@ -3,6 +3,7 @@
 import dagster as dg
 import pyarrow as pa
 
+from dataplatform.assets.code_versions import code_version
 from dataplatform.assets.partitions import daily_backfill_policy, daily_partitions
 from dataplatform.assets.reporting import (
     OWNERS,
@@ -59,10 +60,12 @@ class TokensConfig(dg.Config):
     description="Discrete VQ image tokens for every curated pair, with resolution and crop box.",
     kinds={"pytorch", "parquet"},
     owners=OWNERS,
-    code_version="1",
+    code_version=code_version(__name__),
     group_name="tokens",
     pool="gpu",
-    check_specs=stage_checks(KEY, CHECK_TOKEN_RANGE),
+    check_specs=stage_checks(
+        KEY, {CHECK_TOKEN_RANGE: "every token id indexes the tokenizer's codebook"}
+    ),
 )
 def tokens(
     context: dg.AssetExecutionContext,

@@ -7,6 +7,7 @@ import time
 import dagster as dg
 import numpy as np
 
+from dataplatform.assets.code_versions import code_version
 from dataplatform.assets.reporting import OWNERS
 from dataplatform.assets.semantic_deduped import KEY as SEMANTIC_KEY
 from dataplatform.core.ingest.image_decode import decode_rgb
@@ -54,7 +55,7 @@ class VQTrainConfig(dg.Config):
     description="A VQ-VAE image tokenizer trained on a sample of the curated images.",
     kinds={"pytorch"},
     owners=OWNERS,
-    code_version="1",
+    code_version=code_version(__name__),
     group_name="tokens",
     pool="gpu",
     check_specs=[

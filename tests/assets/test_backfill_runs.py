@@ -79,7 +79,7 @@ TABLES = [
 ]
 # Which run wrote a card, and when: the only columns that differ between two runs.
 RUN_COLUMNS = {"stage_runs", "dataset_version"}
-FUNNEL = ("rows_in", "rows_kept", "rows_removed", "dagster/row_count")
+FUNNEL = ("rows_in", "rows_kept", "rows_removed", "dagster/partition_row_count")
 RANGE_FUNNEL = ("days", "range_rows_in", "range_rows_kept", "range_rows_removed")
 SHOWN = {*FUNNEL, *RANGE_FUNNEL}
 
@@ -216,7 +216,7 @@ def test_a_range_run_equals_one_day_runs_day_by_day(tmp_path: Path, monkeypatch)
                 )
             assert _value(ranged, "by_day") == by_day_rows
             assert _value(ranged, "days") == len(DAYS)
-            assert "dagster/row_count" not in ranged
+            assert "dagster/partition_row_count" not in ranged
             assert _value(ranged, "range_rows_kept") == sum(r["rows_kept"] for r in by_day_rows)
         # Each check once for the range, passed on every day.
         evaluations = result.get_asset_check_evaluations()
@@ -497,7 +497,7 @@ def test_a_backfill_runs_each_stage_group_in_blocks_of_days(tmp_path: Path, monk
                 ),
                 (
                     "ObservationEvent",
-                    {"dagster/row_count": 2, "rows_in": 3, "rows_kept": 2, "rows_removed": 1},
+                    {"dagster/partition_row_count": 2, "rows_in": 3, "rows_kept": 2, "rows_removed": 1},
                 ),
             ]
     print(

@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from dataplatform.assets import STAGE_ORDER
+from dataplatform.assets import ALL_ASSETS, STAGE_ORDER
 from dataplatform.cli import main as cli
 from dataplatform.core.records.funnel import warehouse_funnel
 from dataplatform.core.records.takedown_requests import takedown_dir
@@ -79,7 +79,11 @@ def test_one_card_per_tokenized_pair_with_lineage_scores_and_transforms(curated)
             assert list(stages) == [*STAGE_ORDER[:6], "vq_tokenizer", "tokens", "data_cards"]
             assert {stages[s]["run_id"] for s in STAGE_ORDER[:6]} == {curation_run}
             assert stages["tokens"]["run_id"] == cards_run == stages["data_cards"]["run_id"]
-            assert all(stages[s]["code_version"] == "1" for s in STAGE_ORDER)
+            # Each stage's run is recorded with the code version its definition declares.
+            declared = {a.key.path[-1]: a.code_versions_by_key[a.key] for a in ALL_ASSETS}
+            assert {s: stages[s]["code_version"] for s in STAGE_ORDER} == {
+                s: declared[s] for s in STAGE_ORDER
+            }
             steps = [t["step"] for t in json.loads(card["transforms"])]
             assert steps == ["decode", "exif_transpose", "caption_normalize", "crop", "tokenize"]
             crop = json.loads(card["transforms"])[3]

@@ -38,7 +38,8 @@ def test_three_days_exact_counts_and_ledger(three_days: Home):
         result = materialize_day(three_days, day)
         assert result.success
         assert all(_checks(result).values()), _checks(result)
-        assert len(_checks(result)) == 18
+        # 2 shared checks per stage, the stages' own, and one history check per global stage.
+        assert len(_checks(result)) == 21
     assert _kept(three_days, "raw_pairs") == {
         DAYS[0]: ["a1", "a2", "b1", "b2", "c1"],
         DAYS[1]: ["a3", "c2", "d1"],
@@ -83,8 +84,13 @@ def test_metadata_reports_the_funnel(three_days: Home):
     }
     meta = mats["phash_deduped"]
     assert meta["rows_in"].value == 4
-    assert meta["dagster/row_count"].value == 3
+    assert meta["dagster/partition_row_count"].value == 3
     assert meta["rows_removed"].value == 1
+    # Dagster's own keys: the committed table's columns, its file and the view that reads it.
+    columns = {c.name: c.type for c in meta["dagster/column_schema"].schema.columns}
+    assert columns["pair_id"] == "string" and "phash" in columns
+    assert meta["dagster/uri"].value.endswith("phash_deduped/date=2025-01-01/part-0.parquet")
+    assert meta["dagster/table_name"].value == "phash_deduped"
     assert [r.data for r in meta["reasons"].value.records] == [
         {"reason": "phash_duplicate", "rows": 1}
     ]
