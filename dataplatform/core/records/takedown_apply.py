@@ -56,6 +56,21 @@ MATCH_BATCH_ROWS = 1 << 16
 _NOT_TAKEDOWN = f"l.stage <> '{TAKEDOWN_STAGE}' AND l.reason <> '{TAKEDOWN_REASON}'"
 
 
+@dataclass(frozen=True)
+class PartitionRewrite:
+    """One partition a takedown rewrote: a table's date, or one stage's ledger of a date.
+
+    ``pair_ids`` are the pairs whose rows left it; for the ``takedown`` stage's ledger, the
+    pairs whose takedown rows were added to it. ``rows`` counts those rows.
+    """
+
+    table: str
+    date: str
+    pair_ids: tuple[str, ...]
+    rows: int
+    stage: str | None = None  # the ledger's stage, for a ledger partition
+
+
 @dataclass
 class TakedownReport:
     requests: int
@@ -64,10 +79,29 @@ class TakedownReport:
     shards: dict[str, int] = field(default_factory=dict)  # shard path -> samples removed
     remaining: list[str] = field(default_factory=list)  # anything verification still found
     receipt: Path | None = None
+    # Every partition rewritten, in commit order, with the pairs that left it: what an
+    # orchestrator records as a new version of each (table, date), naming the requests.
+    rewrites: list[PartitionRewrite] = field(default_factory=list)
 
     @property
     def dates(self) -> list[str]:
         return sorted({m.date for m in self.matches})
+
+    def requests_for(self, rewrite: PartitionRewrite) -> list[TakedownRequest]:
+        """The requests that removed the rewrite's pairs (each once, in match order), also
+        those that matched a pair another request had already claimed."""
+        by_id = {}
+        for m in self.matches:
+            by_id.setdefault(m.request.request_id, m.request)
+        named: dict[str, TakedownRequest] = {}
+        wanted = set(rewrite.pair_ids)
+        for m in self.matches:
+            if m.date == rewrite.date and m.pair_id in wanted:
+                named.setdefault(m.request.request_id, m.request)
+                for other in m.also:
+                    if other in by_id:
+                        named.setdefault(other, by_id[other])
+        return list(named.values())
 
     @property
     def verified(self) -> bool:
@@ -144,14 +178,26 @@ def apply_takedowns(
         for date in sorted({m.date for m in report.matches}):
             ids = [m.pair_id for m in report.matches if m.date == date]
             rewrite = _DateRewrite()
+            rewrites: list[PartitionRewrite] = []
+            for table in (t for t, dates in table_dates.items() if date in dates):
+                rewrite.tables[table], gone = _rewrite(home, table, date, ids)
+                report.partitions.setdefault(table, {})[date] = len(gone)
+                rewrites.append(PartitionRewrite(table, date, _unique(gone), len(gone)))
             for stage in (st for st, d in ledger_stages if d == date):
                 stage_ids = [p for st, d, p, _ in earlier if (st, d) == (stage, date)]
-                rewrite.ledgers[stage], count = _rewrite_ledger(home, stage, date, stage_ids)
-                report.partitions.setdefault(f"{LEDGER_TABLE} stage={stage}", {})[date] = count
-            for table in (t for t, dates in table_dates.items() if date in dates):
-                rewrite.tables[table], count = _rewrite(home, table, date, ids)
-                report.partitions.setdefault(table, {})[date] = count
-            _commit_rewrite(home, date, rows.filter(pc.equal(rows.column("date"), date)), rewrite)
+                rewrite.ledgers[stage], gone = _rewrite_ledger(home, stage, date, stage_ids)
+                report.partitions.setdefault(f"{LEDGER_TABLE} stage={stage}", {})[date] = len(gone)
+                rewrites.append(
+                    PartitionRewrite(LEDGER_TABLE, date, _unique(gone), len(gone), stage)
+                )
+            added = _commit_rewrite(
+                home, date, rows.filter(pc.equal(rows.column("date"), date)), rewrite
+            )
+            if added:
+                rewrites.append(
+                    PartitionRewrite(LEDGER_TABLE, date, _unique(added), len(added), TAKEDOWN_STAGE)
+                )
+            report.rewrites.extend(rewrites)
     finally:
         con.close()
     # The dedup state mirrors the partitions just rewritten: the pairs' rows leave its files,
@@ -255,33 +301,43 @@ class _DateRewrite:
     ledgers: dict[str, pa.Table] = field(default_factory=dict)
 
 
-def _rewrite(home: Home, table: str, date: str, pair_ids: list[str]) -> tuple[pa.Table, int]:
-    """One partition (pairs of one ingest date) without ``pair_ids``, and how many left."""
+def _rewrite(home: Home, table: str, date: str, pair_ids: list[str]) -> tuple[pa.Table, list[str]]:
+    """One partition (pairs of one ingest date) without ``pair_ids``, and the pair_id of each
+    row that left."""
     current = read_partition(home, table, date)
     removed = pa.array(pair_ids, pa.string())
     keep = pc.invert(pc.is_in(current.column("pair_id"), value_set=removed))
-    kept = current.filter(keep)
-    return kept, current.num_rows - kept.num_rows
+    return current.filter(keep), current.filter(pc.invert(keep)).column("pair_id").to_pylist()
 
 
-def _rewrite_ledger(home: Home, stage: str, date: str, pair_ids: list[str]) -> tuple[pa.Table, int]:
-    """One ledger partition without the non-takedown rows of ``pair_ids``, and how many left."""
+def _rewrite_ledger(
+    home: Home, stage: str, date: str, pair_ids: list[str]
+) -> tuple[pa.Table, list[str]]:
+    """One ledger partition without the non-takedown rows of ``pair_ids``, and the pair_id of
+    each row that left."""
     current = read_ledger(home, stage, date)
     named = pc.is_in(current.column("pair_id"), value_set=pa.array(pair_ids, pa.string()))
     keep = pc.or_(pc.invert(named), pc.equal(current.column("reason"), TAKEDOWN_REASON))
-    kept = current.filter(keep)
-    return kept, current.num_rows - kept.num_rows
+    return current.filter(keep), current.filter(pc.invert(keep)).column("pair_id").to_pylist()
 
 
-def _commit_rewrite(home: Home, date: str, new: pa.Table, rewrite: _DateRewrite) -> None:
+def _commit_rewrite(home: Home, date: str, new: pa.Table, rewrite: _DateRewrite) -> list[str]:
     """Commit one date's rewrites with ``new`` added to its takedown ledger (rows already
-    recorded are kept)."""
+    recorded are kept); the pair_ids of the takedown rows added."""
     with _locked(home, date):
         if has_ledger(home, TAKEDOWN_STAGE, date):
             old = read_ledger(home, TAKEDOWN_STAGE, date).cast(LEDGER_SCHEMA)
             known = pc.is_in(new.column("pair_id"), value_set=old.column("pair_id"))
-            new = pa.concat_tables([old, new.filter(pc.invert(known))])
-        commit_stage(home, date, rewrite.tables, {**rewrite.ledgers, TAKEDOWN_STAGE: new})
+            new = new.filter(pc.invert(known))
+            merged = pa.concat_tables([old, new])
+        else:
+            merged = new
+        commit_stage(home, date, rewrite.tables, {**rewrite.ledgers, TAKEDOWN_STAGE: merged})
+    return new.column("pair_id").to_pylist()
+
+
+def _unique(pair_ids: list[str]) -> tuple[str, ...]:
+    return tuple(sorted(set(pair_ids)))
 
 
 @contextmanager
@@ -343,6 +399,7 @@ def _shards(home: Home, export_dirs: Sequence[Path]) -> list[Path]:
 
 
 __all__ = [
+    "PartitionRewrite",
     "TakedownReport",
     "apply_takedowns",
     "register_export",

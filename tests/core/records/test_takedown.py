@@ -256,3 +256,31 @@ def test_shard_rewrite_equals_a_fresh_export_without_the_samples(tmp_path: Path,
         fresh,
     )
     assert shard.read_bytes() == (fresh / "tokens-000000.tar").read_bytes()
+
+
+def test_apply_reports_each_rewritten_partition_with_its_pairs_and_requests(tmp_path: Path, images):
+    home = Home(tmp_path / "home")
+    _warehouse(home, images)
+    _write_requests(
+        home,
+        [
+            {"id": "TD-9", "kind": "url", "value": "https://example.com/e.jpg", "filed": D2},
+            {"id": "TD-10", "kind": "pair_id", "value": "p1", "filed": D2, "reason": "asked"},
+        ],
+    )
+    report = apply_takedowns(home, load_takedowns(home))
+    # Date by date in commit order: the tables, then the takedown ledger rows added.
+    assert [(r.table, r.stage, r.date, r.pair_ids, r.rows) for r in report.rewrites] == [
+        ("embeddings", None, D1, ("p1",), 1),
+        ("raw_pairs", None, D1, ("p1",), 1),
+        ("semantic_deduped", None, D1, ("p1",), 1),
+        ("rejections", "takedown", D1, ("p1",), 1),
+        ("embeddings", None, D2, ("p5",), 1),
+        ("raw_pairs", None, D2, ("p5",), 1),
+        ("semantic_deduped", None, D2, ("p5",), 1),
+        ("rejections", "takedown", D2, ("p5",), 1),
+    ]
+    named = {r.date: [q.request_id for q in report.requests_for(r)] for r in report.rewrites}
+    assert named == {D1: ["TD-10"], D2: ["TD-9"]}
+    # Applying again rewrites nothing.
+    assert apply_takedowns(home, load_takedowns(home)).rewrites == []
