@@ -60,3 +60,55 @@ def test_job_removes_the_pair_and_fails_on_a_bad_request(
     assert not failed.success
     failure = failed.failure_data_for_node("apply_takedown_requests")
     assert "request id 'T1' already used" in failure.user_failure_data.description
+
+
+def _latest(instance: dg.DagsterInstance, key: str, date: str):
+    records_filter = dg.AssetRecordsFilter(asset_key=dg.AssetKey(key), asset_partitions=[date])
+    return instance.fetch_materializations(records_filter, limit=1).records[0]
+
+
+def test_job_records_a_materialization_per_rewritten_partition_naming_the_request(
+    three_days: Home, monkeypatch: pytest.MonkeyPatch
+):
+    instance = dg.DagsterInstance.ephemeral()
+    selection = ["raw_pairs", "exact_deduped"]
+    for day in DAYS[:2]:
+        assert materialize_day(three_days, day, selection=selection, instance=instance).success
+    before = {t: _latest(instance, t, DAYS[0]) for t in selection}
+    monkeypatch.setenv("DATAPLATFORM_HOME", str(three_days.root))
+    _file(three_days, {"id": "T1", "kind": "pair_id", "value": "b1", "filed": DAYS[1]})
+    _file(three_days, {"id": "T2", "kind": "url", "value": "nowhere", "filed": DAYS[1]})
+    result = defs.resolve_job_def("apply_takedowns").execute_in_process(instance=instance)
+    assert result.success
+
+    events = [
+        e.event_specific_data.materialization for e in result.get_asset_materialization_events()
+    ]
+    # Upstream first; one event per rewritten partition; nothing for the untouched day.
+    assert [
+        (e.asset_key.path[-1], e.partition) for e in events if e.asset_key.path[-1] in selection
+    ] == [("raw_pairs", DAYS[0]), ("exact_deduped", DAYS[0])]
+    assert all(e.partition == DAYS[0] for e in events)
+    for event in events:
+        assert event.metadata["takedown_requests"].value == "T1"
+        assert "| T1 | pair_id | b1 |" in event.metadata["requests"].value
+        assert event.metadata["pairs"].value == "b1"
+    assert result.output_for_node("apply_takedown_requests")["asset_partitions_recorded"] == len(
+        events
+    )
+
+    # The new versions chain: exact_deduped's input is raw_pairs' takedown event, and both
+    # keep the code version of what they supersede, with a new data version.
+    after = {t: _latest(instance, t, DAYS[0]) for t in selection}
+    tags = {t: after[t].event_log_entry.tags for t in selection}
+    for t in selection:
+        old = before[t].event_log_entry.tags
+        assert tags[t]["dagster/code_version"] == old["dagster/code_version"]
+        assert tags[t]["dagster/data_version"] != old["dagster/data_version"]
+    assert tags["exact_deduped"]["dagster/input_event_pointer/raw_pairs"] == str(
+        after["raw_pairs"].storage_id
+    )
+    assert (
+        tags["exact_deduped"]["dagster/input_data_version/raw_pairs"]
+        == tags["raw_pairs"]["dagster/data_version"]
+    )
