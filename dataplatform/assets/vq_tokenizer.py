@@ -3,6 +3,7 @@
 import hashlib
 import json
 import time
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -124,11 +125,16 @@ def vq_tokenizer(
         metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
     psnr = float(metrics["psnr"])
     dead = float(metrics["dead_code_share"])
+    version = weights_version(directory)
     return dg.MaterializeResult(
         metadata={
             **{k: v for k, v in metrics.items() if isinstance(v, int | float | bool)},
             "path": dg.MetadataValue.path(str(directory)),
+            "weights_version": version,
         },
+        # From the saved files: a reused tokenizer reports the version it had, so `tokens`
+        # stays fresh; a retrained one changes it, and every `tokens` partition shows stale.
+        data_version=dg.DataVersion(version),
         check_results=[
             dg.AssetCheckResult(
                 check_name=CHECK_PSNR,
@@ -144,6 +150,17 @@ def vq_tokenizer(
             ),
         ],
     )
+
+
+def weights_version(directory: Path) -> str:
+    """A digest of every file of the saved tokenizer (weights, config, metrics), by name."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(directory).as_posix().encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:24]
 
 
 def _training_crops(home, config: VQTrainConfig) -> list[np.ndarray]:
