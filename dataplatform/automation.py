@@ -1,4 +1,12 @@
-"""The job, schedule and sensor that keep the newest partitions curated."""
+"""The job, schedule and sensor that keep the newest partitions curated.
+
+Both the schedule and the sensor start a day only when its landing is complete
+(``core.ingest.landing_ready``: the producer's ``_SUCCESS``, or a quiet folder), and only when
+no run of ``curate_daily`` for that day is queued, in progress or done, so the two never both
+launch a day.
+"""
+
+from __future__ import annotations
 
 import json
 
@@ -6,21 +14,18 @@ import dagster as dg
 
 from dataplatform.assets import ALL_ASSETS, STAGE_ASSETS
 from dataplatform.assets.partitions import daily_partitions
-from dataplatform.core.store.warehouse import partition_dates
 from dataplatform.resources.warehouse import WarehouseResource
 
 JOB_NAME = "curate_daily"
 TRIGGER_TAG = "dataplatform/trigger"
+PARTITION_TAG = "dagster/partition"
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 curate_daily = dg.define_asset_job(
     JOB_NAME,
     selection=dg.AssetSelection.assets(*ALL_ASSETS),
     description="Every curation stage and the tokens for one ingest date.",
-)
-
-# Runs shortly after midnight UTC for the day that just closed.
-curate_daily_schedule = dg.build_schedule_from_partitioned_job(
-    curate_daily, hour_of_day=1, minute_of_hour=0, tags={TRIGGER_TAG: "schedule"}
 )
 
 _IN_PROGRESS = [
@@ -29,18 +34,92 @@ _IN_PROGRESS = [
     dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED,
 ]
+# A run in one of these states already has the day: a second launch would curate it twice.
+_LAUNCHED = [*_IN_PROGRESS, dg.DagsterRunStatus.SUCCESS]
+
+
+def launched_run(instance: dg.DagsterInstance, date: str) -> dg.DagsterRun | None:
+    """A ``curate_daily`` run that is queued, in progress or succeeded for ``date``, if any.
+
+    One-day runs carry ``dagster/partition``; a range run of a job backfill carries the range
+    tags instead and is looked for among the unfinished runs only, which are few (a finished
+    range has its partitions in the warehouse, which the sensor checks).
+    """
+    runs = instance.get_runs(
+        dg.RunsFilter(job_name=JOB_NAME, tags={PARTITION_TAG: date}, statuses=_LAUNCHED),
+        limit=1,
+    )
+    if runs:
+        return runs[0]
+    for candidate in instance.get_runs(dg.RunsFilter(job_name=JOB_NAME, statuses=_IN_PROGRESS)):
+        start, end = candidate.tags.get(RANGE_START_TAG), candidate.tags.get(RANGE_END_TAG)
+        if start and end and start <= date <= end:
+            return candidate
+    return None
+
+
+def _describe(run: dg.DagsterRun) -> str:
+    """``run <id> (<days>, started by the <trigger>, <status>)``, for a skip reason."""
+    days = run.tags.get(PARTITION_TAG) or (
+        f"{run.tags.get(RANGE_START_TAG)}...{run.tags.get(RANGE_END_TAG)}"
+        if RANGE_START_TAG in run.tags
+        else "no partition"
+    )
+    trigger = run.tags.get(TRIGGER_TAG) or ("backfill" if "dagster/backfill" in run.tags else "")
+    by = f", started by the {trigger}" if trigger else ""
+    return f"run {run.run_id} ({days}{by}, {run.status.value.lower()})"
+
+
+@dg.schedule(
+    cron_schedule="0 1 * * *",
+    job=curate_daily,
+    execution_timezone="UTC",
+    name="curate_daily_schedule",
+    description=(
+        "Curates the day that just closed at 01:00 UTC, once its landing is complete and no "
+        "other run has it."
+    ),
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+)
+def curate_daily_schedule(
+    context: dg.ScheduleEvaluationContext, warehouse: WarehouseResource
+) -> dg.RunRequest | dg.SkipReason:
+    """The day before the tick, as ``build_schedule_from_partitioned_job`` picks it."""
+    from dataplatform.core.ingest.landing_ready import day_readiness, landing_quiet_seconds
+
+    with dg.partition_loading_context(effective_dt=context.scheduled_execution_time):
+        date = daily_partitions.get_last_partition_key()
+    if date is None:
+        return dg.SkipReason("no partition has closed yet (the partitions start later)")
+    existing = launched_run(context.instance, date)
+    if existing is not None:
+        return dg.SkipReason(f"{date} already has {_describe(existing)}")
+    readiness = day_readiness(warehouse.resolve(), date, landing_quiet_seconds())
+    if not readiness.ready:
+        return dg.SkipReason(
+            f"{readiness.reason}. The schedule does not try again: switch on landing_sensor to "
+            f"start {date} when it is complete, or launch it by hand."
+        )
+    return dg.RunRequest(partition_key=date, tags={TRIGGER_TAG: "schedule"})
 
 
 @dg.sensor(
     job=curate_daily,
     minimum_interval_seconds=30,
-    description="Starts a run for each new landing/<date>/ folder (local or s3://), oldest first.",
+    description=(
+        "Starts a run for each complete landing/<date>/ folder (local or s3://), oldest first: "
+        "complete once its producer wrote _SUCCESS, or after DATAPLATFORM_LANDING_QUIET_SECONDS "
+        "(600) without changes."
+    ),
     default_status=dg.DefaultSensorStatus.STOPPED,
 )
 def landing_sensor(
     context: dg.SensorEvaluationContext, warehouse: WarehouseResource
 ) -> dg.SensorResult | dg.SkipReason:
     """One run at a time, oldest date first: dedup of a day needs every earlier day done."""
+    from dataplatform.core.ingest.landing_ready import day_readiness, landing_quiet_seconds
+    from dataplatform.core.store.warehouse import partition_dates
+
     home = warehouse.resolve()
     valid = set(daily_partitions.get_partition_keys(dynamic_partitions_store=None))
     requested = set(json.loads(context.cursor)) if context.cursor else set()
@@ -52,13 +131,25 @@ def landing_sensor(
         dg.RunsFilter(job_name=JOB_NAME, statuses=_IN_PROGRESS), limit=1
     )
     if busy:
-        return dg.SkipReason(f"waiting for run {busy[0].run_id} before starting {pending[0]}")
-    date = pending[0]
-    return dg.SensorResult(
-        run_requests=[
-            dg.RunRequest(
-                run_key=f"landing-{date}", partition_key=date, tags={TRIGGER_TAG: "sensor"}
-            )
-        ],
-        cursor=json.dumps(sorted(requested | {date})),
-    )
+        return dg.SkipReason(f"{pending[0]} waits for {_describe(busy[0])} to finish")
+    # A day another trigger already ran (the schedule, a hand-launched run) is passed over; the
+    # oldest day left is the only one that may start now.
+    notes = []
+    for date in pending:
+        existing = launched_run(context.instance, date)
+        if existing is not None:
+            notes.append(f"{date} already has {_describe(existing)}")
+            continue
+        readiness = day_readiness(home, date, landing_quiet_seconds())
+        if not readiness.ready:
+            return dg.SkipReason("; ".join([*notes, readiness.reason]))
+        context.log.info(readiness.reason)
+        return dg.SensorResult(
+            run_requests=[
+                dg.RunRequest(
+                    run_key=f"landing-{date}", partition_key=date, tags={TRIGGER_TAG: "sensor"}
+                )
+            ],
+            cursor=json.dumps(sorted(requested | {date})),
+        )
+    return dg.SkipReason("; ".join(notes))
