@@ -10,7 +10,6 @@ Both record a Dagster event for every asset partition the takedown rewrote
 partition and why.
 """
 
-import hashlib
 from collections.abc import Callable
 
 import dagster as dg
@@ -26,6 +25,7 @@ from dataplatform.core.records.takedown_requests import (
     load_takedowns,
     requests_digest,
 )
+from dataplatform.core.store.content_version import combined_version
 from dataplatform.core.store.stages import STAGE_ORDER
 from dataplatform.core.store.warehouse import LEDGER_TABLE
 from dataplatform.resources.warehouse import WarehouseResource
@@ -81,10 +81,11 @@ def record_takedown(
     automation conditions); an observation of a materializable asset is invisible to staleness
     and automation, so nothing downstream would learn of the change. So that the event does not
     make Dagster's data versions lie, each carries the code version and inputs of the
-    materialization it supersedes and a new data version derived from that one's and the
-    removed pairs; an input pointer to a partition rewritten in the same takedown points at its
-    new event. The rewritten partitions then stay fresh against each other (they were rewritten
-    together), while a downstream partition that held none of the pairs, and was not rewritten,
+    materialization it supersedes and the rewritten partition's content version (the digest
+    its stage reports, so a later re-run that keeps the same rows shows no change); an input
+    pointer to a partition rewritten in the same takedown points at its new event. The
+    rewritten partitions then stay fresh against each other (they were rewritten together),
+    while a downstream partition that held none of the pairs, and was not rewritten,
     shows that its input changed. Events go upstream first, since each may point at an earlier
     one. ``emit`` logs an event: ``context.log_event`` in a run, the instance's runless report
     from the CLI. Tables that are not assets of ``asset_graph`` are skipped.
@@ -115,10 +116,9 @@ def record_takedown(
                 if tag.startswith(_POINTER_PREFIX) and pointer in superseded:
                     dep = tag.removeprefix(_POINTER_PREFIX)
                     tags[tag], tags[_INPUT_VERSION_PREFIX + dep] = superseded[pointer]
-            digest = hashlib.sha256(
-                "\n".join([old.get(_DATA_VERSION_TAG, ""), "takedown", *pairs]).encode()
-            )
-            tags[_DATA_VERSION_TAG] = digest.hexdigest()
+        # Several ledger stages in one asset partition: one digest of theirs, in order.
+        versions = [r.version for r in rewrites]
+        tags[_DATA_VERSION_TAG] = versions[0] if len(versions) == 1 else combined_version(versions)
         parts = ", ".join(
             f"{r.table}" + (f" stage={r.stage}" if r.stage else "") + f" {r.rows}" for r in rewrites
         )
@@ -138,11 +138,11 @@ def record_takedown(
                     else {}
                 ),
             },
-            tags=tags or None,
+            tags=tags,
         )
         emit(event)
         events.append(event)
-        if previous and _DATA_VERSION_TAG in tags:
+        if previous:
             latest = instance.fetch_materializations(records_filter, limit=1).records
             if latest:
                 superseded[str(previous[0].storage_id)] = (

@@ -6,6 +6,7 @@ import dagster as dg
 import pytest
 
 from dataplatform.core.records.takedown_requests import takedown_dir
+from dataplatform.core.store.content_version import content_version
 from dataplatform.core.store.home import Home
 from dataplatform.core.store.warehouse import read_ledger, read_partition
 from dataplatform.definitions import defs
@@ -98,13 +99,17 @@ def test_job_records_a_materialization_per_rewritten_partition_naming_the_reques
     )
 
     # The new versions chain: exact_deduped's input is raw_pairs' takedown event, and both
-    # keep the code version of what they supersede, with a new data version.
+    # keep the code version of what they supersede, with the new content's version.
     after = {t: _latest(instance, t, DAYS[0]) for t in selection}
     tags = {t: after[t].event_log_entry.tags for t in selection}
     for t in selection:
         old = before[t].event_log_entry.tags
         assert tags[t]["dagster/code_version"] == old["dagster/code_version"]
         assert tags[t]["dagster/data_version"] != old["dagster/data_version"]
+        # The content's digest, as the stage reports it for the rows it keeps.
+        assert tags[t]["dagster/data_version"] == content_version(
+            read_partition(three_days, t, DAYS[0])
+        )
     assert tags["exact_deduped"]["dagster/input_event_pointer/raw_pairs"] == str(
         after["raw_pairs"].storage_id
     )

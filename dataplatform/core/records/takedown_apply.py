@@ -34,6 +34,7 @@ from dataplatform.core.records.takedown_requests import (
     ledger_rows,
     match_batches,
 )
+from dataplatform.core.store.content_version import content_version
 from dataplatform.core.store.home import Home
 from dataplatform.core.store.schema import LEDGER_SCHEMA
 from dataplatform.core.store.warehouse import (
@@ -61,13 +62,16 @@ class PartitionRewrite:
     """One partition a takedown rewrote: a table's date, or one stage's ledger of a date.
 
     ``pair_ids`` are the pairs whose rows left it; for the ``takedown`` stage's ledger, the
-    pairs whose takedown rows were added to it. ``rows`` counts those rows.
+    pairs whose takedown rows were added to it. ``rows`` counts those rows. ``version`` is the
+    rewritten partition's :func:`content_version`, the digest a stage reports as its data
+    version, so that the rewrite and a re-run that keeps the same rows agree.
     """
 
     table: str
     date: str
     pair_ids: tuple[str, ...]
     rows: int
+    version: str
     stage: str | None = None  # the ledger's stage, for a ledger partition
 
 
@@ -182,20 +186,25 @@ def apply_takedowns(
             for table in (t for t, dates in table_dates.items() if date in dates):
                 rewrite.tables[table], gone = _rewrite(home, table, date, ids)
                 report.partitions.setdefault(table, {})[date] = len(gone)
-                rewrites.append(PartitionRewrite(table, date, _unique(gone), len(gone)))
+                version = content_version(rewrite.tables[table])
+                rewrites.append(PartitionRewrite(table, date, _unique(gone), len(gone), version))
             for stage in (st for st, d in ledger_stages if d == date):
                 stage_ids = [p for st, d, p, _ in earlier if (st, d) == (stage, date)]
                 rewrite.ledgers[stage], gone = _rewrite_ledger(home, stage, date, stage_ids)
                 report.partitions.setdefault(f"{LEDGER_TABLE} stage={stage}", {})[date] = len(gone)
+                version = content_version(rewrite.ledgers[stage])
                 rewrites.append(
-                    PartitionRewrite(LEDGER_TABLE, date, _unique(gone), len(gone), stage)
+                    PartitionRewrite(LEDGER_TABLE, date, _unique(gone), len(gone), version, stage)
                 )
-            added = _commit_rewrite(
+            added, ledger = _commit_rewrite(
                 home, date, rows.filter(pc.equal(rows.column("date"), date)), rewrite
             )
             if added:
+                version = content_version(ledger)
                 rewrites.append(
-                    PartitionRewrite(LEDGER_TABLE, date, _unique(added), len(added), TAKEDOWN_STAGE)
+                    PartitionRewrite(
+                        LEDGER_TABLE, date, _unique(added), len(added), version, TAKEDOWN_STAGE
+                    )
                 )
             report.rewrites.extend(rewrites)
     finally:
@@ -321,9 +330,11 @@ def _rewrite_ledger(
     return current.filter(keep), current.filter(pc.invert(keep)).column("pair_id").to_pylist()
 
 
-def _commit_rewrite(home: Home, date: str, new: pa.Table, rewrite: _DateRewrite) -> list[str]:
+def _commit_rewrite(
+    home: Home, date: str, new: pa.Table, rewrite: _DateRewrite
+) -> tuple[list[str], pa.Table]:
     """Commit one date's rewrites with ``new`` added to its takedown ledger (rows already
-    recorded are kept); the pair_ids of the takedown rows added."""
+    recorded are kept); the pair_ids of the takedown rows added, and that ledger."""
     with _locked(home, date):
         if has_ledger(home, TAKEDOWN_STAGE, date):
             old = read_ledger(home, TAKEDOWN_STAGE, date).cast(LEDGER_SCHEMA)
@@ -333,7 +344,7 @@ def _commit_rewrite(home: Home, date: str, new: pa.Table, rewrite: _DateRewrite)
         else:
             merged = new
         commit_stage(home, date, rewrite.tables, {**rewrite.ledgers, TAKEDOWN_STAGE: merged})
-    return new.column("pair_id").to_pylist()
+    return new.column("pair_id").to_pylist(), merged
 
 
 def _unique(pair_ids: list[str]) -> tuple[str, ...]:
