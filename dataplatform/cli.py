@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -129,52 +130,296 @@ def _sample_data(home: Home, args: argparse.Namespace) -> int:
     return 0
 
 
+# A new local instance (SQLite under DAGSTER_HOME, which `make ui` opens too): no telemetry, and
+# the run queue's limits. One run at a time per backfill (each day of a job backfill is a run
+# tagged with the backfill's id), so a job backfill runs its days one after another in the
+# order it submits them, oldest first: the global dedup stages need every earlier day done.
+# The queue is checked every second, not every 5, so a laptop's runs start without a pause.
+LOCAL_INSTANCE_YAML = """\
+telemetry:
+  enabled: false
+concurrency:
+  runs:
+    max_concurrent_runs: 4
+    tag_concurrency_limits:
+      - key: dagster/backfill
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
+run_queue:
+  dequeue_interval_seconds: 1
+"""
+# What earlier versions wrote; such a file is replaced by the one above.
+_EARLIER_INSTANCE_YAML = "telemetry:\n  enabled: false\n"
+# The code location every run names, as workspace.yaml names it: the UI's and the daemon's too.
+LOCATION_NAME = "dataplatform"
+_REPO_WORKSPACE = Path(__file__).resolve().parents[1] / "workspace.yaml"
+# A daemon heartbeats every 30 s; one silent for longer than this is taken as gone.
+DAEMON_SILENT_S = 75.0
+_POLL_S = 0.5
+
+
+def _local_instance(home: Home) -> Path:
+    """DAGSTER_HOME (default ``<home>/dagster``), with a dagster.yaml when it has none."""
+    dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str(home.root / "dagster")))
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    instance_yaml = dagster_home / "dagster.yaml"
+    if not instance_yaml.exists() or instance_yaml.read_text() == _EARLIER_INSTANCE_YAML:
+        instance_yaml.write_text(LOCAL_INSTANCE_YAML)
+    return dagster_home
+
+
+def _workspace_file(dagster_home: Path) -> Path:
+    """The checkout's workspace.yaml; outside a checkout, one beside the instance naming the same
+    module and location, so that the runs this command creates are the UI's runs."""
+    if _REPO_WORKSPACE.is_file():
+        return _REPO_WORKSPACE
+    path = dagster_home / "workspace.yaml"
+    path.write_text(
+        "load_from:\n  - python_module:\n      module_name: dataplatform.definitions\n"
+        f"      location_name: {LOCATION_NAME}\n"
+    )
+    return path
+
+
 def _materialize(home: Home, dates: Sequence[str]) -> None:
-    """Every stage for each date through Dagster, recorded in the Dagster instance.
+    """Every stage for each date as runs of the daily job, submitted to the Dagster instance.
 
     Curation first for every date, oldest first; then the tokenizer, trained once on what all
-    of them kept (reused afterwards), and the tokens of each date.
+    of them kept (reused afterwards), and the tokens of each date. Each run goes through the
+    instance's run coordinator, so it waits in the run queue under its limits and shows in the
+    UI's run history like a run launched there; each is waited for before the next is
+    submitted, which keeps the global dedup stages in date order whatever the queue's limits.
+    A queued coordinator with no daemon alive gets one for the length of the command.
     """
     import dagster as dg
 
     from dataplatform.assets import CARD_ASSETS, STAGE_ASSETS, TOKEN_ASSETS
-    from dataplatform.automation import JOB_NAME
-    from dataplatform.definitions import defs
 
-    dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str(home.root / "dagster")))
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    instance_yaml = dagster_home / "dagster.yaml"
-    if not instance_yaml.exists():
-        # A local instance (SQLite under DAGSTER_HOME) that `make ui` opens too; no telemetry.
-        instance_yaml.write_text("telemetry:\n  enabled: false\n")
-    job = defs.resolve_job_def(JOB_NAME)
+    dagster_home = _local_instance(home)
     phases = [
-        ("curation", [a.key for a in STAGE_ASSETS]),
-        ("tokens", [a.key for a in TOKEN_ASSETS + CARD_ASSETS]),
+        ("curation", [k for a in STAGE_ASSETS for k in a.keys]),
+        ("tokens", [k for a in TOKEN_ASSETS + CARD_ASSETS for k in a.keys]),
     ]
-    with dg.DagsterInstance.get() as instance:
+    with (
+        dg.DagsterInstance.get() as instance,
+        _RunSubmitter(instance, _workspace_file(dagster_home)) as submitter,
+    ):
         for phase, keys in phases:
             for date in sorted(dates):
                 started = time.perf_counter()
-                result = job.execute_in_process(
-                    partition_key=date,
-                    instance=instance,
-                    asset_selection=keys,
-                    run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
-                )
-                failed_checks = [
-                    f"{c.asset_key.path[-1]}.{c.check_name}"
-                    for c in result.get_asset_check_evaluations()
-                    if not c.passed
-                ]
-                status = "ok" if result.success and not failed_checks else "FAILED"
+                run = submitter.run(keys, date)
+                failed_checks = _failed_checks(instance, run.run_id)
+                success = run.status == dg.DagsterRunStatus.SUCCESS
+                status = "ok" if success and not failed_checks else "FAILED"
                 print(
-                    f"  {date} {phase}: run {result.run_id[:8]} {status} "
+                    f"  {date} {phase}: run {run.run_id[:8]} {status} "
                     f"in {time.perf_counter() - started:.1f}s"
-                    + (f"; failed checks: {', '.join(failed_checks)}" if failed_checks else "")
+                    + (f"; failed checks: {', '.join(failed_checks)}" if failed_checks else ""),
+                    flush=True,
                 )
-                if not result.success:
-                    raise SystemExit(f"materialization of {date} failed")
+                if not success:
+                    raise SystemExit(
+                        f"materialization of {date} failed: run {run.run_id} ended "
+                        f"{run.status.value}; `make ui` shows its logs"
+                    )
+
+
+class _RunSubmitter:
+    """Creates runs from the code location that workspace.yaml loads and submits them to the
+    instance's run coordinator; runs a ``dagster-daemon`` while it is needed and none is alive.
+    """
+
+    def __init__(self, instance, workspace: Path) -> None:
+        self.instance = instance
+        self.workspace = workspace
+        self._daemon: subprocess.Popen | None = None
+        self._daemon_started_at = 0.0
+        self._context = None
+
+    def __enter__(self) -> _RunSubmitter:
+        from dagster._core.workspace.context import WorkspaceProcessContext
+        from dagster._core.workspace.load_target import WorkspaceFileTarget
+
+        self._ensure_daemon()
+        self._context = WorkspaceProcessContext(
+            self.instance, WorkspaceFileTarget(paths=[str(self.workspace)])
+        )
+        self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            if self._context is not None:
+                self._context.__exit__(*exc_info)
+        finally:
+            self._stop_daemon()
+
+    def run(self, keys, date: str):
+        """Create, submit and wait for one run of ``keys`` for partition ``date``."""
+        run = self._create(keys, date)
+        workspace = self._context.create_request_context()
+        self.instance.submit_run(run.run_id, workspace)
+        return self._wait(run.run_id)
+
+    def _create(self, keys, date: str):
+        """A run of the daily job (or, for assets outside it, the implicit asset job) that
+        materializes ``keys`` for ``date``, with its execution plan, as the UI creates one."""
+        from dagster._core.definitions.selector import JobSubsetSelector
+        from dagster._core.storage.tags import PARTITION_NAME_TAG
+
+        from dataplatform.automation import JOB_NAME, TRIGGER_TAG
+
+        workspace = self._context.create_request_context()
+        location = workspace.get_code_location(LOCATION_NAME)
+        (repository,) = location.get_repositories().values()
+        graph = repository.asset_graph
+        job_name = (
+            JOB_NAME
+            if all(JOB_NAME in graph.get_materialization_job_names(k) for k in keys)
+            else next(
+                n
+                for n in graph.get_materialization_job_names(keys[0])
+                if n.startswith("__ASSET_JOB")
+            )
+        )
+        selector = JobSubsetSelector(
+            location_name=location.name,
+            repository_name=repository.name,
+            job_name=job_name,
+            op_selection=None,
+            asset_selection=list(keys),
+        )
+        job = location.get_job(selector)
+        run_config = _run_config()
+        plan = location.get_execution_plan(
+            job, run_config, step_keys_to_execute=None, known_state=None, instance=self.instance
+        )
+        return self.instance.create_run(
+            job_name=job.name,
+            run_id=None,
+            run_config=run_config,
+            resolved_op_selection=None,
+            step_keys_to_execute=None,
+            op_selection=None,
+            status=None,
+            root_run_id=None,
+            parent_run_id=None,
+            tags={**job.tags, PARTITION_NAME_TAG: date, TRIGGER_TAG: "cli"},
+            job_snapshot=job.job_snapshot,
+            execution_plan_snapshot=plan.execution_plan_snapshot,
+            parent_job_snapshot=job.parent_job_snapshot,
+            remote_job_origin=job.get_remote_origin(),
+            job_code_origin=job.get_python_origin(),
+            asset_selection=frozenset(keys),
+            asset_check_selection=None,
+            asset_graph=graph,
+        )
+
+    def _wait(self, run_id: str):
+        """The run once it has finished; a run that waits in the queue with no daemon alive to
+        take it gets one (a daemon may have stopped since the command began)."""
+        from dagster._core.storage.dagster_run import FINISHED_STATUSES, DagsterRunStatus
+
+        while True:
+            run = self.instance.get_run_by_id(run_id)
+            if run.status in FINISHED_STATUSES:
+                return run
+            if run.status == DagsterRunStatus.QUEUED:
+                self._ensure_daemon()
+            time.sleep(_POLL_S)
+
+    def _needs_daemon(self) -> bool:
+        from dagster._core.run_coordinator import QueuedRunCoordinator
+        from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
+            QueuedRunCoordinatorDaemon,
+        )
+
+        if not isinstance(self.instance.run_coordinator, QueuedRunCoordinator):
+            return False  # the run is launched as it is submitted
+        beat = self.instance.get_daemon_heartbeats().get(QueuedRunCoordinatorDaemon.daemon_type())
+        return beat is None or time.time() - beat.timestamp > DAEMON_SILENT_S
+
+    def _ensure_daemon(self) -> None:
+        if self._daemon is not None:
+            if self._daemon.poll() is None:
+                return
+            raise SystemExit(
+                f"dagster-daemon exited ({self._daemon.returncode}) with runs still queued; "
+                f"its log: {self._daemon_log}"
+            )
+        if not self._needs_daemon():
+            return
+        # Not under DAGSTER_HOME/logs: Dagster moves that folder away (its telemetry queue).
+        self._daemon_log = Path(self.instance.root_directory) / "dagster-daemon.log"
+        self._daemon_log.parent.mkdir(parents=True, exist_ok=True)
+        command = [_console_script("dagster-daemon"), "run", "-w", str(self.workspace)]
+        print(
+            f"== no dagster-daemon is running for {self.instance.root_directory}: starting one "
+            f"for this command (log {self._daemon_log}); it stops when the runs are done",
+            flush=True,
+        )
+        with self._daemon_log.open("ab") as log:
+            self._daemon_started_at = time.time()
+            self._daemon = subprocess.Popen(
+                command,
+                cwd=self.workspace.parent,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def _stop_daemon(self) -> None:
+        """Stop the daemon this command started, as Ctrl-C would, and forget its heartbeats: a
+        later command must not take them for a daemon still running."""
+        import signal
+
+        daemon, self._daemon = self._daemon, None
+        if daemon is None:
+            return
+        if daemon.poll() is None:
+            daemon.send_signal(signal.SIGINT)
+            try:
+                daemon.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+        beats = self.instance.get_daemon_heartbeats().values()
+        others = {b.daemon_id for b in beats if b.timestamp >= self._daemon_started_at}
+        if len(others) <= 1:  # only ours beat since it started
+            self.instance.wipe_daemon_heartbeats()
+        print("== stopped the dagster-daemon this command started", flush=True)
+
+
+def _console_script(name: str) -> str:
+    """A console script of this environment (beside its python), else the one on PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        raise SystemExit(f"{name} is not installed in this environment; pip install dagster")
+    return found
+
+
+def _run_config() -> dict:
+    """Errors only on the console; and, under Dagster's default executor, every step in the
+    run's own process: a step process would import the code location again for each step."""
+    from dataplatform.executors import EXECUTOR_ENV
+
+    config: dict = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+    if not os.environ.get(EXECUTOR_ENV, "").strip():
+        config["execution"] = {"config": {"in_process": {}}}
+    return config
+
+
+def _failed_checks(instance, run_id: str) -> list[str]:
+    """``asset.check`` for every check of the run that did not pass."""
+    import dagster as dg
+
+    records = instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    ).records
+    evaluations = [r.event_log_entry.dagster_event.event_specific_data for r in records]
+    return [f"{e.asset_key.path[-1]}.{e.check_name}" for e in evaluations if not e.passed]
 
 
 def _materialize_cmd(home: Home, args: argparse.Namespace) -> int:
@@ -510,6 +755,8 @@ def _takedown_apply(home: Home, args: argparse.Namespace) -> int:
     requests = load_takedowns(home)
     report = apply_takedowns(home, requests, [Path(e) for e in args.export])
     print(f"{len(requests)} request(s); {len(report.matches)} pair(s) removed")
+    if report.rewrites:
+        _record_takedown_events(home, report)
     for m in report.matches:
         distance = "" if m.distance is None else f" at {m.distance} bits"
         print(terminal_safe(f"  {m.pair_id} ({m.date}) by {m.request.request_id}{distance}"))
@@ -527,6 +774,22 @@ def _takedown_apply(home: Home, args: argparse.Namespace) -> int:
     print(terminal_safe(f"verification (every table and export scanned): {status}"))
     print(f"receipt: {report.receipt}")
     return 0 if report.verified else 1
+
+
+def _record_takedown_events(home: Home, report) -> None:
+    """The rewritten asset partitions, recorded in the Dagster instance as the job records
+    them (``takedowns.record_takedown``), as events that belong to no run."""
+    import dagster as dg
+
+    from dataplatform.definitions import defs
+    from dataplatform.takedowns import record_takedown
+
+    _local_instance(home)
+    with dg.DagsterInstance.get() as instance:
+        events = record_takedown(
+            instance, report, defs.resolve_asset_graph(), instance.report_runless_asset_event
+        )
+    print(f"  recorded {len(events)} asset partition(s) in the Dagster instance")
 
 
 def _synthetic(home: Home, args: argparse.Namespace) -> int:
