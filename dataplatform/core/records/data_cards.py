@@ -26,8 +26,11 @@ import pyarrow.compute as pc
 
 from dataplatform.core.engine.chunk_map import ChunkRun, map_chunks
 from dataplatform.core.engine.engine_spec import EngineSpec
+from dataplatform.core.ingest.license_policy import normalize_license
 from dataplatform.core.records.funnel import warehouse_funnel
 from dataplatform.core.records.plots import bars_png
+from dataplatform.core.records.readable_numbers import format_number, format_share
+from dataplatform.core.records.run_profile import MODEL_COLUMN, SMOKE, Profile, rows_profile
 from dataplatform.core.records.score_stats import Binning, ScoreStats
 from dataplatform.core.records.takedown_requests import TAKEDOWN_STAGE
 from dataplatform.core.scoring.scores import CARD, DATASET_CARD, Score, scores
@@ -204,7 +207,14 @@ def _transforms(row: dict) -> list[dict]:
 
 SUMMARY_FILE = "summary.json"
 # Bump when what a summary holds changes: a summary of another layout is rebuilt from its day.
-SUMMARY_VERSION = 2
+# 3: licenses bucketed by their normalised name (MISSING_LICENSE as the policy's "missing"),
+# and the day's run profile.
+SUMMARY_VERSION = 3
+# The license bucket of pairs without a usable license: no value, or a placeholder such as
+# "unknown" or "none". Exactly the pairs whose license_status is "missing" (license_policy).
+MISSING_LICENSE = "(missing)"
+# The status bucket of cards written before license_status existed.
+NO_STATUS = "(no status)"
 
 log = logging.getLogger(__name__)
 
@@ -254,9 +264,14 @@ def _summarise_day(home: Home, stages: Sequence[str], date: str) -> tuple[dict, 
     tokens = pc.sum(cards.column("token_count")).as_py() if rows else 0
     versions = cards.column("dataset_version").drop_null().unique().to_pylist() if rows else []
     drops = Counter(
-        lic if lic is not None else "(none)"
+        license_bucket(lic)
         for lic, reason in zip(ledger["license"], ledger["reason"], strict=True)
         if reason.startswith("license_")
+    )
+    profile = (
+        rows_profile(cards.column(MODEL_COLUMN).unique().to_pylist())
+        if cards is not None and MODEL_COLUMN in cards.column_names
+        else rows_profile([])
     )
     summary = {
         "layout": _layout(stages),
@@ -276,10 +291,11 @@ def _summarise_day(home: Home, stages: Sequence[str], date: str) -> tuple[dict, 
             for f in funnel
         ],
         "licenses": {
-            "kept": _value_counts(cards, "license", "(none)"),
-            "kept_by_status": _value_counts(cards, "license_status", "(unknown)"),
+            "kept": _license_counts(cards),
+            "kept_by_status": _value_counts(cards, "license_status", NO_STATUS),
             "dropped": _ranked(drops),
         },
+        "profile": {"name": profile.name, "basis": profile.basis},
         "dataset_versions": sorted(v for v in versions if v),
         "tokens": [rows, int(tokens or 0)],
         "scores": stats,
@@ -296,6 +312,21 @@ def _day_ledger(home: Home, stages: Sequence[str], date: str) -> dict[str, list]
             for name in columns:
                 columns[name] += table.column(name).to_pylist()
     return columns
+
+
+def license_bucket(value: str | None) -> str:
+    """The dataset card's bucket of a license: its normalised name, as the license policy
+    decides on it, or ``MISSING_LICENSE`` where the policy calls it missing."""
+    return normalize_license(value) or MISSING_LICENSE
+
+
+def _license_counts(cards: pa.Table | None) -> dict[str, int]:
+    if cards is None or not cards.num_rows:
+        return {}
+    counts: Counter[str] = Counter()
+    for row in pc.value_counts(cards.column("license")).to_pylist():
+        counts[license_bucket(row["values"])] += int(row["counts"])
+    return _ranked(counts)
 
 
 def _value_counts(cards: pa.Table | None, column: str, missing: str) -> dict[str, int]:
@@ -360,7 +391,9 @@ def merge_summaries(summaries: Sequence[dict], stages: Sequence[str]) -> dict:
     stats = {name: ScoreStats(b) for name, b in _binnings().items()}
     pairs = taken_down = 0
     versions: set[str] = set()
+    profiles: Counter[str] = Counter()
     for summary in summaries:
+        profiles[summary["profile"]["name"]] += 1
         pairs += summary["pairs"]
         taken_down += summary["taken_down"]
         for total, day in zip(funnel, summary["funnel"], strict=True):
@@ -385,10 +418,21 @@ def merge_summaries(summaries: Sequence[dict], stages: Sequence[str]) -> dict:
             "dropped": _ranked(dropped),
         },
         "dataset_versions": sorted(versions),
+        "profile": _merged_profile(summaries, profiles),
         # A day without a card partition has no token budget row (nothing of it was carded).
         "tokens": {s["date"]: tuple(s["tokens"]) for s in summaries if s["carded"]},
         "scores": stats,
     }
+
+
+def _merged_profile(summaries: Sequence[dict], days: Counter[str]) -> dict:
+    """One profile for several days: theirs when they agree, ``mixed`` with the day counts."""
+    if len(days) == 1:
+        return {**summaries[0]["profile"], "days": dict(days)}
+    if not days:
+        profile = rows_profile([])
+        return {"name": profile.name, "basis": profile.basis, "days": {}}
+    return {"name": "mixed", "basis": "the days' cards (clip_model)", "days": _ranked(days)}
 
 
 @dataclass(frozen=True)
@@ -423,6 +467,7 @@ def _compute(
         "scope": date or ALL_SCOPE,
         "generated_at": (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds"),
         "dataset_versions": merged["dataset_versions"],
+        "profile": merged["profile"],
         "days": days,
         "pairs": merged["pairs"],
         "arrived": (funnel[0]["in"] if funnel else 0) + merged["taken_down"],
@@ -503,14 +548,31 @@ def _merge_lines(card: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _profile_lines(card: dict) -> list[str]:
+    """The card's profile, first thing a reader sees: smoke numbers mean nothing."""
+    profile = card["profile"]
+    if profile["name"] == "mixed":
+        days = ", ".join(f"{name} {n} day(s)" for name, n in profile["days"].items())
+        return [
+            f"**Profile: mixed** ({days}): the smoke days' CLIP scores and semantic duplicates "
+            "come from the small built-in test model and mean nothing.",
+            "",
+        ]
+    described = Profile(profile["name"], profile["basis"]).describe()
+    emphasis = "**" if profile["name"] == SMOKE else ""
+    return [f"{emphasis}{described}.{emphasis} From {profile['basis']}.", ""]
+
+
 def card_markdown(card: dict, images: Sequence[str]) -> str:
     """The dataset card as Markdown; ``images`` are the Markdown image lines of the plots.
 
     On disk they link ``plots/<score>.png`` beside the card; in the Dagster UI they are inline.
+    Numbers are rounded for reading; ``card.json`` keeps them whole.
     """
     lines = [
         f"# Dataset card: {card['scope']}",
         "",
+        *_profile_lines(card),
         f"Generated {card['generated_at']}. Dataset version(s): "
         f"{', '.join(card['dataset_versions']) or '-'}.",
         "",
@@ -529,10 +591,14 @@ def card_markdown(card: dict, images: Sequence[str]) -> str:
         lines.append(f"| {f['stage']} | {f['in']} | {f['kept']} | {f['removed']} | {reasons} |")
     if card["taken_down"]:
         lines.append(f"| takedown | | | {card['taken_down']} | takedown {card['taken_down']} |")
-    lines += ["", "## Licenses", "", "| license | pairs kept |", "|---|---:|"]
+    lines += ["", "## Licenses", "", "| license (normalised) | pairs kept |", "|---|---:|"]
     lines += [f"| {k} | {n} |" for k, n in card["licenses"]["kept"].items()]
     status = ", ".join(f"{k} {n}" for k, n in card["licenses"]["kept_by_status"].items())
-    lines += ["", f"License status of kept pairs: {status or '-'}."]
+    lines += [
+        "",
+        f"License status of kept pairs: {status or '-'}. {MISSING_LICENSE}: no license, or a "
+        'placeholder such as "unknown" or "none"; the same pairs as the status missing.',
+    ]
     dropped = ", ".join(f"{k} {n}" for k, n in card["licenses"]["dropped"].items())
     lines += [f"Dropped for their license: {dropped or 'none'}.", ""]
     lines += [
@@ -543,10 +609,8 @@ def card_markdown(card: dict, images: Sequence[str]) -> str:
     ]
     for name, s in card["scores"].items():
         if s["count"]:
-            lines.append(
-                f"| {name} | {s['count']} | {s['mean']:.4g} | {s['p5']:.4g} | "
-                f"{s['p50']:.4g} | {s['p95']:.4g} |"
-            )
+            cells = " | ".join(format_number(s[k]) for k in ("mean", "p5", "p50", "p95"))
+            lines.append(f"| {name} | {s['count']} | {cells} |")
         else:
             lines.append(f"| {name} | 0 | - | - | - | - |")
     binned = [
@@ -564,12 +628,17 @@ def card_markdown(card: dict, images: Sequence[str]) -> str:
         ]
     lines.append("")
     lines += list(images)
-    lines += ["", "## Token budget", "", "| scope | images | tokens | tokens/image | progress |"]
+    lines += [
+        "",
+        "## Token budget",
+        "",
+        "| scope | images | tokens | tokens/image | progress to target |",
+    ]
     lines.append("|---|---:|---:|---:|---:|")
     for b in card["token_budget"]:
         lines.append(
-            f"| {b['scope']} | {b['images']} | {b['tokens']} | {b['tokens_per_image']:.0f} | "
-            f"{b['progress']:.3e} |"
+            f"| {b['scope']} | {b['images']} | {b['tokens']} | "
+            f"{format_number(b['tokens_per_image'])} | {format_share(b['progress'])} |"
         )
     if card["stage_runs"]:
         lines += ["", "## Stage runs", "", "| stage | run | code version | materialized |"]

@@ -59,6 +59,7 @@ from dataplatform.core.records.near_misses import (
     phash_near_misses,
     semantic_near_misses,
 )
+from dataplatform.core.records.run_profile import MODEL_COLUMN, Profile, rows_profile
 from dataplatform.core.records.thumbnails import (
     THUMBNAIL_PX,
     ThumbnailError,
@@ -68,7 +69,6 @@ from dataplatform.core.records.thumbnails import (
 from dataplatform.core.scoring.embedding_table import matrix_of
 from dataplatform.core.scoring.scores import EMBEDDINGS, REVIEW, scores
 from dataplatform.core.store.home import Home
-from dataplatform.core.store.profile import PROFILE_ENV, is_smoke
 from dataplatform.core.store.schema import LEDGER_SCHEMA
 from dataplatform.core.store.warehouse import (
     PART_FILE,
@@ -99,10 +99,6 @@ _DEFAULT_THRESHOLDS = {
     PHASH_STAGE: float(DEFAULT_PHASH_THRESHOLD),
     SEMANTIC_STAGE: DEFAULT_SIMILARITY_THRESHOLD,
 }
-# The CLIP model's identity (clip_scored's ``clip_model`` column) says whether it was smoke.
-_MODEL_COLUMN = "clip_model"
-_SMOKE_MODEL = "smoke=true"
-SMOKE, PRODUCTION = "smoke", "production"
 
 
 def review_columns() -> tuple[str, ...]:
@@ -172,37 +168,6 @@ def review_dates_showing(home: Home, pair_ids: Iterable[str]) -> list[str]:
         dates.update(r[0] for r in rows)
     con.close()
     return sorted(dates)
-
-
-@dataclass(frozen=True)
-class Profile:
-    """The run profile a sheet or card comes from: ``smoke`` or ``production``, and why."""
-
-    name: str
-    basis: str  # where the profile was read from, in words
-
-    @property
-    def is_smoke(self) -> bool:
-        return self.name == SMOKE
-
-
-def stage_profile(model_identities: Iterable[str | None]) -> Profile:
-    """The profile of a stage table from the ``clip_model`` values of its rows (its data says
-    which model scored it, whatever the environment of the process that renders the sheet);
-    the rendering process's ``DATAPLATFORM_PROFILE`` when no row names a model."""
-    named = [m for m in model_identities if m]
-    if named:
-        smoke = any(_SMOKE_MODEL in m for m in named)
-        return Profile(
-            SMOKE if smoke else PRODUCTION,
-            "the built-in smoke CLIP model scored these rows (clip_model)"
-            if smoke
-            else "real CLIP weights scored these rows (clip_model)",
-        )
-    return Profile(
-        SMOKE if is_smoke() else PRODUCTION,
-        f"{PROFILE_ENV} of the process that rendered this; no model scored these rows",
-    )
 
 
 @dataclass
@@ -281,7 +246,7 @@ class Sheet:
     taken_down: set[str]  # the shown pairs a takedown names
     taken_down_since: list[str]  # pairs of this date that a takedown removed after curation
     rendered_at: str
-    profile: Profile = field(default_factory=lambda: stage_profile(()))
+    profile: Profile = field(default_factory=lambda: rows_profile(()))
     near_misses: NearMisses | None = None
     # raw_pairs days read whole because the ingested-ids state could not answer for them.
     raw_days_scanned: list[str] = field(default_factory=list)
@@ -437,20 +402,18 @@ def partition_profile(home: Home, stages: Sequence[str], date: str) -> Profile:
         for stage in reversed(list(stages)):
             _check_name(stage, "stage")
             kept_file = partition_dir(home, stage, date) / PART_FILE
-            if kept_file.is_file() and _MODEL_COLUMN in pq.read_schema(kept_file).names:
-                return _profile(con, _read_parquet(kept_file), [_MODEL_COLUMN])
+            if kept_file.is_file() and MODEL_COLUMN in pq.read_schema(kept_file).names:
+                return _profile(con, _read_parquet(kept_file), [MODEL_COLUMN])
     finally:
         con.close()
-    return stage_profile(())
+    return rows_profile(())
 
 
 def _profile(con: duckdb.DuckDBPyConnection, source: str, names: list[str]) -> Profile:
-    if _MODEL_COLUMN not in names:
-        return stage_profile(())
-    rows = con.execute(
-        f"SELECT DISTINCT {_quote(_MODEL_COLUMN)} FROM {source} LIMIT 100"
-    ).fetchall()
-    return stage_profile(r[0] for r in rows)
+    if MODEL_COLUMN not in names:
+        return rows_profile(())
+    rows = con.execute(f"SELECT DISTINCT {_quote(MODEL_COLUMN)} FROM {source} LIMIT 100").fetchall()
+    return rows_profile(r[0] for r in rows)
 
 
 # --- the near-miss band ------------------------------------------------------------------------

@@ -36,7 +36,6 @@ from dataplatform.core.records.review_rows import (
     DEFAULT_LIMITS,
     EXACT_STAGE,
     TAKEDOWN,
-    Profile,
     ReviewLimits,
     Sheet,
     SheetImage,
@@ -48,6 +47,7 @@ from dataplatform.core.records.review_rows import (
     score_order,
     spread,
 )
+from dataplatform.core.records.run_profile import Profile
 from dataplatform.core.store.home import Home
 from dataplatform.core.store.warehouse import PART_FILE, partition_dir, write_document
 
@@ -200,16 +200,9 @@ def _num(value: float | int | None) -> str:
 
 def _profile_html(profile: Profile) -> str:
     """The banner that says which profile the page's numbers come from."""
-    if profile.is_smoke:
-        what = (
-            "Smoke profile: CLIP is the small built-in test model, so CLIP scores, the CLIP "
-            "cut and semantic similarities mean nothing (the semantic threshold is raised)"
-        )
-    else:
-        what = "Production profile: real model weights"
     return (
         f'<p class="profile {_e(profile.name)}" data-profile="{_e(profile.name)}">'
-        f"{what}. <span>From {_e(profile.basis)}.</span></p>"
+        f"{_e(profile.describe())}. <span>From {_e(profile.basis)}.</span></p>"
     )
 
 
@@ -275,11 +268,11 @@ def _near_misses_html(sheet: Sheet) -> str:
     hamming = near.measure == HAMMING
     if hamming:
         unit = "Hamming bits"
-        band = f"{_num(near.band[0])} < bits ≤ {_num(near.band[1])}"
+        band = f"{_num(near.band[0])} &lt; bits ≤ {_num(near.band[1])}"
         threshold = f"{_num(near.threshold)} bits"
     else:
         unit = "cosine"
-        band = f"{format_cosine(near.band[0])} ≤ cosine < {format_cosine(near.band[1])}"
+        band = f"{format_cosine(near.band[0])} ≤ cosine &lt; {format_cosine(near.band[1])}"
         threshold = f"cosine {format_cosine(near.threshold)}"
     searched = f"{near.pool} of {near.kept_total} kept rows of this day"
     if near.pool < near.kept_total:

@@ -15,6 +15,7 @@ from dataplatform.core.records.data_cards import (
     write_dataset_card,
 )
 from dataplatform.core.records.funnel import warehouse_funnel
+from dataplatform.core.records.readable_numbers import format_number
 from dataplatform.core.records.score_stats import Binning
 from dataplatform.core.store.home import Home
 from dataplatform.core.store.schema import ledger_table
@@ -30,7 +31,7 @@ from dataplatform.core.store.warehouse import (
 
 STAGES = STAGE_ORDER
 DAYS = ("2025-03-01", "2025-03-02", "2025-03-03")
-LICENSES = ("CC0-1.0", "cc-by-4.0", None, "")
+LICENSES = ("CC0-1.0", "cc-by-4.0", None, "", "Unknown")
 
 
 def _commit_day(home: Home, date: str, cards: int, seed: int, drop_score: str | None = None):
@@ -44,7 +45,14 @@ def _commit_day(home: Home, date: str, cards: int, seed: int, drop_score: str | 
         table = {"pair_id": ids, "date": [date] * len(ids)}
         if stage == CARDS_TABLE:
             table["license"] = [LICENSES[k % len(LICENSES)] for k in range(len(ids))]
-            table["license_status"] = ["allowed" if k % 3 else None for k in range(len(ids))]
+            # As the license policy sets it: missing for no license or a placeholder; some
+            # cards predate the status.
+            table["license_status"] = [
+                "missing"
+                if LICENSES[k % len(LICENSES)] in (None, "", "Unknown")
+                else ("allowed" if k % 3 else None)
+                for k in range(len(ids))
+            ]
             for score in card_scores():
                 if score.name != drop_score:
                     lo, hi = score.plot_range or (0.0, 900.0)
@@ -83,6 +91,13 @@ def home(tmp_path) -> Home:
     return home
 
 
+# The card's license buckets for this fixture's spellings: lower case, placeholders missing.
+_BUCKET = (
+    "CASE WHEN license IS NULL OR lower(trim(license)) IN ('', 'unknown') THEN '(missing)' "
+    "ELSE lower(license) END"
+)
+
+
 def _full_scan(home: Home) -> dict:
     """The overall numbers as the card computed them before summaries: SQL over every row."""
     con = connect(home)
@@ -100,21 +115,16 @@ def _full_scan(home: Home) -> dict:
         return {
             "pairs": rows("SELECT count(*) FROM data_cards")[0][0],
             "taken_down": rows("SELECT count(*) FROM rejections WHERE stage = 'takedown'")[0][0],
-            "kept": dict(
-                rows(
-                    "SELECT coalesce(nullif(license, ''), '(none)'), count(*) "
-                    "FROM data_cards GROUP BY 1"
-                )
-            ),
+            "kept": dict(rows(f"SELECT {_BUCKET}, count(*) FROM data_cards GROUP BY 1")),
             "status": dict(
                 rows(
-                    "SELECT coalesce(license_status, '(unknown)'), count(*) "
+                    "SELECT coalesce(license_status, '(no status)'), count(*) "
                     "FROM data_cards GROUP BY 1"
                 )
             ),
             "dropped": dict(
                 rows(
-                    "SELECT coalesce(license, '(none)'), count(*) FROM rejections "
+                    f"SELECT {_BUCKET}, count(*) FROM rejections "
                     "WHERE reason LIKE 'license_%' GROUP BY 1"
                 )
             ),
@@ -150,6 +160,10 @@ def test_overall_card_equals_the_full_scan(home):
         "dropped": expected["dropped"],
     }
     assert card["dataset_versions"] == expected["versions"]
+    # One bucketing: "(missing)" licenses are exactly the pairs whose status is missing.
+    licenses = card["licenses"]
+    assert licenses["kept"]["(missing)"] == licenses["kept_by_status"]["missing"] == 63
+    assert "Unknown" not in licenses["kept"] and "unknown" not in licenses["kept"]
     budget = {b["scope"]: (b["images"], b["tokens"]) for b in card["token_budget"]}
     assert budget == {**expected["tokens"], "total": (105, 105 * 784)}
     for name, values in expected["scores"].items():
@@ -260,3 +274,33 @@ def test_the_overall_card_reads_no_row_of_earlier_days(home):
 def test_a_day_without_cards_has_no_budget_row(home):
     card = write_dataset_card(home, STAGES, "2025-03-09").card
     assert (card["pairs"], card["token_budget"], card["funnel"][0]["in"]) == (0, [], 0)
+
+
+def test_every_card_says_its_profile_from_the_cards_model(home, monkeypatch):
+    monkeypatch.delenv("DATAPLATFORM_PROFILE", raising=False)
+    # The fixture's cards name no model: the process's profile, said to be that.
+    day = write_dataset_card(home, STAGES, DAYS[0])
+    assert day.card["profile"]["name"] == "production"
+    assert "DATAPLATFORM_PROFILE" in day.card["profile"]["basis"]
+    assert day.markdown.splitlines()[2].startswith("Production profile: real model weights.")
+    cards = read_partition(home, CARDS_TABLE, DAYS[1])
+    smoke = cards.append_column("clip_model", pa.array(["model=x;smoke=true"] * cards.num_rows))
+    commit_stage(home, DAYS[1], {CARDS_TABLE: smoke}, {})
+    day = write_dataset_card(home, STAGES, DAYS[1])
+    assert day.card["profile"]["name"] == "smoke"
+    assert day.markdown.splitlines()[2].startswith("**Smoke profile: CLIP is the small built-in")
+    write_dataset_card(home, STAGES, DAYS[2])
+    overall = write_dataset_card(home, STAGES, None)
+    assert overall.card["profile"]["name"] == "mixed"
+    assert overall.card["profile"]["days"] == {"production": 2, "smoke": 1}
+    assert "**Profile: mixed** (production 2 day(s), smoke 1 day(s))" in overall.markdown
+
+
+def test_card_numbers_are_rounded_for_reading(home):
+    card = write_dataset_card(home, STAGES, DAYS[0])
+    (clip,) = [line for line in card.markdown.splitlines() if line.startswith("| clip_score |")]
+    mean = card.card["scores"]["clip_score"]["mean"]
+    assert f"| {format_number(mean)} |" in clip and len(format_number(mean).lstrip("-")) <= 6
+    (total,) = [line for line in card.markdown.splitlines() if line.startswith("| total |")]
+    progress = card.card["token_budget"][-1]["progress"]
+    assert total.endswith(f"| {format_number(progress * 100)}% |")
