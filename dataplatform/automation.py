@@ -123,7 +123,7 @@ def landing_sensor(
     home = warehouse.resolve()
     valid = set(daily_partitions.get_partition_keys(dynamic_partitions_store=None))
     requested = set(json.loads(context.cursor)) if context.cursor else set()
-    done = set(partition_dates(home, STAGE_ASSETS[-1].key.path[-1]))
+    done = set(partition_dates(home, STAGE_ASSETS[-1].node_def.name))
     pending = [d for d in home.landing_dates() if d in valid and d not in requested | done]
     if not pending:
         return dg.SkipReason("no new landing folder for an open partition")
