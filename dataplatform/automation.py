@@ -21,6 +21,8 @@ TRIGGER_TAG = "dataplatform/trigger"
 PARTITION_TAG = "dagster/partition"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
+# A day is curated once the last curation stage has its partition.
+CURATED_TABLE = STAGE_ASSETS[-1].node_def.name
 
 curate_daily = dg.define_asset_job(
     JOB_NAME,
@@ -86,6 +88,7 @@ def curate_daily_schedule(
 ) -> dg.RunRequest | dg.SkipReason:
     """The day before the tick, as ``build_schedule_from_partitioned_job`` picks it."""
     from dataplatform.core.ingest.landing_ready import day_readiness, landing_quiet_seconds
+    from dataplatform.core.store.warehouse import partition_dates
 
     with dg.partition_loading_context(effective_dt=context.scheduled_execution_time):
         date = daily_partitions.get_last_partition_key()
@@ -94,7 +97,11 @@ def curate_daily_schedule(
     existing = launched_run(context.instance, date)
     if existing is not None:
         return dg.SkipReason(f"{date} already has {_describe(existing)}")
-    readiness = day_readiness(warehouse.resolve(), date, landing_quiet_seconds())
+    home = warehouse.resolve()
+    if date in partition_dates(home, CURATED_TABLE):
+        # Curated by a run this check cannot see (a finished backfill range, another instance).
+        return dg.SkipReason(f"{date} is already curated: {CURATED_TABLE} has its partition")
+    readiness = day_readiness(home, date, landing_quiet_seconds())
     if not readiness.ready:
         return dg.SkipReason(
             f"{readiness.reason}. The schedule does not try again: switch on landing_sensor to "
@@ -123,7 +130,7 @@ def landing_sensor(
     home = warehouse.resolve()
     valid = set(daily_partitions.get_partition_keys(dynamic_partitions_store=None))
     requested = set(json.loads(context.cursor)) if context.cursor else set()
-    done = set(partition_dates(home, STAGE_ASSETS[-1].node_def.name))
+    done = set(partition_dates(home, CURATED_TABLE))
     pending = [d for d in home.landing_dates() if d in valid and d not in requested | done]
     if not pending:
         return dg.SkipReason("no new landing folder for an open partition")

@@ -4,6 +4,7 @@ import datetime as dt
 import json
 import os
 import time
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -16,6 +17,7 @@ from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._core.utils import make_new_run_id
 
 from dataplatform.automation import (
+    CURATED_TABLE,
     JOB_NAME,
     PARTITION_TAG,
     RANGE_END_TAG,
@@ -25,6 +27,7 @@ from dataplatform.automation import (
 )
 from dataplatform.core.ingest.landing_ready import MARKER, QUIET_SECONDS_ENV
 from dataplatform.core.store.home import Home
+from dataplatform.core.store.warehouse import PART_FILE
 from dataplatform.definitions import defs
 from dataplatform.resources import WarehouseResource
 from tests.assets.conftest import DAYS, materialize_day
@@ -220,3 +223,16 @@ def test_a_job_backfill_range_run_holds_its_days(three_days: Home):
             f"{DAYS[2]} already has run {ranged.run_id} ({DAYS[0]}...{DAYS[2]}, started by the "
             f"backfill, started)"
         )
+
+
+def test_the_schedule_skips_a_day_already_in_the_warehouse(three_days: Home):
+    """Curated by a run the instance no longer shows as holding it: the warehouse decides."""
+    _complete(three_days, DAYS[2])
+    part = Path(three_days.warehouse) / CURATED_TABLE / f"date={DAYS[2]}" / PART_FILE
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"")
+    with dg.instance_for_test() as instance:
+        result = _schedule_tick(three_days, instance)
+    assert result.skip_message == (
+        f"{DAYS[2]} is already curated: {CURATED_TABLE} has its partition"
+    )
