@@ -87,6 +87,8 @@ def resolve_request(root: Path, target: str) -> Path:
     if any(s.startswith(".") for s in segments):  # "..", ".", and hidden names
         raise Refused(HTTPStatus.NOT_FOUND, f"{decoded!r} is outside what is served")
     real_root = root.resolve()
+    if not segments:  # the listing of dates, also before any sheet was rendered
+        return real_root
     try:
         real = root.joinpath(*segments).resolve(strict=True)
     except (FileNotFoundError, NotADirectoryError):
@@ -125,8 +127,10 @@ class ReviewHandler(BaseHTTPRequestHandler):
 
     server: ReviewServer
     server_version = "dataplatform-review"
-    sys_version = ""
     protocol_version = "HTTP/1.1"
+
+    def version_string(self) -> str:
+        return self.server_version  # not the Python version
 
     def do_GET(self) -> None:  # noqa: N802 - the name http.server dispatches to
         self._answer(body=True)
@@ -151,7 +155,7 @@ class ReviewHandler(BaseHTTPRequestHandler):
         except Refused as refused:
             self._plain(refused.status, str(refused), body=body)
             return
-        if found.is_dir():
+        if found == self.server.root.resolve() or found.is_dir():
             self._folder(found, body)
             return
         self._file(found, body)
@@ -229,9 +233,13 @@ class ReviewHandler(BaseHTTPRequestHandler):
 
 def _listing(root: Path) -> str:
     """The dates that have review sheets, newest first, linking each date's index."""
-    dates = sorted(
-        (p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("date=")),
-        reverse=True,
+    dates = (
+        sorted(
+            (p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("date=")),
+            reverse=True,
+        )
+        if root.is_dir()
+        else []
     )
     items = "".join(
         f'<li><a href="{html.escape(d, quote=True)}/{_INDEX_FILE}">{html.escape(d[5:])}</a></li>'
@@ -272,8 +280,8 @@ def make_server(
             f"the warehouse is on {home.warehouse_url}: review sheets are rendered for a local "
             "warehouse only, so there is nothing to serve; unset DATAPLATFORM_WAREHOUSE_URL"
         )
+    # Not created here: the server may read a home mounted read-only, before any sheet exists.
     root = review_root(home)
-    root.mkdir(parents=True, exist_ok=True)
     return ReviewServer(root, (host, port), allowed_hosts(base_url, [host, *allow_hosts]))
 
 

@@ -117,13 +117,21 @@ def test_only_get_and_head_and_only_allowed_host_names(served):
 
 
 def test_the_base_urls_host_and_loopback_only_by_default(tmp_path: Path):
-    home = Home(tmp_path / "home")
+    home = Home(tmp_path / "home")  # nothing rendered yet, and nothing created
     server = make_server(home, "127.0.0.1", 0, base_url="http://reviews.example:8070")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
     try:
         assert server.server_address[0] == "127.0.0.1"
         assert "reviews.example" in server.hosts and "evil.example" not in server.hosts
+        status, _, body = _request(server, "/", host="reviews.example:8070")
+        assert status == 200 and b"No review sheet has been rendered yet" in body
+        assert _request(server, "/date=2025-01-01/index.html")[0] == 404
+        assert not home.root.exists()
     finally:
+        server.shutdown()
         server.server_close()
+        thread.join(5)
     with pytest.raises(ValueError, match="local warehouse only"):
         make_server(Home(tmp_path / "h2", warehouse_url="s3://bucket/wh"), "127.0.0.1", 0)
 

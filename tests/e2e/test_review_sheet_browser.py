@@ -1,4 +1,5 @@
-"""Review sheets in a real browser: headless Chromium opens them from disk (file://).
+"""Review sheets in a real browser: headless Chromium opens them from disk (file://) and over
+HTTP from the review server on loopback, at the URL the asset metadata links.
 
 Needs the Debian packages ``chromium`` and ``chromium-driver`` and the ``selenium`` dev extra.
 Without them the test skips, unless ``DATAPLATFORM_REQUIRE_BROWSER=1`` (CI sets it), where a
@@ -8,8 +9,10 @@ to the test's temporary folder; their paths are printed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,13 +21,16 @@ import pytest
 from dataplatform.assets import STAGE_ASSETS
 from dataplatform.assets.review import review_sheet_metadata
 from dataplatform.core.records.review_sheet import (
+    REVIEW_URL_ENV,
     render_partition_review,
     render_review_sheet,
     review_path,
+    sheet_url,
 )
 from dataplatform.core.samples.sample_data import build_sample_landing
 from dataplatform.core.store.home import Home
 from dataplatform.core.store.warehouse import read_ledger, read_partition
+from dataplatform.review_server import ReviewServer, make_server
 from tests.assets.conftest import materialize_day
 from tests.core.records.test_review_sheet import INJECTION, build_review_warehouse
 
@@ -32,7 +38,7 @@ REQUIRE_ENV = "DATAPLATFORM_REQUIRE_BROWSER"
 ARTIFACTS_ENV = "DATAPLATFORM_TEST_ARTIFACTS"
 DAYS = ["2025-01-01", "2025-01-02", "2025-01-03"]
 # The stages that need no model: enough for every kind of section and every odd image format.
-STAGES = [a.key.path[-1] for a in STAGE_ASSETS[:3]]
+STAGES = [a.node_def.name for a in STAGE_ASSETS[:3]]
 CHROMIUM_FLAGS = [
     "--headless=new",
     "--no-sandbox",
@@ -99,19 +105,48 @@ def sample_home(tmp_path_factory: pytest.TempPathFactory) -> Home:
     return home
 
 
-def _open(browser, path: Path) -> dict:
-    """Load ``path`` from disk; return what the page shows and what the console said."""
+@contextlib.contextmanager
+def _serving(home: Home) -> Iterator[str]:
+    """The review server for ``home`` on a free loopback port; yields its base URL."""
+    server: ReviewServer = make_server(home, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def _open(browser, path: Path | str) -> dict:
+    """Load ``path`` from disk, or a URL; return what the page shows and what the console
+    said."""
     browser.get_log("browser")  # drop what earlier pages logged
-    browser.get(path.resolve().as_uri())
+    browser.get(path if isinstance(path, str) else path.resolve().as_uri())
+    return _state(browser)
+
+
+def _state(browser) -> dict:
     state = browser.execute_script(
         "return {ready: document.readyState, title: document.title,"
         " text: document.body.innerText,"
         " images: Array.from(document.images).map(i => ["
         "   i.alt, i.complete, i.naturalWidth, i.naturalHeight, i.getBoundingClientRect().width]),"
-        " placeholders: document.querySelectorAll('div.thumb').length}"
+        " placeholders: document.querySelectorAll('div.thumb').length,"
+        " url: document.location.href,"
+        " profile: (document.querySelector('p.profile') || {}).textContent}"
     )
     state["severe"] = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     return state
+
+
+def _near_misses(browser) -> list[list]:
+    """(pair_id, neighbour, margin) of each near miss the page shows."""
+    return browser.execute_script(
+        "return Array.from(document.querySelectorAll('.cluster.near-miss'))"
+        ".map(c => [c.dataset.pairId, c.dataset.neighbour, Number(c.dataset.margin)])"
+    )
 
 
 def _screenshot(browser, name: str, fallback: Path) -> Path:
@@ -149,7 +184,8 @@ def test_review_sheets_load_from_disk_with_every_thumbnail_rendered(
     originals = set(read_ledger(sample_home, "phash_deduped", DAYS[1])["duplicate_of"].to_pylist())
     assert len(originals) == 14
     phash = _open(browser, folder / "phash_deduped.html")
-    _assert_rendered(phash, 13 + 21 + len(originals))
+    # Beside them, both pairs of each near miss (kept, just outside the threshold).
+    _assert_rendered(phash, 13 + 21 + len(originals) + 2 * len(_near_misses(browser)))
     assert phash["placeholders"] == 0
     assert "Hamming bits" in phash["text"] and "kept 2025-01-01" in phash["text"]
     shot = _screenshot(browser, "review_phash_deduped_2025-01-02", tmp_path)
@@ -182,10 +218,49 @@ def test_injected_markup_is_shown_as_text_and_takedowns_as_placeholders(browser,
     assert "SECRET-CAPTION-T1" not in state["text"]
     _screenshot(browser, "review_takedown_and_injection", tmp_path)
 
-    # What the asset reports: the sheet's path, and a file:// URL that opens the same page.
-    metadata = review_sheet_metadata(home, "phash_deduped", "2025-01-02")
-    assert metadata["review_sheet"].path == str(path)
-    assert metadata["review_sheet_url"].url == path.resolve().as_uri()
-    index = _open(browser, path.parent / "index.html")
+    # What the asset reports: the sheet's path, labelled as a path, and the review server's
+    # URL, which opens the same page over HTTP as a reviewer's browser would from the UI.
+    with _serving(home) as base, pytest.MonkeyPatch.context() as env:
+        env.setenv(REVIEW_URL_ENV, base)
+        metadata = review_sheet_metadata(home, "phash_deduped", "2025-01-02")
+        assert metadata["review_sheet_path"].path == str(path)
+        url = metadata["review_sheet_url"].url
+        assert url == f"{base}/date=2025-01-02/phash_deduped.html"
+        served = _open(browser, url)
+        assert served["url"] == url and INJECTION in served["text"]
+        _assert_rendered(served, 5 + 71)
+        assert served["placeholders"] == 2
+        browser.find_element("link text", "all stages of this date").click()
+        index = _state(browser)
+        assert index["url"] == f"{base}/date=2025-01-02/index.html"
     assert index["severe"] == [] and "phash_deduped\t75\t72\t3" in index["text"]
     assert "tokens\tnot materialized for this date" in index["text"]
+
+
+def test_review_sheets_open_over_http_from_the_review_server_as_the_ui_links_them(
+    browser, sample_home: Home, tmp_path: Path
+):
+    """From the index to a dedup sheet over HTTP: the profile, the near misses, every image."""
+    with _serving(sample_home) as base:
+        listing = _open(browser, f"{base}/")
+        assert listing["severe"] == [] and all(day in listing["text"] for day in DAYS)
+        browser.find_element("link text", DAYS[1]).click()
+        index = _state(browser)
+        assert index["url"] == sheet_url(base, DAYS[1], "index")
+        assert "Production profile" in index["profile"] or "Smoke profile" in index["profile"]
+        browser.find_element("link text", "phash_deduped").click()
+        phash = _state(browser)
+        assert phash["url"] == sheet_url(base, DAYS[1], "phash_deduped")
+        originals = set(
+            read_ledger(sample_home, "phash_deduped", DAYS[1])["duplicate_of"].to_pylist()
+        )
+        near = _near_misses(browser)
+        # Two thumbnails per near miss, beside the kept sample, copies and their originals.
+        _assert_rendered(phash, 13 + 21 + len(originals) + 2 * len(near))
+        assert "Near misses" in phash["text"] and "threshold" in phash["text"]
+        margins = [m for _, _, m in near]
+        assert margins == sorted(margins) and all(0 < m <= 8 for m in margins)
+        _screenshot(browser, "review_phash_deduped_over_http", tmp_path)
+        # Outside the review folder nothing is served, whatever the browser asks for.
+        refused = _open(browser, f"{base}/date={DAYS[1]}/..%2f..%2fcatalog.duckdb")
+        assert refused["text"].startswith("404 Not Found") and "DUCK" not in refused["text"]
