@@ -87,7 +87,9 @@ def test_job_records_a_materialization_per_rewritten_partition_naming_the_reques
     ]
     # Upstream first; one event per rewritten partition; nothing for the untouched day.
     assert [
-        (e.asset_key.path[-1], e.partition) for e in events if e.asset_key.path[-1] in selection
+        (e.asset_key.to_user_string(), e.partition)
+        for e in events
+        if e.asset_key.to_user_string() in selection
     ] == [("raw_pairs", DAYS[0]), ("exact_deduped", DAYS[0])]
     assert all(e.partition == DAYS[0] for e in events)
     for event in events:
@@ -117,3 +119,25 @@ def test_job_records_a_materialization_per_rewritten_partition_naming_the_reques
         tags["exact_deduped"]["dagster/input_data_version/raw_pairs"]
         == tags["raw_pairs"]["dagster/data_version"]
     )
+
+
+def test_cli_apply_records_the_same_events_outside_a_run(
+    three_days: Home, tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+):
+    from dataplatform import cli
+
+    dagster_home = tmp_path / "dagster"
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    cli._local_instance(three_days)
+    with dg.DagsterInstance.get() as instance:
+        selection = ["raw_pairs", "exact_deduped"]
+        assert materialize_day(three_days, DAYS[0], selection=selection, instance=instance).success
+    _file(three_days, {"id": "T1", "kind": "pair_id", "value": "b1", "filed": DAYS[1]})
+    assert cli.main(["--home", str(three_days.root), "takedown", "apply"]) == 0
+    assert "recorded 2 asset partition(s) in the Dagster instance" in capsys.readouterr().out
+    with dg.DagsterInstance.get() as instance:
+        for table in selection:
+            record = _latest(instance, table, DAYS[0])
+            assert record.run_id == ""  # reported by the CLI, in no run
+            materialization = record.asset_materialization
+            assert materialization.metadata["takedown_requests"].value == "T1"

@@ -57,6 +57,7 @@ def test_demo_runs_every_stage_and_matches_the_sample_truth(tmp_path: Path):
     )
     matched, problems = compare_with_truth(Home(home), home / "sample_truth.json")
     assert (matched, problems) == (131, [])
+    _assert_runs_went_through_the_queue(home / "dagster", done.stdout)
     # Running the demo again replaces its partitions rather than appending.
     again = _run([str(BIN / "dataplatform"), "demo"], home, tmp_path)
     assert again.returncode == 0, again.stderr
@@ -82,6 +83,37 @@ def test_demo_runs_every_stage_and_matches_the_sample_truth(tmp_path: Path):
         assert counts[before] == counts[stage] + removed.get(stage, 0), stage
     clip_kept = counts["clip_scored"]
     assert smoke_rows == clip_kept  # every output the smoke model touched says so
+
+
+def _assert_runs_went_through_the_queue(dagster_home: Path, stdout: str) -> None:
+    """Six runs of curate_daily (curation and tokens for 3 days), each queued on the instance and
+    taken by the daemon the command started and stopped; no heartbeat of it is left behind."""
+    import dagster as dg
+
+    assert "no dagster-daemon is running" in stdout and "starting one for this command" in stdout
+    assert "== stopped the dagster-daemon this command started" in stdout
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        runs = instance.get_runs()
+        assert len(runs) == 6
+        assert {r.job_name for r in runs} == {"curate_daily"}
+        assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        assert all(r.tags["dataplatform/trigger"] == "cli" for r in runs)
+        for run in runs:
+            assert run.run_id[:8] in stdout
+            queued = instance.get_records_for_run(
+                run.run_id, of_type=dg.DagsterEventType.RUN_ENQUEUED
+            ).records
+            assert len(queued) == 1, run.run_id
+        # Oldest day first within each phase.
+        created = sorted(
+            runs, key=lambda r: instance.get_run_record_by_id(r.run_id).create_timestamp
+        )
+        assert [r.tags["dagster/partition"] for r in created] == [
+            "2025-01-01",
+            "2025-01-02",
+            "2025-01-03",
+        ] * 2
+        assert instance.get_daemon_heartbeats() == {}
 
 
 def test_dagster_cli_materializes_the_chain_in_the_smoke_profile(tmp_path: Path):
