@@ -20,7 +20,15 @@ BACKFILL_TAG = "dagster/backfill"
 PARTITION_TAG = "dagster/partition"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
-# The instance setting that keeps a backfill's runs in date order, as docs/deployment.md shows it.
+# The run-queue limit that keeps a backfill's runs in date order: one run per backfill at a time
+# (the queue lets out the oldest first). docker/dagster.yaml, the Helm values and a local
+# instance's dagster.yaml carry it under concurrency.runs.tag_concurrency_limits.
+ONE_RUN_PER_BACKFILL = {
+    "key": BACKFILL_TAG,
+    "value": {"applyLimitPerUniqueValue": True},
+    "limit": 1,
+}
+# The same, as a refusal names it.
 QUEUE_SETTING = (
     "concurrency.runs.tag_concurrency_limits: {key: dagster/backfill, "
     "value: {applyLimitPerUniqueValue: true}, limit: 1}"

@@ -32,7 +32,12 @@ from dagster_graphql.client.query import LAUNCH_PARTITION_BACKFILL_MUTATION
 from dagster_graphql.test.utils import execute_dagster_graphql
 
 from dataplatform.assets import ALL_ASSETS, STAGE_ASSETS
-from dataplatform.assets.day_order import QUEUE_SETTING, BackfillDay, backfill_advice
+from dataplatform.assets.day_order import (
+    ONE_RUN_PER_BACKFILL,
+    QUEUE_SETTING,
+    BackfillDay,
+    backfill_advice,
+)
 from dataplatform.automation import JOB_NAME, curate_daily
 from dataplatform.core.store.home import HOME_ENV, Home
 from dataplatform.core.store.warehouse import read_partition
@@ -49,7 +54,6 @@ from tests.assets.conftest import DAYS, build_three_days
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 BACKFILL_TAG = "dagster/backfill"
 PARTITION_TAG = "dagster/partition"
-PER_BACKFILL = {"key": BACKFILL_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
 
 # curate_daily as a deployment with DATAPLATFORM_BACKFILL_DAYS_PER_RUN=1 builds it: a job
 # backfill of three days is three runs, which is where their order matters. Steps run in the
@@ -160,9 +164,13 @@ def _failure(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
 
 
 def test_the_deployed_run_queue_runs_one_run_per_backfill():
-    assert PER_BACKFILL in _deployed_run_queue()["runs"]["tag_concurrency_limits"]
+    assert ONE_RUN_PER_BACKFILL in _deployed_run_queue()["runs"]["tag_concurrency_limits"]
     helm = yaml.safe_load((DOCKER / "k8s" / "values.yaml").read_text())
-    assert PER_BACKFILL in helm["concurrency"]["runs"]["tagConcurrencyLimits"]
+    assert ONE_RUN_PER_BACKFILL in helm["concurrency"]["runs"]["tagConcurrencyLimits"]
+    # A refusal names the same setting.
+    path, _, limit = QUEUE_SETTING.partition(": ")
+    assert path == "concurrency.runs.tag_concurrency_limits"
+    assert yaml.safe_load(limit) == ONE_RUN_PER_BACKFILL
 
 
 def test_a_job_backfill_over_three_days_runs_them_one_at_a_time_in_date_order(
