@@ -24,7 +24,7 @@ TOKEN_ASSETS = [vq_tokenizer, tokens]
 # The last gate: cards are written for what was tokenized, minus takedowns filed since.
 CARD_ASSETS = [data_cards]
 ALL_ASSETS = STAGE_ASSETS + TOKEN_ASSETS + CARD_ASSETS
-if [a.key.path[-1] for a in STAGE_ASSETS] + ["tokens", "data_cards"] != STAGE_ORDER:
+if [a.node_def.name for a in STAGE_ASSETS] + ["tokens", "data_cards"] != STAGE_ORDER:
     raise RuntimeError(
         "dataplatform.core.store.stages.STAGE_ORDER does not match the asset modules"
     )

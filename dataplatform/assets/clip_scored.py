@@ -1,5 +1,7 @@
 """clip_scored: CLIP image-text similarity for every pair, then a relevance filter."""
 
+from collections.abc import Iterator
+
 import dagster as dg
 import numpy as np
 import pyarrow as pa
@@ -8,12 +10,12 @@ from dataplatform.assets.code_versions import code_version
 from dataplatform.assets.partitions import daily_backfill_policy, daily_partitions
 from dataplatform.assets.phash_deduped import KEY as PHASH_KEY
 from dataplatform.assets.reporting import (
-    OWNERS,
     finish_stage,
     for_each_day,
     open_stage_day,
     read_input,
     stage_checks,
+    stage_specs,
     table_column,
 )
 from dataplatform.core.records.plots import histogram_png, markdown_image
@@ -55,16 +57,26 @@ class ClipScoreConfig(dg.Config):
     """Share kept in percentile mode (DataComp's CLIP-score baseline keeps the top 30%)."""
 
 
-@dg.asset(
-    key=KEY,
+@dg.multi_asset(
+    name=STAGE,
+    specs=stage_specs(
+        KEY,
+        deps=[PHASH_KEY],
+        description=(
+            "CLIP image and text embeddings and their cosine for every pair, then a threshold."
+        ),
+        kinds={"pytorch", "parquet"},
+        code_version=code_version(__name__),
+        group_name="curation",
+        side_tables={
+            EMBEDDINGS: (
+                "The image and text embeddings of every pair CLIP scored that day (read "
+                "by quality_filtered and semantic_deduped)."
+            )
+        },
+    ),
     partitions_def=daily_partitions,
     backfill_policy=daily_backfill_policy,
-    deps=[PHASH_KEY],
-    description="CLIP image and text embeddings and their cosine for every pair, then a threshold.",
-    kinds={"pytorch", "parquet"},
-    owners=OWNERS,
-    code_version=code_version(__name__),
-    group_name="curation",
     pool="gpu",
     check_specs=stage_checks(
         KEY,
@@ -80,10 +92,10 @@ def clip_scored(
     warehouse: WarehouseResource,
     clip: ClipResource,
     engine: EngineResource,
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult]:
     """Embed every pair, store the embeddings and the score, and drop pairs under the threshold."""
-    return for_each_day(
-        context, lambda date: _materialize_day(context, config, warehouse, clip, engine, date)
+    yield from for_each_day(
+        context, KEY, lambda date: _materialize_day(context, config, warehouse, clip, engine, date)
     )
 
 
@@ -94,7 +106,7 @@ def _materialize_day(
     clip: ClipResource,
     engine: EngineResource,
     date: str,
-) -> dg.MaterializeResult:
+) -> list[dg.MaterializeResult]:
     """One day of ``clip_scored``; ``for_each_day`` runs it for each day of the run."""
     day = open_stage_day(warehouse, STAGE, date)
     home, date = day.home, day.date

@@ -1,18 +1,20 @@
 """data_cards: one audit record per pair that enters training, and the dataset cards."""
 
 import datetime as dt
+from collections.abc import Iterator
 
 import dagster as dg
 
 from dataplatform.assets.code_versions import code_version
 from dataplatform.assets.partitions import daily_backfill_policy, daily_partitions
 from dataplatform.assets.reporting import (
-    OWNERS,
     finish_stage,
     for_each_day,
+    ledger_key,
     open_stage_day,
     read_input,
     stage_checks,
+    stage_specs,
 )
 from dataplatform.assets.review import review_sheet_metadata
 from dataplatform.assets.tokens import KEY as TOKENS_KEY
@@ -44,19 +46,22 @@ CHECK_CARDS_COMPLETE = "cards_complete"
 LINEAGE = STAGE_ORDER[: STAGE_ORDER.index(STAGE)]
 
 
-@dg.asset(
-    key=KEY,
+@dg.multi_asset(
+    name=STAGE,
+    specs=stage_specs(
+        KEY,
+        # The dataset cards count every earlier stage's ledger rows of the day (the funnel).
+        deps=[TOKENS_KEY, *(ledger_key(stage) for stage in LINEAGE)],
+        description=(
+            "One data card per pair that enters training (source, license, every score and "
+            "transform, the run of every stage), the dataset cards and the review sheets."
+        ),
+        kinds={"parquet", "markdown", "html"},
+        code_version=CODE_VERSION,
+        group_name="cards",
+    ),
     partitions_def=daily_partitions,
     backfill_policy=daily_backfill_policy,
-    deps=[TOKENS_KEY],
-    description=(
-        "One data card per pair that enters training (source, license, every score and "
-        "transform, the run of every stage), the dataset cards and the review sheets."
-    ),
-    kinds={"parquet", "markdown", "html"},
-    owners=OWNERS,
-    code_version=CODE_VERSION,
-    group_name="cards",
     check_specs=stage_checks(
         KEY,
         {
@@ -69,9 +74,11 @@ LINEAGE = STAGE_ORDER[: STAGE_ORDER.index(STAGE)]
 )
 def data_cards(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, engine: EngineResource
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult]:
     """Card every tokenized pair; takedowns filed since are the last gate before training."""
-    return for_each_day(context, lambda date: _materialize_day(context, warehouse, engine, date))
+    yield from for_each_day(
+        context, KEY, lambda date: _materialize_day(context, warehouse, engine, date)
+    )
 
 
 def _materialize_day(
@@ -79,7 +86,7 @@ def _materialize_day(
     warehouse: WarehouseResource,
     engine: EngineResource,
     date: str,
-) -> dg.MaterializeResult:
+) -> list[dg.MaterializeResult]:
     """One day of ``data_cards``; ``for_each_day`` runs it for each day of the run."""
     day = open_stage_day(warehouse, STAGE, date)
     home, date = day.home, day.date

@@ -1,5 +1,7 @@
 """exact_deduped: byte-identical images removed by SHA-256, globally across partitions."""
 
+from collections.abc import Iterator
+
 import dagster as dg
 
 from dataplatform.assets.code_versions import code_version
@@ -15,12 +17,12 @@ from dataplatform.assets.partitions import PREVIOUS_DAY, daily_backfill_policy, 
 from dataplatform.assets.raw_pairs import KEY as RAW_KEY
 from dataplatform.assets.reporting import (
     GLOBAL_SCOPE,
-    OWNERS,
     finish_stage,
     for_each_day,
     open_stage_day,
     read_input,
     stage_checks,
+    stage_specs,
     unique_check,
 )
 from dataplatform.core.dedup.exact_dedup import exact_deduplicate
@@ -43,16 +45,20 @@ KEY = dg.AssetKey(STAGE)
 CHECK_SHA_UNIQUE = "image_sha256_unique"
 
 
-@dg.asset(
-    key=KEY,
+@dg.multi_asset(
+    name=STAGE,
+    specs=stage_specs(
+        KEY,
+        deps=[RAW_KEY, dg.AssetDep(KEY, partition_mapping=PREVIOUS_DAY)],
+        description=(
+            "Raw pairs without byte copies: the earliest pair with an image's SHA-256 wins."
+        ),
+        kinds={"duckdb", "parquet"},
+        code_version=code_version(__name__),
+        group_name="curation",
+    ),
     partitions_def=daily_partitions,
     backfill_policy=daily_backfill_policy,
-    deps=[RAW_KEY, dg.AssetDep(KEY, partition_mapping=PREVIOUS_DAY)],
-    description="Raw pairs without byte copies: the earliest pair with an image's SHA-256 wins.",
-    kinds={"duckdb", "parquet"},
-    owners=OWNERS,
-    code_version=code_version(__name__),
-    group_name="curation",
     check_specs=stage_checks(
         KEY,
         {CHECK_SHA_UNIQUE: "image_sha256 is unique across every kept pair up to this day"},
@@ -62,10 +68,12 @@ CHECK_SHA_UNIQUE = "image_sha256_unique"
 )
 def exact_deduped(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, engine: EngineResource
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult]:
     """Drop pairs whose bytes equal a pair kept earlier (earlier day, then smaller pair_id)."""
     spec = engine.spec()
-    return for_each_day(context, lambda date: _materialize_day(context, warehouse, spec, date))
+    yield from for_each_day(
+        context, KEY, lambda date: _materialize_day(context, warehouse, spec, date)
+    )
 
 
 def _materialize_day(
@@ -73,7 +81,7 @@ def _materialize_day(
     warehouse: WarehouseResource,
     engine: EngineSpec,
     date: str,
-) -> dg.MaterializeResult:
+) -> list[dg.MaterializeResult]:
     """One day of ``exact_deduped``; ``for_each_day`` runs it for each day of the run."""
     day = open_stage_day(warehouse, STAGE, date, global_dedup=True)
     home, date = day.home, day.date

@@ -1,5 +1,7 @@
 """phash_deduped: perceptual copies (re-encodes, resizes, tints) removed by pHash distance."""
 
+from collections.abc import Iterator
+
 import dagster as dg
 import pyarrow as pa
 
@@ -14,12 +16,12 @@ from dataplatform.assets.exact_deduped import KEY as EXACT_KEY
 from dataplatform.assets.partitions import PREVIOUS_DAY, daily_backfill_policy, daily_partitions
 from dataplatform.assets.reporting import (
     GLOBAL_SCOPE,
-    OWNERS,
     finish_stage,
     for_each_day,
     open_stage_day,
     read_input,
     stage_checks,
+    stage_specs,
 )
 from dataplatform.core.dedup.history_state import (
     INGESTED_IDS,
@@ -51,16 +53,18 @@ class PhashDedupConfig(dg.Config):
     """Pairs whose 64-bit pHashes differ in at most this many bits are duplicates."""
 
 
-@dg.asset(
-    key=KEY,
+@dg.multi_asset(
+    name=STAGE,
+    specs=stage_specs(
+        KEY,
+        deps=[EXACT_KEY, dg.AssetDep(KEY, partition_mapping=PREVIOUS_DAY)],
+        description="Exact-deduped pairs without perceptual copies (pHash Hamming distance).",
+        kinds={"numpy", "parquet"},
+        code_version=code_version(__name__),
+        group_name="curation",
+    ),
     partitions_def=daily_partitions,
     backfill_policy=daily_backfill_policy,
-    deps=[EXACT_KEY, dg.AssetDep(KEY, partition_mapping=PREVIOUS_DAY)],
-    description="Exact-deduped pairs without perceptual copies (pHash Hamming distance).",
-    kinds={"numpy", "parquet"},
-    owners=OWNERS,
-    code_version=code_version(__name__),
-    group_name="curation",
     check_specs=stage_checks(
         KEY,
         {
@@ -77,11 +81,11 @@ def phash_deduped(
     config: PhashDedupConfig,
     warehouse: WarehouseResource,
     engine: EngineResource,
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult]:
     """Drop pairs within the pHash threshold of a pair kept earlier; the ledger names the match."""
     spec = engine.spec()
-    return for_each_day(
-        context, lambda date: _materialize_day(context, config, warehouse, spec, date)
+    yield from for_each_day(
+        context, KEY, lambda date: _materialize_day(context, config, warehouse, spec, date)
     )
 
 
@@ -91,7 +95,7 @@ def _materialize_day(
     warehouse: WarehouseResource,
     engine: EngineSpec,
     date: str,
-) -> dg.MaterializeResult:
+) -> list[dg.MaterializeResult]:
     """One day of ``phash_deduped``; ``for_each_day`` runs it for each day of the run."""
     day = open_stage_day(warehouse, STAGE, date, global_dedup=True)
     home, date = day.home, day.date

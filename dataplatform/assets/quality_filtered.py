@@ -1,6 +1,7 @@
 """quality_filtered: aesthetics, NSFW, watermark, OCR readability and technical quality."""
 
 import dataclasses
+from collections.abc import Iterator
 
 import dagster as dg
 import numpy as np
@@ -11,12 +12,12 @@ from dataplatform.assets.clip_scored import KEY as CLIP_KEY
 from dataplatform.assets.code_versions import code_version
 from dataplatform.assets.partitions import daily_backfill_policy, daily_partitions
 from dataplatform.assets.reporting import (
-    OWNERS,
     finish_stage,
     for_each_day,
     open_stage_day,
     read_input,
     stage_checks,
+    stage_specs,
     table_column,
 )
 from dataplatform.core.engine.chunk_map import ChunkRun
@@ -60,16 +61,26 @@ def _quality_config() -> type[dg.Config]:
 QualityConfig = _quality_config()
 
 
-@dg.asset(
-    key=KEY,
+@dg.multi_asset(
+    name=STAGE,
+    specs=stage_specs(
+        KEY,
+        deps=[CLIP_KEY, dg.AssetKey(EMBEDDINGS)],
+        description=(
+            "Every quality score stored for every pair, then the quality thresholds applied."
+        ),
+        kinds={"onnx", "pytorch", "parquet"},
+        code_version=code_version(__name__),
+        group_name="curation",
+        side_tables={
+            SCORES: (
+                "Every quality score of every pair scored that day; re-used when the "
+                "thresholds change."
+            )
+        },
+    ),
     partitions_def=daily_partitions,
     backfill_policy=daily_backfill_policy,
-    deps=[CLIP_KEY],
-    description="Every quality score stored for every pair, then the quality thresholds applied.",
-    kinds={"onnx", "pytorch", "parquet"},
-    owners=OWNERS,
-    code_version=code_version(__name__),
-    group_name="curation",
     pool="gpu",
     check_specs=stage_checks(
         KEY,
@@ -86,10 +97,12 @@ def quality_filtered(
     warehouse: WarehouseResource,
     quality: QualityResource,
     engine: EngineResource,
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult]:
     """Score aesthetics, NSFW, watermark, OCR and technical quality; drop what fails a threshold."""
-    return for_each_day(
-        context, lambda date: _materialize_day(context, config, warehouse, quality, engine, date)
+    yield from for_each_day(
+        context,
+        KEY,
+        lambda date: _materialize_day(context, config, warehouse, quality, engine, date),
     )
 
 
@@ -100,7 +113,7 @@ def _materialize_day(
     quality: QualityResource,
     engine: EngineResource,
     date: str,
-) -> dg.MaterializeResult:
+) -> list[dg.MaterializeResult]:
     """One day of ``quality_filtered``; ``for_each_day`` runs it for each day of the run."""
     day = open_stage_day(warehouse, STAGE, date)
     home, date = day.home, day.date

@@ -1,16 +1,18 @@
 """raw_pairs: every image-text pair that arrived in a landing folder, decoded and described."""
 
+from collections.abc import Iterator
+
 import dagster as dg
 import pyarrow as pa
 
 from dataplatform.assets.code_versions import code_version
 from dataplatform.assets.partitions import daily_backfill_policy, daily_partitions
 from dataplatform.assets.reporting import (
-    OWNERS,
     finish_stage,
     for_each_day,
     open_stage_day,
     stage_checks,
+    stage_specs,
     table_column,
 )
 from dataplatform.core.ingest.image_decode import DEFAULT_DRAFT_SIZE, DEFAULT_MAX_PIXELS
@@ -41,15 +43,18 @@ class RawPairsConfig(dg.Config):
     """Decoding processes; 0 means one per available core."""
 
 
-@dg.asset(
-    key=KEY,
+@dg.multi_asset(
+    name=STAGE,
+    specs=stage_specs(
+        KEY,
+        deps=[],
+        description="Every image-text pair that landed on the day, decoded once and described.",
+        kinds={"python", "parquet", "pillow"},
+        code_version=code_version(__name__),
+        group_name="curation",
+    ),
     partitions_def=daily_partitions,
     backfill_policy=daily_backfill_policy,
-    description="Every image-text pair that landed on the day, decoded once and described.",
-    kinds={"python", "parquet", "pillow"},
-    owners=OWNERS,
-    code_version=code_version(__name__),
-    group_name="curation",
     check_specs=stage_checks(KEY),
 )
 def raw_pairs(
@@ -58,15 +63,16 @@ def raw_pairs(
     warehouse: WarehouseResource,
     licenses: LicensePolicyResource,
     engine: EngineResource,
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult]:
     """Ingest ``landing/<date>/`` (or ``<landing_url>/<date>/`` on an object store): manifests,
     shards, captioned images; bad rows to the ledger.
 
     Pairs a takedown request names never enter (ledger reason ``takedown``), and the license
     policy drops or flags pairs outside the allow-list (column ``license_status``).
     """
-    return for_each_day(
+    yield from for_each_day(
         context,
+        KEY,
         lambda date: _materialize_day(context, config, warehouse, licenses, engine, date),
     )
 
@@ -78,7 +84,7 @@ def _materialize_day(
     licenses: LicensePolicyResource,
     engine: EngineResource,
     date: str,
-) -> dg.MaterializeResult:
+) -> list[dg.MaterializeResult]:
     """One day of ``raw_pairs``; ``for_each_day`` runs it for each day of the run."""
     day = open_stage_day(warehouse, STAGE, date)
     home, date = day.home, day.date

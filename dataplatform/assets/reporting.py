@@ -13,14 +13,17 @@ import pyarrow.compute as pc
 from dataplatform.assets.day_order import require_earlier_partitions
 from dataplatform.assets.partitions import daily_partitions
 from dataplatform.assets.review import review_sheet_metadata
+from dataplatform.assets.step_logs import progress_to
 from dataplatform.core.records.funnel import StageFunnel, stage_funnel
 from dataplatform.core.store.content_version import combined_version, content_version
 from dataplatform.core.store.home import Home
 from dataplatform.core.store.warehouse import (
+    LEDGER_TABLE,
     SIDE_TABLES,
     CorruptPartitionError,
     Location,
     commit_stage,
+    ledger_file,
     partition_dates,
     partition_file,
     read_history,
@@ -57,6 +60,78 @@ GLOBAL_SCOPE = "all kept pairs up to this day"
 _FUNNEL = ("rows_in", "rows_kept", "rows_removed")
 
 
+LEDGER_GROUP = "rejections"
+
+
+def ledger_key(stage: str) -> dg.AssetKey:
+    """The asset of ``stage``'s rows of the rejection ledger (``rejections/stage=<stage>``)."""
+    return dg.AssetKey([LEDGER_TABLE, stage])
+
+
+def stage_specs(
+    key: dg.AssetKey,
+    *,
+    deps: Sequence[dg.AssetKey | dg.AssetDep],
+    description: str,
+    kinds: set[str],
+    code_version: str,
+    group_name: str,
+    side_tables: Mapping[str, str] | None = None,
+) -> list[dg.AssetSpec]:
+    """What one stage writes, as the assets the UI's graph shows: the stage's table, its rows of
+    the rejection ledger, and its side tables (``side_tables``: name -> description).
+
+    They are committed together (``write_stage``), so they are one multi-asset: one step, one
+    run, no subsetting. A side table is skippable: a day that re-uses it (stored quality
+    scores) does not report it rewritten. Readers of a side table depend on its key.
+    """
+    stage = key.path[-1]
+    # The ledger rows and side tables are computed from the stage's input, not from its own
+    # earlier days: they show the same upstream edges, without the self-dependency.
+    # (Nor the ledgers a stage reads to count the funnel: its own ledger rows come from its
+    # input rows.)
+    inputs = [
+        d
+        for d in deps
+        if (k := d.asset_key if isinstance(d, dg.AssetDep) else d) != key
+        and k.path[0] != LEDGER_TABLE
+    ]
+    common = {"owners": OWNERS, "code_version": code_version, "deps": inputs}
+    specs = [
+        dg.AssetSpec(
+            key,
+            description=description,
+            kinds=kinds,
+            group_name=group_name,
+            **{**common, "deps": deps},
+        ),
+        dg.AssetSpec(
+            ledger_key(stage),
+            description=(
+                f"The rejection-ledger rows of {stage}: one per pair it dropped, with the "
+                "reason, the detail and the pair it duplicates (view `rejections`)."
+            ),
+            kinds={"parquet"},
+            group_name=LEDGER_GROUP,
+            **common,
+        ),
+    ]
+    for name, text in (side_tables or {}).items():
+        if SIDE_TABLES.get(name) != stage:
+            raise ValueError(f"{stage} declares side table {name}: add it to SIDE_TABLES")
+        specs.append(
+            dg.AssetSpec(
+                dg.AssetKey(name),
+                description=text,
+                kinds={"parquet"},
+                group_name=group_name,
+                skippable=True,
+                **common,
+            )
+        )
+    return specs
+
+
 @dataclass(frozen=True)
 class StageDay:
     """The day one stage is materializing: where it writes, as which stage, for which date."""
@@ -82,35 +157,78 @@ def open_stage_day(
 
 
 def for_each_day(
-    context: dg.AssetExecutionContext, materialize_day: Callable[[str], dg.MaterializeResult]
-) -> dg.MaterializeResult:
-    """Materialize every day of the run, oldest first, and return one result for them all.
+    context: dg.AssetExecutionContext,
+    key: dg.AssetKey,
+    materialize_day: Callable[[str], Sequence[dg.MaterializeResult]],
+) -> Iterator[dg.MaterializeResult]:
+    """Materialize every day of the run, oldest first, and yield one result per asset written.
 
-    A run of one day returns ``materialize_day``'s result unchanged. A backfill run over a
-    range (``partitions.daily_backfill_policy``) commits day after day, so a global dedup stage
-    finds every earlier day done and earlier days win, exactly as in one run per day. Dagster
-    records one materialization per day of the range, all with the one returned result's
-    metadata, so each day's own metadata and check outcomes go on an observation of its
-    partition (``day_observation``), and the returned result sums the range (``range_result``).
-    A day that raises fails the run: the days before it stay committed, and a re-run replaces
-    them.
+    ``key`` is the stage's own asset; ``materialize_day`` returns ``finish_stage``'s results
+    (the stage's, its ledger's, its side tables'). A run of one day yields them unchanged. A
+    backfill run over a range (``partitions.daily_backfill_policy``) commits day after day, so
+    a global dedup stage finds every earlier day done and earlier days win, exactly as in one
+    run per day. Dagster records one materialization per day of the range, all with the one
+    result's metadata, so each day's own metadata and check outcomes go on an observation and
+    on check evaluations of its partition, and the yielded results sum the range
+    (``range_result``). A day that raises fails the run: the days before it stay committed, and
+    a re-run replaces them.
     """
     days = sorted(context.partition_keys)
-    if len(days) == 1:
-        return materialize_day(days[0])
-    done = []
-    for number, date in enumerate(days, 1):
-        context.log.info(
-            f"{context.asset_key.to_user_string()}: day {number} of {len(days)}, {date}"
+    # A long step's progress lines (core loops without a log of their own) go to the run's logs.
+    with progress_to(context):
+        if len(days) == 1:
+            yield from materialize_day(days[0])
+            return
+        done: list[tuple[str, Sequence[dg.MaterializeResult]]] = []
+        for number, date in enumerate(days, 1):
+            context.log.info(f"{key.to_user_string()}: day {number} of {len(days)}, {date}")
+            results = materialize_day(date)
+            for result in results:
+                context.log_event(day_observation(result.asset_key or key, date, result))
+            # The yielded result's checks have no partition in a range run: each day's own
+            # outcome goes on its partition, where the check's page and the asset's show it.
+            for evaluation in day_check_evaluations(context, key, date, results[0]):
+                context.log_event(evaluation)
+            done.append((date, results))
+    yield range_result(key, [(date, results[0]) for date, results in done])
+    yield from _range_side_results(context, done)
+
+
+def _range_side_results(
+    context: dg.AssetExecutionContext, done: Sequence[tuple[str, Sequence[dg.MaterializeResult]]]
+) -> Iterator[dg.MaterializeResult]:
+    """The ledger's and side tables' results of a range run, each with its days' versions.
+
+    A side table written on only some days (stored scores re-used on the others) is reported
+    as materialized on exactly those days' partitions, not on the whole range.
+    """
+    by_key: dict[dg.AssetKey, list[tuple[str, dg.MaterializeResult]]] = {}
+    for date, results in done:
+        for result in results[1:]:
+            by_key.setdefault(result.asset_key, []).append((date, result))
+    for key, written in by_key.items():
+        if len(written) < len(done):
+            for date, result in written:
+                context.log_event(
+                    dg.AssetMaterialization(
+                        asset_key=key, partition=date, metadata=result.metadata or {}
+                    )
+                )
+            continue
+        yield dg.MaterializeResult(
+            asset_key=key,
+            metadata={
+                "days": len(written),
+                "first_day": written[0][0],
+                "last_day": written[-1][0],
+                "range_rows": sum(
+                    _metadata_int(r, "dagster/partition_row_count") for _, r in written
+                ),
+            },
+            data_version=dg.DataVersion(
+                combined_version(r.data_version.value for _, r in written if r.data_version)
+            ),
         )
-        result = materialize_day(date)
-        context.log_event(day_observation(context.asset_key, date, result))
-        # The returned result's checks have no partition in a range run: each day's own
-        # outcome goes on its partition, where the check's page and the asset's show it.
-        for evaluation in day_check_evaluations(context, date, result):
-            context.log_event(evaluation)
-        done.append((date, result))
-    return range_result(context.asset_key, done)
 
 
 def stage_checks(
@@ -148,13 +266,13 @@ def stage_checks(
 
 
 def day_check_evaluations(
-    context: dg.AssetExecutionContext, date: str, result: dg.MaterializeResult
+    context: dg.AssetExecutionContext, key: dg.AssetKey, date: str, result: dg.MaterializeResult
 ) -> list[dg.AssetCheckEvaluation]:
     """``result``'s check results as evaluations of ``date``'s partition (for a range run)."""
     blocking = {spec.name for spec in context.assets_def.check_specs if spec.blocking}
     return [
         dg.AssetCheckEvaluation(
-            asset_key=check.asset_key or context.asset_key,
+            asset_key=check.asset_key or key,
             check_name=check.check_name,
             passed=check.passed,
             metadata=check.metadata,
@@ -233,17 +351,19 @@ def finish_stage(
     pair_id_scope: str = "the day",
     review_sheet: bool = True,
     on_commit: Callable[[str], None] | None = None,
-) -> dg.MaterializeResult:
-    """The tail every stage shares, in one place: commit, funnel, checks, metadata, result.
+) -> list[dg.MaterializeResult]:
+    """The tail every stage shares, in one place: commit, funnel, checks, metadata, results.
 
     Commits the partition, ledger and side tables together (``write_stage``), counts the
-    funnel, and returns the ``MaterializeResult`` with the stage's metadata (``stage_metadata``,
-    plus ``metadata``, which may be a function when it needs the committed partition, as
-    dataset cards and the token tally do) and its checks: rows conserved and pair_id unique
-    (over ``pair_ids``, the day's kept ids unless a global stage passes history and day), then
-    the stage's own ``checks`` (the specs ``stage_checks`` declares). The asset keeps its
-    decorator, and so its check specs, in view. ``on_commit`` gets the commit id as soon as
-    the partition is committed (a global stage records its dedup state with it).
+    funnel, and returns one ``MaterializeResult`` per table written: first the stage's own,
+    with its metadata (``stage_metadata``, plus ``metadata``, which may be a function when it
+    needs the committed partition, as dataset cards and the token tally do), its content data
+    version and its checks: rows conserved and pair_id unique (over ``pair_ids``, the day's
+    kept ids unless a global stage passes history and day), for a global stage the history
+    check (``flag_later_days``), then the stage's own ``checks`` (the specs ``stage_checks``
+    declares); then its ledger rows' and its side tables' (``stage_specs``). ``on_commit``
+    gets the commit id as soon as the partition is committed (a global stage records its
+    dedup state with it).
     """
     home, stage, date = day.home, day.stage, day.date
     output, commit = write_stage(home, stage, date, kept, ledger, side_tables)
@@ -258,7 +378,9 @@ def finish_stage(
     ]
     if day.global_dedup:
         shared.append(flag_later_days(day))
-    return dg.MaterializeResult(
+    key = dg.AssetKey(stage)
+    main = dg.MaterializeResult(
+        asset_key=key,
         metadata=stage_metadata(
             funnel,
             output,
@@ -266,10 +388,49 @@ def finish_stage(
             home=home if review_sheet else None,
             schema=kept.schema,
         ),
-        check_results=[*shared, *checks],
+        check_results=[_on(key, check) for check in [*shared, *checks]],
         # From the content, so that a changed day shows its downstream "upstream data changed"
         # and an identical re-run does not.
         data_version=dg.DataVersion(content_version(kept)),
+    )
+    written = {
+        ledger_key(stage): ledger,
+        **{dg.AssetKey(n): t for n, t in (side_tables or {}).items()},
+    }
+    return [main, *(_table_result(k, t, home, date) for k, t in written.items())]
+
+
+def _on(key: dg.AssetKey, check: dg.AssetCheckResult) -> dg.AssetCheckResult:
+    """``check`` aimed at ``key``: a multi-asset's check result must name its asset."""
+    if check.asset_key is not None:
+        return check
+    return dg.AssetCheckResult(
+        asset_key=key,
+        check_name=check.check_name,
+        passed=check.passed,
+        metadata=check.metadata,
+        severity=check.severity,
+        description=check.description,
+    )
+
+
+def _table_result(key: dg.AssetKey, table: pa.Table, home: Home, date: str) -> dg.MaterializeResult:
+    """The result of a table a stage wrote beside its own: rows, columns, location, version."""
+    name = key.path[0]
+    location = (
+        ledger_file(home, key.path[-1], date)
+        if name == LEDGER_TABLE
+        else partition_file(home, name, date)
+    )
+    return dg.MaterializeResult(
+        asset_key=key,
+        metadata={
+            "dagster/partition_row_count": table.num_rows,
+            "dagster/column_schema": column_schema(table.schema),
+            "dagster/uri": str(location),
+            "dagster/table_name": name,
+        },
+        data_version=dg.DataVersion(content_version(table)),
     )
 
 
@@ -287,7 +448,7 @@ def flag_later_days(day: StageDay) -> dg.AssetCheckResult:
     for date in later:
         context.log_event(
             dg.AssetCheckEvaluation(
-                asset_key=context.asset_key,
+                asset_key=dg.AssetKey(day.stage),
                 check_name=CHECK_DECIDED_AFTER_EARLIER_DAYS,
                 passed=False,
                 partition=date,

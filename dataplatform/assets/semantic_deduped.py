@@ -1,6 +1,7 @@
 """semantic_deduped: near-identical images by CLIP embedding, found with FAISS, global."""
 
 from collections import Counter
+from collections.abc import Iterator
 from typing import Literal, get_args
 
 import dagster as dg
@@ -14,12 +15,12 @@ from dataplatform.assets.partitions import PREVIOUS_DAY, daily_backfill_policy, 
 from dataplatform.assets.quality_filtered import KEY as QUALITY_KEY
 from dataplatform.assets.reporting import (
     GLOBAL_SCOPE,
-    OWNERS,
     finish_stage,
     for_each_day,
     open_stage_day,
     read_input,
     stage_checks,
+    stage_specs,
     table_column,
 )
 from dataplatform.core.dedup.history_state import INGESTED_IDS, Lookups, ingested_before
@@ -64,16 +65,18 @@ class SemanticDedupConfig(dg.Config):
     costs the history, logged); `advise`: only report it, for `dataplatform rebuild-state`."""
 
 
-@dg.asset(
-    key=KEY,
+@dg.multi_asset(
+    name=STAGE,
+    specs=stage_specs(
+        KEY,
+        deps=[UPSTREAM, dg.AssetDep(KEY, partition_mapping=PREVIOUS_DAY), dg.AssetKey(EMBEDDINGS)],
+        description="Pairs without semantic copies (crops, flips, re-shoots) by CLIP image cosine.",
+        kinds={"faiss", "parquet"},
+        code_version=code_version(__name__),
+        group_name="curation",
+    ),
     partitions_def=daily_partitions,
     backfill_policy=daily_backfill_policy,
-    deps=[UPSTREAM, dg.AssetDep(KEY, partition_mapping=PREVIOUS_DAY)],
-    description="Pairs without semantic copies (crops, flips, re-shoots) by CLIP image cosine.",
-    kinds={"faiss", "parquet"},
-    owners=OWNERS,
-    code_version=code_version(__name__),
-    group_name="curation",
     check_specs=stage_checks(
         KEY,
         {CHECK_NO_SIMILAR_KEPT: "no two kept pairs have image cosine at or above the threshold"},
@@ -85,11 +88,11 @@ def semantic_deduped(
     config: SemanticDedupConfig,
     warehouse: WarehouseResource,
     engine: EngineResource,
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult]:
     """Keep the best pair of each cluster of near-identical images; earlier days always win."""
     spec = engine.spec()
-    return for_each_day(
-        context, lambda date: _materialize_day(context, config, warehouse, spec, date)
+    yield from for_each_day(
+        context, KEY, lambda date: _materialize_day(context, config, warehouse, spec, date)
     )
 
 
@@ -99,7 +102,7 @@ def _materialize_day(
     warehouse: WarehouseResource,
     engine: EngineSpec,
     date: str,
-) -> dg.MaterializeResult:
+) -> list[dg.MaterializeResult]:
     """One day of ``semantic_deduped``; ``for_each_day`` runs it for each day of the run."""
     day = open_stage_day(warehouse, STAGE, date, global_dedup=True)
     home, date = day.home, day.date

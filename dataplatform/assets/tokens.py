@@ -1,17 +1,19 @@
 """tokens: every kept image as a grid of discrete VQ codes, with its resolution and crop."""
 
+from collections.abc import Iterator
+
 import dagster as dg
 import pyarrow as pa
 
 from dataplatform.assets.code_versions import code_version
 from dataplatform.assets.partitions import daily_backfill_policy, daily_partitions
 from dataplatform.assets.reporting import (
-    OWNERS,
     finish_stage,
     for_each_day,
     open_stage_day,
     read_input,
     stage_checks,
+    stage_specs,
     unreadable_files_fail,
 )
 from dataplatform.assets.semantic_deduped import KEY as SEMANTIC_KEY
@@ -52,16 +54,20 @@ class TokensConfig(dg.Config):
     """The image-token budget to report progress against (section 7.6: 3T-6T image tokens)."""
 
 
-@dg.asset(
-    key=KEY,
+@dg.multi_asset(
+    name=STAGE,
+    specs=stage_specs(
+        KEY,
+        deps=[SEMANTIC_KEY, TOKENIZER_KEY],
+        description=(
+            "Discrete VQ image tokens for every curated pair, with resolution and crop box."
+        ),
+        kinds={"pytorch", "parquet"},
+        code_version=code_version(__name__),
+        group_name="tokens",
+    ),
     partitions_def=daily_partitions,
     backfill_policy=daily_backfill_policy,
-    deps=[SEMANTIC_KEY, TOKENIZER_KEY],
-    description="Discrete VQ image tokens for every curated pair, with resolution and crop box.",
-    kinds={"pytorch", "parquet"},
-    owners=OWNERS,
-    code_version=code_version(__name__),
-    group_name="tokens",
     pool="gpu",
     check_specs=stage_checks(
         KEY, {CHECK_TOKEN_RANGE: "every token id indexes the tokenizer's codebook"}
@@ -73,14 +79,16 @@ def tokens(
     warehouse: WarehouseResource,
     tokenizer: TokenizerResource,
     engine: EngineResource,
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult]:
     """Crop/letterbox each kept image to the resolution and encode it to codebook indices."""
     # `crop` is a Literal, refused at launch; Dagster's config enums are strings only, so the
     # resolution (an int) is checked here.
     if config.resolution not in RESOLUTIONS:
         raise dg.Failure(f"resolution must be one of {RESOLUTIONS}; got {config.resolution}")
-    return for_each_day(
-        context, lambda date: _materialize_day(context, config, warehouse, tokenizer, engine, date)
+    yield from for_each_day(
+        context,
+        KEY,
+        lambda date: _materialize_day(context, config, warehouse, tokenizer, engine, date),
     )
 
 
@@ -91,7 +99,7 @@ def _materialize_day(
     tokenizer: TokenizerResource,
     engine: EngineResource,
     date: str,
-) -> dg.MaterializeResult:
+) -> list[dg.MaterializeResult]:
     """One day of ``tokens``; ``for_each_day`` runs it for each day of the run."""
     day = open_stage_day(warehouse, STAGE, date)
     home, date = day.home, day.date

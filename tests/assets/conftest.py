@@ -128,7 +128,7 @@ def materialize_cards(
     """vq_tokenizer (trained small, or reused), tokens and data_cards for ``date``."""
     return dg.materialize(
         ALL_ASSETS,
-        selection=[a.key for a in TOKEN_ASSETS + CARD_ASSETS],
+        selection=[k for a in TOKEN_ASSETS + CARD_ASSETS for k in a.keys],
         partition_key=date,
         resources=stage_resources(home, **resources),
         run_config={"ops": {"vq_tokenizer": {"config": SMALL_TOKENIZER}}},
@@ -156,6 +156,23 @@ def materialize_day(
         ),
         run_config=run_config,
         instance=instance or dg.DagsterInstance.ephemeral(),
-        selection=selection,
+        selection=with_written_tables(selection),
         raise_on_error=False,
     )
+
+
+def with_written_tables(selection):
+    """``selection`` (stage keys) plus each stage's ledger and side tables, which its step
+    writes with it (one multi-asset, as the UI selects them); None stays everything."""
+    if selection is None:
+        return None
+    wanted = {
+        key
+        for item in selection
+        for key in (
+            item.keys
+            if isinstance(item, dg.AssetsDefinition)
+            else [dg.AssetKey.from_coercible(item)]
+        )
+    }
+    return [k for a in ALL_ASSETS if wanted & set(a.keys) for k in a.keys]

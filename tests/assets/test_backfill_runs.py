@@ -160,7 +160,8 @@ def test_a_range_run_equals_one_day_runs_day_by_day(tmp_path: Path, monkeypatch)
     monkeypatch.setattr(vq, "_load_tokenizer", tokenizer_loads)
     range_instance = dg.DagsterInstance.ephemeral()
     range_tags = {RANGE_START: DAYS[0], RANGE_END: DAYS[-1]}
-    curation_keys = [a.key for a in STAGE_ASSETS]
+    # Each stage's own asset (its ledger rows and side tables are checked below them).
+    curation_keys = [dg.AssetKey(a.node_def.name) for a in STAGE_ASSETS]
     curation = dg.materialize(
         STAGE_ASSETS,
         tags=range_tags,
@@ -174,10 +175,11 @@ def test_a_range_run_equals_one_day_runs_day_by_day(tmp_path: Path, monkeypatch)
         run_config={"ops": {"vq_tokenizer": {"config": SMALL_TOKENIZER}}},
         instance=range_instance,
     ).success
-    card_keys = [a.key for a in TOKEN_ASSETS + CARD_ASSETS if a.key != vq_tokenizer.key]
+    card_assets = [a for a in TOKEN_ASSETS + CARD_ASSETS if a is not vq_tokenizer]
+    card_keys = [dg.AssetKey(a.node_def.name) for a in card_assets]
     cards = dg.materialize(
         ALL_ASSETS,
-        selection=card_keys,
+        selection=[k for a in card_assets for k in a.keys],
         tags=range_tags,
         resources=stage_resources(by_range),
         instance=range_instance,
@@ -218,13 +220,30 @@ def test_a_range_run_equals_one_day_runs_day_by_day(tmp_path: Path, monkeypatch)
             assert _value(ranged, "days") == len(DAYS)
             assert "dagster/partition_row_count" not in ranged
             assert _value(ranged, "range_rows_kept") == sum(r["rows_kept"] for r in by_day_rows)
-        # Each check once for the range, passed on every day.
+        # The written ledger rows and side tables: one materialization per day of the range.
+        for asset in STAGE_ASSETS if result is curation else card_assets:
+            for key in set(asset.keys) - set(keys):
+                mats = [m for m in result.get_asset_materialization_events() if m.asset_key == key]
+                assert sorted(m.partition for m in mats) == DAYS, key
+        # Each check once for the range, passed on every day; and each day's on its partition.
         evaluations = result.get_asset_check_evaluations()
-        specs = [s for a in ALL_ASSETS if a.key in keys for s in a.check_specs]
-        assert sorted(e.check_name for e in evaluations) == sorted(s.name for s in specs)
+        ranged_checks = [e for e in evaluations if e.partition is None]
+        specs = [
+            s
+            for a in ALL_ASSETS
+            if a.node_def.name in {k.path[-1] for k in keys}
+            for s in a.check_specs
+        ]
+        assert sorted(e.check_name for e in ranged_checks) == sorted(s.name for s in specs)
         assert all(e.passed for e in evaluations)
-        assert all(e.metadata["days"].value == len(DAYS) for e in evaluations)
-        assert all(e.metadata["failing_days"].value == "-" for e in evaluations)
+        assert all(e.metadata["days"].value == len(DAYS) for e in ranged_checks)
+        assert all(e.metadata["failing_days"].value == "-" for e in ranged_checks)
+        per_day = sorted(
+            (e.asset_key.path[-1], e.check_name, e.partition)
+            for e in evaluations
+            if e.partition is not None
+        )
+        assert per_day == sorted((s.asset_key.path[-1], s.name, d) for s in specs for d in DAYS)
 
 
 def test_a_range_check_fails_when_one_day_fails_and_names_it():
@@ -259,7 +278,7 @@ def test_days_per_run_default_and_environment():
 def test_every_daily_asset_reads_its_days_per_run_when_the_code_location_loads():
     code = (
         "import json, dataplatform.definitions as d; "
-        "print(json.dumps({a.key.path[-1]: a.backfill_policy.max_partitions_per_run "
+        "print(json.dumps({a.node_def.name: a.backfill_policy.max_partitions_per_run "
         "for a in d.defs.assets if a.partitions_def and a.backfill_policy}))"
     )
     env = {**os.environ, BACKFILL_DAYS_ENV: "7"}
@@ -292,16 +311,20 @@ cheap_defs_day_per_run = dg.Definitions(
 def _plan_stub(asset: dg.AssetsDefinition, days_per_run: int | None) -> dg.AssetsDefinition:
     """The asset as the daemon plans it (key, deps and their mappings, partitions, policy),
     with a body that does nothing: the runs a backfill of the whole pipeline takes, in seconds."""
-    spec = next(iter(asset.specs))
+    specs = [dg.AssetSpec(s.key, deps=s.deps, skippable=s.skippable) for s in asset.specs]
     policy = asset.backfill_policy
     if days_per_run is not None and asset.partitions_def is not None:
         policy = dg.BackfillPolicy.multi_run(days_per_run)
 
-    @dg.asset(
-        key=asset.key, deps=spec.deps, partitions_def=asset.partitions_def, backfill_policy=policy
+    @dg.multi_asset(
+        name=asset.node_def.name,
+        specs=specs,
+        partitions_def=asset.partitions_def,
+        backfill_policy=policy,
     )
-    def _stub() -> dg.MaterializeResult:
-        return dg.MaterializeResult()
+    def _stub() -> Iterator[dg.MaterializeResult]:
+        for spec in specs:
+            yield dg.MaterializeResult(asset_key=spec.key)
 
     return _stub
 
@@ -351,7 +374,10 @@ def backfilled(
                 backfill_id=backfill_id,
                 asset_graph=graph,
                 partition_names=days,
-                asset_selection=[dg.AssetKey(a) for a in assets],
+                # A stage's step also writes its ledger rows and side tables: select them too.
+                asset_selection=[
+                    k for a in ALL_ASSETS if a.node_def.name in set(assets) for k in a.keys
+                ],
                 backfill_timestamp=time.time(),
                 tags={},
                 dynamic_partitions_store=instance,
@@ -454,7 +480,7 @@ def _partition_events(context, asset: str, day: str) -> list[tuple[str, dict[str
 
 
 def test_a_backfill_runs_each_stage_group_in_blocks_of_days(tmp_path: Path, monkeypatch):
-    cheap = [a.key.path[-1] for a in CHEAP]
+    cheap = [a.node_def.name for a in CHEAP]
     counts = {}
     for attribute, defs in (
         ("cheap_defs_day_per_run", cheap_defs_day_per_run),
@@ -468,7 +494,7 @@ def test_a_backfill_runs_each_stage_group_in_blocks_of_days(tmp_path: Path, monk
             daemon_instance(tmp_path / f"{attribute}-dagster") as instance,
             backfilled(instance, attribute, FOUR_DAYS, cheap) as (runs, context),
         ):
-            policies = {a.key.path[-1]: a.backfill_policy for a in defs.assets}
+            policies = {a.node_def.name: a.backfill_policy for a in defs.assets}
             # Each dedup stage depends on its own previous day: it never shares a run.
             assert sorted(runs) == sorted(
                 _expected_runs([(name,) for name in cheap], policies, FOUR_DAYS)
@@ -497,7 +523,12 @@ def test_a_backfill_runs_each_stage_group_in_blocks_of_days(tmp_path: Path, monk
                 ),
                 (
                     "ObservationEvent",
-                    {"dagster/partition_row_count": 2, "rows_in": 3, "rows_kept": 2, "rows_removed": 1},
+                    {
+                        "dagster/partition_row_count": 2,
+                        "rows_in": 3,
+                        "rows_kept": 2,
+                        "rows_removed": 1,
+                    },
                 ),
             ]
     print(
@@ -533,13 +564,13 @@ PIPELINE_GROUPS = [
 def test_a_pipeline_backfill_takes_a_run_per_group_and_block_of_days(
     tmp_path: Path, attribute: str, defs: dg.Definitions
 ):
-    daily = [a.key.path[-1] for a in ALL_ASSETS if a.partitions_def is not None]
+    daily = [a.node_def.name for a in ALL_ASSETS if a.partitions_def is not None]
     with (
         daemon_instance(tmp_path) as instance,
         backfilled(instance, attribute, FOUR_DAYS, daily) as (runs, _),
     ):
         pass
-    policies = {a.key.path[-1]: a.backfill_policy for a in defs.assets}
+    policies = {a.node_def.name: a.backfill_policy for a in defs.assets}
     expected = _expected_runs(PIPELINE_GROUPS, policies, FOUR_DAYS)
     assert sorted(runs) == sorted(expected)
     print(f"{attribute}: {len(runs)} runs for {len(FOUR_DAYS)} days of {len(daily)} stages")

@@ -47,12 +47,13 @@ FIRST_DAY_REST = [clip_scored, quality_filtered, semantic_deduped]
 SECOND_DAY_UP_TO_QUALITY = [*INGEST_AND_DEDUP, clip_scored, quality_filtered]
 TABLES = ["raw_pairs", "exact_deduped", "phash_deduped", "clip_scored", "embeddings"]
 TABLES += ["quality_filtered", "semantic_deduped"]
-STAGES = [a.key.path[-1] for a in [*INGEST_AND_DEDUP, *FIRST_DAY_REST]]
+STAGES = [a.node_def.name for a in [*INGEST_AND_DEDUP, *FIRST_DAY_REST]]
 LOCK_WORDS = ("could not set lock", "database is locked", "lock on file", "conflicting lock")
 
 
 def _start(home: Home, dagster_home: Path, date: str, assets: list) -> subprocess.Popen:
-    selection = ",".join(a.key.path[-1] for a in assets)
+    # Each stage with its ledger rows and side tables: one step writes them together.
+    selection = ",".join(k.to_user_string() for a in assets for k in sorted(a.keys))
     env = {
         **os.environ,
         "DATAPLATFORM_HOME": str(home.root),

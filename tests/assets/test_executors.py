@@ -97,7 +97,7 @@ print("executor", job.executor_def.name)
 print("valid", dg.validate_run_config(job, {{}}) is not None)
 result = job.execute_in_process(
     partition_key={DAYS[0]!r},
-    asset_selection=[a.key for a in STAGE_ASSETS],
+    asset_selection=[k for a in STAGE_ASSETS for k in a.keys],
     instance=dg.DagsterInstance.ephemeral(),
 )
 print("success", result.success)
@@ -115,7 +115,7 @@ print("steps", ",".join(sorted(e.step_key for e in result.get_step_success_event
     assert lines["executor"] == "k8s"
     assert lines["valid"] == "True"
     assert lines["success"] == "True"
-    assert lines["steps"].split(",") == sorted(a.key.path[-1] for a in STAGE_ASSETS)
+    assert lines["steps"].split(",") == sorted(a.node_def.name for a in STAGE_ASSETS)
 
 
 def _step_pod_spec(step: str):

@@ -7,7 +7,7 @@ import pytest
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._core.loader import LoadingContextForTest
 
-from dataplatform.assets import reporting
+from dataplatform.assets import ALL_ASSETS, reporting
 from dataplatform.assets.partitions import DEFAULT_START_DATE, START_DATE, daily_partitions
 from dataplatform.assets.reporting import CHECK_DECIDED_AFTER_EARLIER_DAYS, CHECK_ROWS_CONSERVED
 from dataplatform.core.dedup.phash_index import DEFAULT_PHASH_THRESHOLD
@@ -124,7 +124,12 @@ def test_a_failed_conservation_check_blocks_the_stages_downstream(
         for e in result.get_asset_materialization_events()
     }
     # exact_deduped committed its day and reported the failure; phash_deduped never ran.
-    assert materialized == {dg.AssetKey("raw_pairs"), dg.AssetKey("exact_deduped")}
+    assert materialized == {
+        dg.AssetKey("raw_pairs"),
+        dg.AssetKey(["rejections", "raw_pairs"]),
+        dg.AssetKey("exact_deduped"),
+        dg.AssetKey(["rejections", "exact_deduped"]),
+    }
     started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
     assert "phash_deduped" not in started
     assert [e.step_key for e in result.get_step_failure_events()] == ["exact_deduped"]
@@ -136,3 +141,36 @@ def test_a_failed_conservation_check_blocks_the_stages_downstream(
         (dg.AssetKey("exact_deduped"), CHECK_ROWS_CONSERVED)
     ]
     assert not Path(three_days.warehouse, "phash_deduped", f"date={DAYS[0]}").exists()
+
+
+def test_the_side_tables_and_ledger_rows_are_assets_with_their_writers_and_readers():
+    graph = defs.resolve_asset_graph()
+
+    def parents(name):
+        return {
+            k.to_user_string() for k in graph.get(dg.AssetKey.from_user_string(name)).parent_keys
+        }
+
+    def children(name):
+        return {
+            k.to_user_string() for k in graph.get(dg.AssetKey.from_user_string(name)).child_keys
+        }
+
+    # Written by clip_scored's step from phash_deduped's rows, read by the two stages using it.
+    assert parents("embeddings") == {"phash_deduped"}
+    assert {"quality_filtered", "semantic_deduped"} <= children("embeddings")
+    assert "embeddings" in parents("semantic_deduped")
+    assert parents("quality_scores") == {"clip_scored", "embeddings"}
+    for asset in ALL_ASSETS:
+        stage = asset.node_def.name
+        if stage == "vq_tokenizer":
+            continue
+        ledger = f"rejections/{stage}"
+        # One step writes the stage, its ledger rows and its side tables: they are one asset
+        # definition, so the UI materializes them together.
+        assert dg.AssetKey.from_user_string(ledger) in asset.keys
+        if stage != "data_cards":
+            assert "data_cards" in children(ledger)
+    assert {dg.AssetKey("clip_scored"), dg.AssetKey("embeddings")} <= set(
+        next(a for a in ALL_ASSETS if a.node_def.name == "clip_scored").keys
+    )

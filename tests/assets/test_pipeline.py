@@ -79,9 +79,12 @@ def test_three_days_exact_counts_and_ledger(three_days: Home):
 def test_metadata_reports_the_funnel(three_days: Home):
     result = materialize_day(three_days, DAYS[0])
     mats = {
-        m.asset_key.path[-1]: m.metadata
+        m.asset_key.to_user_string(): m.metadata
         for m in result.asset_materializations_for_node("phash_deduped")
     }
+    # The stage's table and its ledger rows are two assets of one step.
+    assert set(mats) == {"phash_deduped", "rejections/phash_deduped"}
+    assert mats["rejections/phash_deduped"]["dagster/partition_row_count"].value == 1
     meta = mats["phash_deduped"]
     assert meta["rows_in"].value == 4
     assert meta["dagster/partition_row_count"].value == 3

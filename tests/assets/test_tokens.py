@@ -25,7 +25,7 @@ def _tokens_run(
 ):
     return dg.materialize(
         STAGE_ASSETS + TOKEN_ASSETS,
-        selection=[a.key for a in TOKEN_ASSETS],
+        selection=[k for a in TOKEN_ASSETS for k in a.keys],
         partition_key=date,
         resources=stage_resources(home, tokenizer=TokenizerResource(device="cpu", batch_size=2)),
         run_config={
