@@ -91,3 +91,18 @@ def audit():
         yield _AUDIT
     finally:
         _AUDIT.recording = False
+
+
+@pytest.fixture(autouse=True)
+def _no_dead_dagster_state_storage():
+    """Each test starts without another test's Dagster instance as the current defs state store.
+
+    ``with dg.instance_for_test()`` sets the instance's state store in a context variable that
+    its exit does not reset (Dagster 1.13); a later test's ``dg.materialize`` on an ephemeral
+    instance then loads definitions through the dead one ("Attempted to resolve undefined
+    DagsterInstance weakref"). Reset here rather than worked around in every test.
+    """
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    with set_defs_state_storage(None):
+        yield

@@ -685,7 +685,8 @@ def stage_metadata(
         metadata["dagster/column_schema"] = column_schema(schema)
     metadata.update({name: readable(value) for name, value in (extra or {}).items()})
     if home is not None:
-        metadata.update(review_sheet_metadata(home, funnel.stage, funnel.date))
+        # The stage's own settings (its threshold) go with it: the near-miss band needs them.
+        metadata.update(review_sheet_metadata(home, funnel.stage, funnel.date, extra))
     return metadata
 
 

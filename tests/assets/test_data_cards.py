@@ -116,7 +116,7 @@ def test_dataset_card_per_day_and_overall(curated):
         assert "![clip_score](plots/clip_score.png)" in markdown
         metadata = runs[day][2].asset_materializations_for_node("data_cards")[0].metadata
         assert metadata["dataset_card_path"].value.endswith(f"date={day}/card.md")
-        assert Path(metadata["review_sheets"].value).is_file()
+        assert Path(metadata["review_sheets_path"].value).is_file()
     overall = json.loads((folder / "all" / "card.json").read_text())
     con = connect(home)
     total = con.execute("SELECT count(*) FROM data_cards").fetchone()[0]

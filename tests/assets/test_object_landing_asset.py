@@ -13,8 +13,8 @@ from dataplatform.automation import landing_sensor
 from dataplatform.core.store.home import LANDING_URL_ENV, Home
 from dataplatform.core.store.warehouse import read_ledger, read_partition
 from dataplatform.resources import ClipResource, WarehouseResource
-from tests.assets.conftest import DAYS, build_three_days, stage_resources
-from tests.core.ingest.test_object_landing import upload
+from tests.assets.conftest import DAYS, build_three_days, stage_resources, with_written_tables
+from tests.core.ingest.test_object_landing import put, upload
 from tests.core.store.test_object_store import (  # noqa: F401 - the moto fixtures
     BUCKET,
     s3_endpoint,
@@ -35,7 +35,7 @@ def _materialize(home: Home, date: str, models: Path):
     return dg.materialize(
         STAGE_ASSETS,
         partition_key=date,
-        selection=STAGES,
+        selection=with_written_tables(STAGES),
         resources=stage_resources(home, warehouse=_warehouse(home), clip=clip),
         instance=dg.DagsterInstance.ephemeral(),
         raise_on_error=False,
@@ -101,6 +101,10 @@ def test_the_landing_sensor_sees_days_that_arrive_on_the_object_store(
         assert isinstance(tick(None), dg.SkipReason)
         upload(staged / DAYS[1], f"{landing_url}/{DAYS[1]}")
         upload(staged / DAYS[0], f"{landing_url}/{DAYS[0]}")
+        # Copied but not yet declared complete: the sensor waits (quiet period unmet).
+        assert isinstance(tick(None), dg.SkipReason)
+        for day in DAYS[:2]:
+            put(f"{landing_url}/{day}/_SUCCESS", b"")
         first = tick(None)
         assert [r.partition_key for r in first.run_requests] == [DAYS[0]]
         second = tick(first.cursor)

@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 BIN = Path(sys.executable).parent
 REQUIRE_POSTGRES_ENV = "DATAPLATFORM_REQUIRE_POSTGRES"
-SERVICES = {"postgres", "code-location", "webserver", "daemon"}
+SERVICES = {"postgres", "code-location", "webserver", "daemon", "review-server"}
 RAY_SERVICES = {"ray-head", "ray-worker", "ray-gpu-worker"}
 PASSWORD = "test-only-password"
 # What the code location and every Ray node share: the home and the warehouse's settings.
@@ -93,7 +93,7 @@ def _resolved(*files: str, profile: str | None = None, **env: str) -> dict:
     return json.loads(done.stdout)
 
 
-def test_compose_config_resolves_the_four_services():
+def test_compose_config_resolves_the_five_services():
     config = _resolved("docker/compose.yaml")
     services = config["services"]
     assert set(services) == SERVICES

@@ -70,11 +70,11 @@ CHILD = textwrap.dedent(
     import dagster as dg
     from dataplatform.assets import STAGE_ASSETS
     from dataplatform.core.store.home import Home
-    from tests.assets.conftest import stage_resources
+    from tests.assets.conftest import stage_resources, with_written_tables
 
     result = dg.materialize(
         STAGE_ASSETS,
-        selection=spec["stages"],
+        selection=with_written_tables(spec["stages"]),
         partition_key=spec["date"],
         resources=stage_resources(Home(Path(spec["home"]))),
         instance=dg.DagsterInstance.ephemeral(),
