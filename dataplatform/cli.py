@@ -242,8 +242,11 @@ class _RunSubmitter:
         from dagster._core.workspace.load_target import WorkspaceFileTarget
 
         self._ensure_daemon()
+        # The code server's own start and stop lines are not the command's output.
         self._context = WorkspaceProcessContext(
-            self.instance, WorkspaceFileTarget(paths=[str(self.workspace)])
+            self.instance,
+            WorkspaceFileTarget(paths=[str(self.workspace)]),
+            code_server_log_level="warning",
         )
         self._context.__enter__()
         return self
