@@ -7,8 +7,10 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -130,25 +132,8 @@ def _sample_data(home: Home, args: argparse.Namespace) -> int:
     return 0
 
 
-# A new local instance (SQLite under DAGSTER_HOME, which `make ui` opens too): no telemetry, and
-# the run queue's limits. One run at a time per backfill (each day of a job backfill is a run
-# tagged with the backfill's id), so a job backfill runs its days one after another in the
-# order it submits them, oldest first: the global dedup stages need every earlier day done.
-# The queue is checked every second, not every 5, so a laptop's runs start without a pause.
-LOCAL_INSTANCE_YAML = """\
-telemetry:
-  enabled: false
-concurrency:
-  runs:
-    max_concurrent_runs: 4
-    tag_concurrency_limits:
-      - key: dagster/backfill
-        value:
-          applyLimitPerUniqueValue: true
-        limit: 1
-run_queue:
-  dequeue_interval_seconds: 1
-"""
+# A new local instance's runs at once (docker/dagster.yaml allows as many).
+MAX_CONCURRENT_RUNS = 4
 # What earlier versions wrote; such a file is replaced by the one above.
 _EARLIER_INSTANCE_YAML = "telemetry:\n  enabled: false\n"
 # The code location every run names, as workspace.yaml names it: the UI's and the daemon's too.
@@ -159,13 +144,35 @@ DAEMON_SILENT_S = 75.0
 _POLL_S = 0.5
 
 
+def local_instance_config() -> dict:
+    """A new local instance (SQLite under DAGSTER_HOME, which `make ui` opens too): no telemetry,
+    and the run queue's limits. One run at a time per backfill (``ONE_RUN_PER_BACKFILL``), so a
+    job backfill runs its days one after another, oldest first, as the global dedup stages
+    need. The queue is looked at every second, not every 5, so a laptop's runs start at once.
+    """
+    from dataplatform.assets.day_order import ONE_RUN_PER_BACKFILL
+
+    return {
+        "telemetry": {"enabled": False},
+        "concurrency": {
+            "runs": {
+                "max_concurrent_runs": MAX_CONCURRENT_RUNS,
+                "tag_concurrency_limits": [ONE_RUN_PER_BACKFILL],
+            }
+        },
+        "run_queue": {"dequeue_interval_seconds": 1},
+    }
+
+
 def _local_instance(home: Home) -> Path:
     """DAGSTER_HOME (default ``<home>/dagster``), with a dagster.yaml when it has none."""
+    import yaml
+
     dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str(home.root / "dagster")))
     dagster_home.mkdir(parents=True, exist_ok=True)
     instance_yaml = dagster_home / "dagster.yaml"
     if not instance_yaml.exists() or instance_yaml.read_text() == _EARLIER_INSTANCE_YAML:
-        instance_yaml.write_text(LOCAL_INSTANCE_YAML)
+        instance_yaml.write_text(yaml.safe_dump(local_instance_config(), sort_keys=False))
     return dagster_home
 
 
@@ -185,8 +192,9 @@ def _workspace_file(dagster_home: Path) -> Path:
 def _materialize(home: Home, dates: Sequence[str]) -> None:
     """Every stage for each date as runs of the daily job, submitted to the Dagster instance.
 
-    Curation first for every date, oldest first; then the tokenizer, trained once on what all
-    of them kept (reused afterwards), and the tokens of each date. Each run goes through the
+    Curation first for every date, oldest first; then the tokenizer (not a daily asset: one
+    run, which trains it on what all of them kept or reuses it), and the tokens and cards of
+    each date. Each run goes through the
     instance's run coordinator, so it waits in the run queue under its limits and shows in the
     UI's run history like a run launched there; each is waited for before the next is
     submitted, which keeps the global dedup stages in date order whatever the queue's limits.
@@ -197,30 +205,37 @@ def _materialize(home: Home, dates: Sequence[str]) -> None:
     from dataplatform.assets import CARD_ASSETS, STAGE_ASSETS, TOKEN_ASSETS
 
     dagster_home = _local_instance(home)
+
+    def keys(assets) -> list:
+        # Every key of each asset: a stage's asset also holds its ledger (and side tables).
+        return [k for a in assets for k in a.keys]
+
+    daily_tokens = [a for a in TOKEN_ASSETS if a.partitions_def]
     phases = [
-        ("curation", [k for a in STAGE_ASSETS for k in a.keys]),
-        ("tokens", [k for a in TOKEN_ASSETS + CARD_ASSETS for k in a.keys]),
+        ("curation", keys(STAGE_ASSETS), sorted(dates)),
+        ("tokenizer", keys([a for a in TOKEN_ASSETS if not a.partitions_def]), [None]),
+        ("tokens", keys(daily_tokens + CARD_ASSETS), sorted(dates)),
     ]
     with (
         dg.DagsterInstance.get() as instance,
         _RunSubmitter(instance, _workspace_file(dagster_home)) as submitter,
     ):
-        for phase, keys in phases:
-            for date in sorted(dates):
+        for phase, selection, partitions in phases:
+            for date in partitions:
                 started = time.perf_counter()
-                run = submitter.run(keys, date)
+                run = submitter.run(selection, date)
                 failed_checks = _failed_checks(instance, run.run_id)
                 success = run.status == dg.DagsterRunStatus.SUCCESS
                 status = "ok" if success and not failed_checks else "FAILED"
                 print(
-                    f"  {date} {phase}: run {run.run_id[:8]} {status} "
+                    f"  {date or 'all dates'} {phase}: run {run.run_id[:8]} {status} "
                     f"in {time.perf_counter() - started:.1f}s"
                     + (f"; failed checks: {', '.join(failed_checks)}" if failed_checks else ""),
                     flush=True,
                 )
                 if not success:
                     raise SystemExit(
-                        f"materialization of {date} failed: run {run.run_id} ended "
+                        f"{phase} of {date or 'all dates'} failed: run {run.run_id} ended "
                         f"{run.status.value}; `make ui` shows its logs"
                     )
 
@@ -241,6 +256,12 @@ class _RunSubmitter:
         from dagster._core.workspace.context import WorkspaceProcessContext
         from dagster._core.workspace.load_target import WorkspaceFileTarget
 
+        # A terminated command stops its daemon too (SIGTERM runs no ``finally`` by default).
+        self._previous_sigterm = (
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
+            if threading.current_thread() is threading.main_thread()
+            else None
+        )
         self._ensure_daemon()
         # The code server's own start and stop lines are not the command's output.
         self._context = WorkspaceProcessContext(
@@ -257,15 +278,18 @@ class _RunSubmitter:
                 self._context.__exit__(*exc_info)
         finally:
             self._stop_daemon()
+            if self._previous_sigterm is not None:
+                signal.signal(signal.SIGTERM, self._previous_sigterm)
 
-    def run(self, keys, date: str):
-        """Create, submit and wait for one run of ``keys`` for partition ``date``."""
+    def run(self, keys, date: str | None):
+        """Create, submit and wait for one run of ``keys`` for partition ``date`` (None: keys
+        that are not partitioned)."""
         run = self._create(keys, date)
         workspace = self._context.create_request_context()
         self.instance.submit_run(run.run_id, workspace)
         return self._wait(run.run_id)
 
-    def _create(self, keys, date: str):
+    def _create(self, keys, date: str | None):
         """A run of the daily job (or, for assets outside it, the implicit asset job) that
         materializes ``keys`` for ``date``, with its execution plan, as the UI creates one."""
         from dagster._core.definitions.selector import JobSubsetSelector
@@ -286,12 +310,23 @@ class _RunSubmitter:
                 if n.startswith("__ASSET_JOB")
             )
         )
+        # The job's own checks of these assets: a subset without a check selection would take
+        # every check of the assets, also those the job leaves out (the freshness checks).
+        checks = sorted(
+            (
+                c
+                for c in graph.get_check_keys_for_assets(set(keys))
+                if job_name in graph.get_remote_asset_check_node(c).asset_check.job_names
+            ),
+            key=str,
+        )
         selector = JobSubsetSelector(
             location_name=location.name,
             repository_name=repository.name,
             job_name=job_name,
             op_selection=None,
             asset_selection=list(keys),
+            asset_check_selection=checks,
         )
         job = location.get_job(selector)
         run_config = _run_config()
@@ -308,14 +343,18 @@ class _RunSubmitter:
             status=None,
             root_run_id=None,
             parent_run_id=None,
-            tags={**job.tags, PARTITION_NAME_TAG: date, TRIGGER_TAG: "cli"},
+            tags={
+                **job.tags,
+                **({PARTITION_NAME_TAG: date} if date else {}),
+                TRIGGER_TAG: "cli",
+            },
             job_snapshot=job.job_snapshot,
             execution_plan_snapshot=plan.execution_plan_snapshot,
             parent_job_snapshot=job.parent_job_snapshot,
             remote_job_origin=job.get_remote_origin(),
             job_code_origin=job.get_python_origin(),
             asset_selection=frozenset(keys),
-            asset_check_selection=None,
+            asset_check_selection=frozenset(checks),
             asset_graph=graph,
         )
 
@@ -370,13 +409,12 @@ class _RunSubmitter:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=_interrupt_when_parent_dies if sys.platform == "linux" else None,
             )
 
     def _stop_daemon(self) -> None:
         """Stop the daemon this command started, as Ctrl-C would, and forget its heartbeats: a
         later command must not take them for a daemon still running."""
-        import signal
-
         daemon, self._daemon = self._daemon, None
         if daemon is None:
             return
@@ -392,6 +430,19 @@ class _RunSubmitter:
         if len(others) <= 1:  # only ours beat since it started
             self.instance.wipe_daemon_heartbeats()
         print("== stopped the dagster-daemon this command started", flush=True)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _interrupt_when_parent_dies() -> None:
+    """In the daemon before it starts (Linux): SIGINT, its clean stop, when this command dies
+    however it dies (a SIGKILL runs no cleanup), so that no daemon outlives the command."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGINT)
 
 
 def _console_script(name: str) -> str:

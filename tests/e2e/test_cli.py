@@ -87,33 +87,30 @@ def test_demo_runs_every_stage_and_matches_the_sample_truth(tmp_path: Path):
 
 
 def _assert_runs_went_through_the_queue(dagster_home: Path, stdout: str) -> None:
-    """Six runs of curate_daily (curation and tokens for 3 days), each queued on the instance and
-    taken by the daemon the command started and stopped; no heartbeat of it is left behind."""
+    """Seven runs: curate_daily's curation of each of the 3 days, the tokenizer (no daily asset,
+    so the implicit asset job), curate_daily's tokens and cards of each day; each queued on the
+    instance and taken by the daemon the command started and stopped, leaving no heartbeat."""
     import dagster as dg
 
     assert "no dagster-daemon is running" in stdout and "starting one for this command" in stdout
     assert "== stopped the dagster-daemon this command started" in stdout
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
-        runs = instance.get_runs()
-        assert len(runs) == 6
-        assert {r.job_name for r in runs} == {"curate_daily"}
+        runs = sorted(
+            instance.get_runs(),
+            key=lambda r: instance.get_run_record_by_id(r.run_id).create_timestamp,
+        )
+        days = ["2025-01-01", "2025-01-02", "2025-01-03"]
+        assert [r.tags.get("dagster/partition") for r in runs] == [*days, None, *days]
+        assert [r.job_name == "curate_daily" for r in runs] == [True] * 3 + [False] + [True] * 3
+        assert runs[3].job_name.startswith("__ASSET_JOB")
         assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
         assert all(r.tags["dataplatform/trigger"] == "cli" for r in runs)
         for run in runs:
-            assert run.run_id[:8] in stdout
+            assert f"run {run.run_id[:8]} ok" in stdout
             queued = instance.get_records_for_run(
                 run.run_id, of_type=dg.DagsterEventType.RUN_ENQUEUED
             ).records
             assert len(queued) == 1, run.run_id
-        # Oldest day first within each phase.
-        created = sorted(
-            runs, key=lambda r: instance.get_run_record_by_id(r.run_id).create_timestamp
-        )
-        assert [r.tags["dagster/partition"] for r in created] == [
-            "2025-01-01",
-            "2025-01-02",
-            "2025-01-03",
-        ] * 2
         assert instance.get_daemon_heartbeats() == {}
 
 

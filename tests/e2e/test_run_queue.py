@@ -73,3 +73,47 @@ def test_runs_are_created_in_process_for_the_default_executor(monkeypatch):
     assert cli._run_config()["execution"] == {"config": {"in_process": {}}}
     monkeypatch.setenv("DATAPLATFORM_EXECUTOR", "multiprocess")
     assert "execution" not in cli._run_config()
+
+
+def test_the_daemon_is_interrupted_when_the_command_is_killed(tmp_path: Path):
+    """A command killed outright (a timeout's SIGKILL runs no cleanup) takes its daemon along."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            "from dataplatform.cli import _interrupt_when_parent_dies\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
+            " preexec_fn=_interrupt_when_parent_dies)\n"
+            f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+            "time.sleep(60)\n",
+        ]
+    )
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        # A zombie until init reaps it: gone as far as running goes.
+        try:
+            if Path(f"/proc/{child}/stat").read_text().split()[2] == "Z":
+                return
+        except FileNotFoundError:
+            return
+        time.sleep(0.1)
+    os.kill(child, signal.SIGKILL)
+    pytest.fail("the child outlived its killed parent")
