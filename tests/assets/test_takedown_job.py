@@ -141,3 +141,25 @@ def test_cli_apply_records_the_same_events_outside_a_run(
             assert record.run_id == ""  # reported by the CLI, in no run
             materialization = record.asset_materialization
             assert materialization.metadata["takedown_requests"].value == "T1"
+
+
+def test_a_removed_pairs_ledger_rows_are_recorded_on_the_stages_ledger_asset(
+    three_days: Home, monkeypatch: pytest.MonkeyPatch
+):
+    instance = dg.DagsterInstance.ephemeral()
+    selection = ["raw_pairs", "exact_deduped"]
+    assert materialize_day(three_days, DAYS[0], selection=selection, instance=instance).success
+    monkeypatch.setenv("DATAPLATFORM_HOME", str(three_days.root))
+    # a2 is a byte copy of a1: exact dedup dropped it, so it is in raw_pairs and in exact
+    # dedup's rows of the ledger, not in exact_deduped.
+    _file(three_days, {"id": "T3", "kind": "pair_id", "value": "a2", "filed": DAYS[1]})
+    result = defs.resolve_job_def("apply_takedowns").execute_in_process(instance=instance)
+    assert result.success
+    events = [
+        e.event_specific_data.materialization for e in result.get_asset_materialization_events()
+    ]
+    assert [(e.asset_key.to_user_string(), e.partition) for e in events] == [
+        ("raw_pairs", DAYS[0]),
+        ("rejections/exact_deduped", DAYS[0]),
+    ]
+    assert all(e.metadata["takedown_requests"].value == "T3" for e in events)
