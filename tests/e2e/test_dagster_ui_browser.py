@@ -31,12 +31,10 @@ from urllib.parse import quote
 import dagster as dg
 import pytest
 
-from dataplatform.assets import reporting
+from dataplatform.assets import ALL_ASSETS, reporting
 from dataplatform.assets.reporting import (
     CHECK_DECIDED_AFTER_EARLIER_DAYS,
     CHECK_ROWS_CONSERVED,
-    DECIDED_DESCRIPTION,
-    SHARED_CHECKS,
 )
 from dataplatform.core.engine.progress import PROGRESS_SECONDS_ENV
 from dataplatform.core.ingest.ingest_folder import PROGRESS_LABEL
@@ -246,6 +244,16 @@ def _lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines()]
 
 
+def _check_spec(asset: str, check: str) -> dg.AssetCheckSpec:
+    key = dg.AssetCheckKey(dg.AssetKey(asset), check)
+    return next(spec for a in ALL_ASSETS for spec in a.check_specs if spec.key == key)
+
+
+def _blocking_label(spec: dg.AssetCheckSpec) -> str:
+    """How the check page's About section says whether the check blocks downstream."""
+    return f"This is a {'blocking' if spec.blocking else 'non-blocking'} asset check."
+
+
 def _check_page(ui: DagsterUI, asset: str, check: str) -> str:
     return f"{ui.base}/assets/{asset}?view=checks&checkDetail={check}"
 
@@ -302,8 +310,9 @@ def test_a_rerun_first_day_fails_the_history_check_of_the_later_days_naming_it(
             f"re-materialize phash_deduped from {day} on, in date order"
         )
 
+    spec = _check_spec("phash_deduped", CHECK_DECIDED_AFTER_EARLIER_DAYS)
     page = _check_page(ui, "phash_deduped", CHECK_DECIDED_AFTER_EARLIER_DAYS)
-    overview = _open(browser, page, "This is a blocking asset check.", DECIDED_DESCRIPTION)
+    overview = _open(browser, page, _blocking_label(spec), spec.description)
     assert "Latest execution" in overview
     _screenshot(browser, "ui_check_decided_after_earlier_days_overview", tmp_path)
 
@@ -415,10 +424,13 @@ def test_a_check_page_shows_its_description_and_the_evaluated_partition(
     ui: DagsterUI,
     tmp_path: Path,
 ):
+    spec = _check_spec("exact_deduped", CHECK_ROWS_CONSERVED)
+    assert spec.blocking
     text = _open(
         browser,
         _check_page(ui, "exact_deduped", CHECK_ROWS_CONSERVED),
-        SHARED_CHECKS[CHECK_ROWS_CONSERVED],
+        _blocking_label(spec),
+        spec.description,
         "Latest execution",
         "Partition",
     )
