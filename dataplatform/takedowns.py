@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import dagster as dg
 
+from dataplatform.assets.reporting import ledger_key
 from dataplatform.core.records.documents import refresh_documents
 from dataplatform.core.records.takedown_apply import (
     PartitionRewrite,
@@ -48,7 +49,7 @@ def _asset_key(rewrite: PartitionRewrite, known: set[dg.AssetKey]) -> dg.AssetKe
     """The asset that holds the rewritten table (a ledger stage: its own asset, else the
     ledger's); None when the table is no asset of the code location."""
     candidates = (
-        [dg.AssetKey([LEDGER_TABLE, rewrite.stage]), dg.AssetKey(LEDGER_TABLE)]
+        [ledger_key(rewrite.stage), dg.AssetKey(LEDGER_TABLE)]
         if rewrite.stage is not None
         else [dg.AssetKey(rewrite.table)]
     )

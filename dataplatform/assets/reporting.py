@@ -50,7 +50,7 @@ SHARED_CHECKS = {
     ),
 }
 DECIDED_DESCRIPTION = (
-    "Blocking. This day was deduplicated after the latest materialization of every earlier "
+    "This day was deduplicated after the latest materialization of every earlier "
     "day. Fails, naming the earlier day, when an earlier day is materialized again: then "
     "re-materialize this day and the later ones in date order."
 )
@@ -60,12 +60,24 @@ GLOBAL_SCOPE = "all kept pairs up to this day"
 _FUNNEL = ("rows_in", "rows_kept", "rows_removed")
 
 
-LEDGER_GROUP = "rejections"
+LEDGER_SUFFIX = "_rejections"
 
 
 def ledger_key(stage: str) -> dg.AssetKey:
-    """The asset of ``stage``'s rows of the rejection ledger (``rejections/stage=<stage>``)."""
-    return dg.AssetKey([LEDGER_TABLE, stage])
+    """The asset of ``stage``'s rows of the rejection ledger (``rejections/stage=<stage>``).
+
+    ``<stage>_rejections``, one flat name: the graph labels a node with its key's last part, so
+    ``rejections/<stage>`` read as the stage itself, side by side in the stage's group.
+    """
+    return dg.AssetKey(f"{stage}{LEDGER_SUFFIX}")
+
+
+def ledger_stage(key: dg.AssetKey) -> str | None:
+    """The stage whose ledger rows ``key`` is, or None for any other asset."""
+    name = key.path[-1]
+    return (
+        name[: -len(LEDGER_SUFFIX)] if len(key.path) == 1 and name.endswith(LEDGER_SUFFIX) else None
+    )
 
 
 def stage_specs(
@@ -94,7 +106,7 @@ def stage_specs(
         d
         for d in deps
         if (k := d.asset_key if isinstance(d, dg.AssetDep) else d) != key
-        and k.path[0] != LEDGER_TABLE
+        and ledger_stage(k) is None
     ]
     common = {"owners": OWNERS, "code_version": code_version, "deps": inputs}
     specs = [
@@ -112,7 +124,8 @@ def stage_specs(
                 "reason, the detail and the pair it duplicates (view `rejections`)."
             ),
             kinds={"parquet"},
-            group_name=LEDGER_GROUP,
+            # Beside its stage: `--select group:curation` then selects whole steps.
+            group_name=group_name,
             **common,
         ),
     ]
@@ -240,24 +253,25 @@ def stage_checks(
 ) -> list[dg.AssetCheckSpec]:
     """A stage's check specs, each with its description, evaluated per daily partition.
 
-    The shared ones (``SHARED_CHECKS``, and for a global dedup stage
-    ``CHECK_DECIDED_AFTER_EARLIER_DAYS``) block: when one fails, the stages downstream of the
-    day do not run. The stage's ``own`` (name: description) report, and block too when named
-    in ``blocking`` (a uniqueness check is as fatal downstream as a lost row).
+    The shared ones (``SHARED_CHECKS``) block: when one fails, the stages downstream of the day
+    do not run. The stage's ``own`` (name: description) report, and block too when named in
+    ``blocking`` (a uniqueness check is as fatal downstream as a lost row). A global dedup
+    stage also declares ``CHECK_DECIDED_AFTER_EARLIER_DAYS``: it fails on later days from the
+    run of an earlier one, where blocking has no step to stop, so it does not block.
     """
     shared = dict(SHARED_CHECKS)
-    if global_dedup:
-        shared[CHECK_DECIDED_AFTER_EARLIER_DAYS] = DECIDED_DESCRIPTION
     unknown = set(blocking) - set(own or {})
     if unknown:
         raise ValueError(f"blocking names checks the stage does not declare: {sorted(unknown)}")
     named = [(name, text, True) for name, text in shared.items()]
+    if global_dedup:
+        named.append((CHECK_DECIDED_AFTER_EARLIER_DAYS, DECIDED_DESCRIPTION, False))
     named += [(name, text, name in blocking) for name, text in (own or {}).items()]
     return [
         dg.AssetCheckSpec(
             name,
             asset=key,
-            description=("Blocking. " + text if block and name not in shared else text),
+            description=("Blocking. " + text if block and name not in SHARED_CHECKS else text),
             blocking=block,
             partitions_def=daily_partitions,
         )
@@ -416,11 +430,10 @@ def _on(key: dg.AssetKey, check: dg.AssetCheckResult) -> dg.AssetCheckResult:
 
 def _table_result(key: dg.AssetKey, table: pa.Table, home: Home, date: str) -> dg.MaterializeResult:
     """The result of a table a stage wrote beside its own: rows, columns, location, version."""
-    name = key.path[0]
+    stage = ledger_stage(key)
+    name = LEDGER_TABLE if stage is not None else key.path[-1]
     location = (
-        ledger_file(home, key.path[-1], date)
-        if name == LEDGER_TABLE
-        else partition_file(home, name, date)
+        ledger_file(home, stage, date) if stage is not None else partition_file(home, name, date)
     )
     return dg.MaterializeResult(
         asset_key=key,
@@ -443,23 +456,43 @@ def flag_later_days(day: StageDay) -> dg.AssetCheckResult:
     not a history scan). This day's own check passes: it is decided now, after all earlier days.
     Re-materializing a later day passes its check again.
     """
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluationTargetMaterializationData,
+    )
+
     context = dg.AssetExecutionContext.get()
+    key = dg.AssetKey(day.stage)
     later = [d for d in partition_dates(day.home, day.stage) if d > day.date]
     for date in later:
+        # Aimed at the later day's latest materialization, as a check run with it would be:
+        # the check's partition status then counts the day failed, not missing.
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[date]), limit=1
+        ).records
+        target = (
+            AssetCheckEvaluationTargetMaterializationData(
+                storage_id=records[0].storage_id,
+                run_id=records[0].run_id,
+                timestamp=records[0].timestamp,
+            )
+            if records
+            else None
+        )
         context.log_event(
             dg.AssetCheckEvaluation(
-                asset_key=dg.AssetKey(day.stage),
+                asset_key=key,
+                target_materialization_data=target,
                 check_name=CHECK_DECIDED_AFTER_EARLIER_DAYS,
                 passed=False,
                 partition=date,
-                blocking=True,
+                blocking=False,
                 description=(
                     f"{day.date} was materialized again after this day was deduplicated "
                     f"against it: re-materialize {day.stage} from {date} on, in date order"
                 ),
                 metadata={
                     "earlier_day_rerun": day.date,
-                    "rerun_run_id": context.run_id,
+                    "rerun_run_id": context.run.run_id,
                     "rematerialize_from": date,
                 },
             )

@@ -126,9 +126,9 @@ def test_a_failed_conservation_check_blocks_the_stages_downstream(
     # exact_deduped committed its day and reported the failure; phash_deduped never ran.
     assert materialized == {
         dg.AssetKey("raw_pairs"),
-        dg.AssetKey(["rejections", "raw_pairs"]),
+        dg.AssetKey("raw_pairs_rejections"),
         dg.AssetKey("exact_deduped"),
-        dg.AssetKey(["rejections", "exact_deduped"]),
+        dg.AssetKey("exact_deduped_rejections"),
     }
     started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
     assert "phash_deduped" not in started
@@ -165,7 +165,7 @@ def test_the_side_tables_and_ledger_rows_are_assets_with_their_writers_and_reade
         stage = asset.node_def.name
         if stage == "vq_tokenizer":
             continue
-        ledger = f"rejections/{stage}"
+        ledger = f"{stage}_rejections"
         # One step writes the stage, its ledger rows and its side tables: they are one asset
         # definition, so the UI materializes them together.
         assert dg.AssetKey.from_user_string(ledger) in asset.keys

@@ -83,8 +83,9 @@ def test_metadata_reports_the_funnel(three_days: Home):
         for m in result.asset_materializations_for_node("phash_deduped")
     }
     # The stage's table and its ledger rows are two assets of one step.
-    assert set(mats) == {"phash_deduped", "rejections/phash_deduped"}
-    assert mats["rejections/phash_deduped"]["dagster/partition_row_count"].value == 1
+    assert set(mats) == {"phash_deduped", "phash_deduped_rejections"}
+    assert mats["phash_deduped_rejections"]["dagster/partition_row_count"].value == 1
+    assert mats["phash_deduped_rejections"]["dagster/table_name"].value == "rejections"
     meta = mats["phash_deduped"]
     assert meta["rows_in"].value == 4
     assert meta["dagster/partition_row_count"].value == 3

@@ -160,6 +160,6 @@ def test_a_removed_pairs_ledger_rows_are_recorded_on_the_stages_ledger_asset(
     ]
     assert [(e.asset_key.to_user_string(), e.partition) for e in events] == [
         ("raw_pairs", DAYS[0]),
-        ("rejections/exact_deduped", DAYS[0]),
+        ("exact_deduped_rejections", DAYS[0]),
     ]
     assert all(e.metadata["takedown_requests"].value == "T3" for e in events)
