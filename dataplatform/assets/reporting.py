@@ -579,6 +579,7 @@ def range_result(
         ),
     )
     return dg.MaterializeResult(
+        asset_key=key,
         metadata={
             "days": len(rows),
             "first_day": first,

@@ -80,7 +80,10 @@ def test_one_card_per_tokenized_pair_with_lineage_scores_and_transforms(curated)
             assert {stages[s]["run_id"] for s in STAGE_ORDER[:6]} == {curation_run}
             assert stages["tokens"]["run_id"] == cards_run == stages["data_cards"]["run_id"]
             # Each stage's run is recorded with the code version its definition declares.
-            declared = {a.key.path[-1]: a.code_versions_by_key[a.key] for a in ALL_ASSETS}
+            declared = {
+                a.node_def.name: a.code_versions_by_key[dg.AssetKey(a.node_def.name)]
+                for a in ALL_ASSETS
+            }
             assert {s: stages[s]["code_version"] for s in STAGE_ORDER} == {
                 s: declared[s] for s in STAGE_ORDER
             }

@@ -41,6 +41,7 @@ from dataplatform.assets.day_order import (
 from dataplatform.automation import JOB_NAME, curate_daily
 from dataplatform.core.store.home import HOME_ENV, Home
 from dataplatform.core.store.warehouse import read_partition
+from dataplatform.freshness import freshness_checks
 from dataplatform.resources import (
     ClipResource,
     EngineResource,
@@ -65,6 +66,8 @@ one_day_per_run_defs = dg.Definitions(
         else a
         for a in ALL_ASSETS
     ],
+    # The job's selection names them (it leaves them out): they must be defined.
+    asset_checks=freshness_checks,
     jobs=[curate_daily],
     resources={
         "warehouse": WarehouseResource(),
