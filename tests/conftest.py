@@ -94,15 +94,23 @@ def audit():
 
 
 @pytest.fixture(autouse=True)
-def _no_dead_dagster_state_storage():
-    """Each test starts without another test's Dagster instance as the current defs state store.
+def _no_dead_dagster_state_storage(monkeypatch: pytest.MonkeyPatch):
+    """No test loads definitions through another test's disposed Dagster instance.
 
-    ``with dg.instance_for_test()`` sets the instance's state store in a context variable that
-    its exit does not reset (Dagster 1.13); a later test's ``dg.materialize`` on an ephemeral
-    instance then loads definitions through the dead one ("Attempted to resolve undefined
-    DagsterInstance weakref"). Reset here rather than worked around in every test.
+    ``with dg.instance_for_test()`` makes the instance's defs state store current in a context
+    variable, and in some sequences (test_automation's, then a later ``dg.materialize`` on an
+    ephemeral instance) the store outlives its instance: loading definitions then fails with
+    "Attempted to resolve undefined DagsterInstance weakref" (Dagster 1.13.27). A store whose
+    instance is gone is treated as no store, which is what a fresh process would have.
     """
-    from dagster._core.storage.defs_state.base import set_defs_state_storage
+    from dagster._core.storage.defs_state.base import DefsStateStorage
 
-    with set_defs_state_storage(None):
-        yield
+    current = DefsStateStorage.get.__func__
+
+    def live_only(cls):
+        storage = current(cls)
+        ref = getattr(storage, "_instance_weakref", None)
+        return None if ref is not None and ref() is None else storage
+
+    monkeypatch.setattr(DefsStateStorage, "get", classmethod(live_only))
+    yield

@@ -176,3 +176,21 @@ def with_written_tables(selection):
         )
     }
     return [k for a in ALL_ASSETS if wanted & set(a.keys) for k in a.keys]
+
+
+def lost_a_row_on_exact_deduped(real):
+    """``reporting.conservation_check`` failing exact_deduped's check, as a lost row would."""
+    from dataplatform.assets.reporting import CHECK_ROWS_CONSERVED
+
+    def check(funnel):
+        result = real(funnel)
+        if funnel.stage != "exact_deduped":
+            return result
+        return dg.AssetCheckResult(
+            check_name=CHECK_ROWS_CONSERVED,
+            passed=False,
+            metadata=result.metadata,
+            description=result.description,
+        )
+
+    return check

@@ -13,7 +13,7 @@ from dataplatform.assets.reporting import CHECK_DECIDED_AFTER_EARLIER_DAYS, CHEC
 from dataplatform.core.dedup.phash_index import DEFAULT_PHASH_THRESHOLD
 from dataplatform.core.store.home import Home
 from dataplatform.definitions import defs
-from tests.assets.conftest import DAYS, materialize_day
+from tests.assets.conftest import DAYS, lost_a_row_on_exact_deduped, materialize_day
 
 PHASH = dg.AssetKey("phash_deduped")
 CLIP = dg.AssetKey("clip_scored")
@@ -102,20 +102,9 @@ def test_a_rerun_day_fails_the_history_check_of_every_later_day_at_the_default_s
 def test_a_failed_conservation_check_blocks_the_stages_downstream(
     three_days: Home, monkeypatch: pytest.MonkeyPatch
 ):
-    real = reporting.conservation_check
-
-    def lost_a_row(funnel):
-        check = real(funnel)
-        if funnel.stage != "exact_deduped":
-            return check
-        return dg.AssetCheckResult(
-            check_name=CHECK_ROWS_CONSERVED,
-            passed=False,
-            metadata=check.metadata,
-            description=check.description,
-        )
-
-    monkeypatch.setattr(reporting, "conservation_check", lost_a_row)
+    monkeypatch.setattr(
+        reporting, "conservation_check", lost_a_row_on_exact_deduped(reporting.conservation_check)
+    )
     instance = dg.DagsterInstance.ephemeral()
     result = materialize_day(three_days, DAYS[0], instance=instance, selection=FIRST_STAGES)
     assert not result.success

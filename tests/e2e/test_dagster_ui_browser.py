@@ -39,7 +39,12 @@ from dataplatform.assets.reporting import (
 from dataplatform.core.engine.progress import PROGRESS_SECONDS_ENV
 from dataplatform.core.ingest.ingest_folder import PROGRESS_LABEL
 from dataplatform.core.store.home import HOME_ENV, Home
-from tests.assets.conftest import DAYS, build_three_days, materialize_day
+from tests.assets.conftest import (
+    DAYS,
+    build_three_days,
+    lost_a_row_on_exact_deduped,
+    materialize_day,
+)
 from tests.e2e import test_review_sheet_browser as review_sheet_browser
 
 ARTIFACTS_ENV = review_sheet_browser.ARTIFACTS_ENV
@@ -68,23 +73,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _lost_a_row_on_exact_deduped(real):
-    """``reporting.conservation_check`` failing exact_deduped's check, as a lost row would."""
-
-    def check(funnel):
-        result = real(funnel)
-        if funnel.stage != "exact_deduped":
-            return result
-        return dg.AssetCheckResult(
-            check_name=CHECK_ROWS_CONSERVED,
-            passed=False,
-            metadata=result.metadata,
-            description=result.description,
-        )
-
-    return check
-
-
 def _prepare(home: Home, instance: dg.DagsterInstance) -> tuple[dict[str, str], str, str]:
     build_three_days(home.landing)
     shutil.copytree(home.landing / DAYS[2], home.landing / BLOCKED_DAY)
@@ -97,7 +85,7 @@ def _prepare(home: Home, instance: dg.DagsterInstance) -> tuple[dict[str, str], 
         patch.setattr(
             reporting,
             "conservation_check",
-            _lost_a_row_on_exact_deduped(reporting.conservation_check),
+            lost_a_row_on_exact_deduped(reporting.conservation_check),
         )
         blocked = materialize_day(home, BLOCKED_DAY, instance=instance, selection=STAGES)
     assert not blocked.success
