@@ -114,3 +114,18 @@ def _no_dead_dagster_state_storage(monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.setattr(DefsStateStorage, "get", classmethod(live_only))
     yield
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Each test leaves ``os.environ`` as it found it.
+
+    ``dataplatform.cli.main`` exports the home it resolved (its steps read it), so a test that
+    calls it in process would hand its home, long deleted, to every later test and to the
+    Ray jobs they start.
+    """
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
