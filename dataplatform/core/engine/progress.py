@@ -141,10 +141,14 @@ class Progress:
     def _line(self, now: float) -> str:
         elapsed = now - (self._started or now)
         per_second = self.done / elapsed if elapsed > 0 else 0.0
+        remaining = duration((self.total - self.done) / per_second) if per_second > 0 else ""
         left = (
-            f"about {duration((self.total - self.done) / per_second)} left"
-            if per_second > 0
-            else "time left unknown"
+            "time left unknown"
+            if not remaining
+            # "under 1 s" is already a bound: not "about under 1 s".
+            else f"{remaining} left"
+            if remaining.startswith("under")
+            else f"about {remaining} left"
         )
         return (
             f"{self.label}: {self.done:,} of {self.total:,} {self.unit} ({self._percent()}), "

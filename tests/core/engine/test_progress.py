@@ -93,6 +93,14 @@ def test_interval_zero_writes_every_update():
     ]
 
 
+def test_less_than_a_second_left_is_not_about_under_a_second():
+    clock, lines = Clock(), []
+    with _meter(5, lines, clock, every_s=0) as progress:
+        clock.now += 0.1
+        progress.advance(4)
+    assert lines[1] == "embed: 4 of 5 images (80%), 40.0 images/s, under 1 s left"
+
+
 def test_the_interval_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv(PROGRESS_SECONDS_ENV, raising=False)
     assert progress_seconds() == DEFAULT_PROGRESS_SECONDS == 30.0
