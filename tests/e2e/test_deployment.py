@@ -187,7 +187,8 @@ def test_ray_profile_adds_a_ray_cluster_of_the_code_location_image():
     head = services["ray-head"]
     assert head["command"] == [
         "ray", "start", "--head", "--port=6379", "--ray-client-server-port=10001",
-        "--dashboard-host=0.0.0.0", "--num-cpus=0", "--num-gpus=0", "--disable-usage-stats",
+        "--runtime-env-agent-port=6380", "--dashboard-host=0.0.0.0", "--num-cpus=0",
+        "--num-gpus=0", "--disable-usage-stats",
         "--block",
     ]  # fmt: skip
     (dashboard,) = head["ports"]
@@ -458,6 +459,7 @@ def test_raycluster_has_a_head_a_cpu_group_and_a_gpu_group():
     assert "headService" not in head
     # The head offers no CPU, so no task lands there.
     assert head["rayStartParams"]["num-cpus"] == "0"
+    assert head["rayStartParams"]["runtime-env-agent-port"] == "6380"  # as in compose
     (head_container,) = head["template"]["spec"]["containers"]
     assert {p["name"]: p["containerPort"] for p in head_container["ports"]} == {
         "gcs-server": 6379,
