@@ -64,6 +64,14 @@ TOO_MANY_REDIRECTS = "fetch_too_many_redirects"
 TIMEOUT = "fetch_timeout"
 TOO_LARGE = "fetch_too_large"
 FAILED = "fetch_failed"
+# The server answered, but not with the image: a status outside 2xx (detail "HTTP 404 Not Found").
+HTTP_ERROR = "fetch_http_error"
+# The server asked, by an X-Robots-Tag directive such as noai, that the image not be used.
+OPTED_OUT = "fetch_opted_out"
+# The body arrived but no image decoder recognises it (an HTML error page, say).
+NOT_AN_IMAGE = "fetch_not_an_image"
+# A URL of the day's manifest that the download step has not fetched (it has not run since).
+NOT_DOWNLOADED = "not_downloaded"
 
 _CHUNK_BYTES = 64 * 1024
 # A Location header is attacker-chosen text; the ledger keeps a readable prefix of it.
