@@ -59,6 +59,7 @@ class Progress:
     Use it as a context manager around the loop and call ``advance`` as items finish; the
     first line is written on entering, the last on leaving (saying where it stopped if the
     loop raised). Safe to advance from several threads. A meter of no items writes nothing.
+    ``note`` adds a clause of its own to every line (a download's failures so far).
     """
 
     def __init__(
@@ -70,6 +71,7 @@ class Progress:
         every_s: float | None = None,
         log: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        note: Callable[[], str] | None = None,
     ) -> None:
         self.label = label
         self.total = total
@@ -78,6 +80,7 @@ class Progress:
         self.done = 0
         self._log = log
         self._clock = clock
+        self._note = note
         self._lock = threading.Lock()
         self._thread = threading.get_ident()
         self._started: float | None = None
@@ -171,6 +174,8 @@ class Progress:
     def _write(self, line: str) -> None:
         if self.total <= 0:
             return
+        if self._note is not None:
+            line = f"{line}; {self._note()}"
         if self._log is not None:
             self._log(line)
         else:

@@ -2,7 +2,8 @@
 
 Later stages (CLIP, quality, tokens) read the original image again rather than a copy in the
 warehouse. ``raw_pairs`` records an ``image_location``: a path relative to the landing root for
-files, the member's byte range for tar shards, or the remote URI. Relative, so that a home can
+files, the member's byte range for tar shards (a URL row's image is the member the download
+step stored in ``<day>/_downloads/``; no stage fetches a URL). Relative, so that a home can
 be moved or mounted elsewhere without rewriting tables. An image on an object-store landing is
 its full URL (``s3://bucket/prefix/<date>/img/a.jpg``, with ``#bytes=<offset>+<size>`` for a
 shard member): a worker on any node reads it from the URL alone, and it is still refused unless
@@ -17,7 +18,7 @@ from dataplatform.core.ingest.confined_files import FileRefused, open_confined
 from dataplatform.core.ingest.image_decode import ImageRejected
 from dataplatform.core.ingest.landing import MAX_IMAGE_BYTES, ImageRef
 from dataplatform.core.ingest.object_landing import OBJECT_KINDS, landing_of, read_object
-from dataplatform.core.ingest.remote_fetch import DEFAULT_FETCH_DEADLINE_S, MAX_REMOTE_BYTES, fetch
+from dataplatform.core.ingest.remote_fetch import NOT_DOWNLOADED
 from dataplatform.core.store.home import is_object_url, object_landings_for
 
 TAR_MARK = "#bytes="
@@ -70,33 +71,30 @@ def ref_of(location: str, landing_root: Path | str) -> ImageRef:
     )
 
 
-def read_location(
-    location: str, landing_root: Path | str, timeout_s: float = DEFAULT_FETCH_DEADLINE_S
-) -> bytes:
+def read_location(location: str, landing_root: Path | str) -> bytes:
     """The bytes at ``location`` for a later stage; raises ``OSError`` on any failure.
 
     A location comes from a warehouse table, but is still checked to stay inside the landing
     root (an object URL: inside a configured object-store landing), so a rewritten or
-    hand-edited table cannot make a stage read ``/etc/passwd`` or another bucket. A
-    refused or failed remote fetch is an ``OSError`` too, carrying its ``fetch_*`` reason,
-    because later stages treat every unreadable image alike.
+    hand-edited table cannot make a stage read ``/etc/passwd`` or another bucket. A URL (from
+    a table written before the download step) is an ``OSError`` too, never a fetch, because
+    later stages treat every unreadable image alike.
     """
     ref = ref_of(location, landing_root)
     try:
-        return read_ref(ref, timeout_s)
+        return read_ref(ref)
     except ImageRejected as exc:
         raise OSError(f"{exc.reason}: {exc.detail}") from exc
 
 
-def read_ref(ref: ImageRef, timeout_s: float = DEFAULT_FETCH_DEADLINE_S) -> bytes:
+def read_ref(ref: ImageRef) -> bytes:
     """The bytes ``ref`` points at.
 
     Local files and tar members raise OSError on failure (``FileRefused`` with its ledger
     reason for anything but a regular file: a FIFO swapped in after discovery must not block
-    the reader); so do objects, read by one ranged GET from the landing's endpoint. A remote
-    URI is fetched through ``remote_fetch.fetch`` (http(s) only, every hop's address checked,
-    ``timeout_s`` as the deadline for the whole fetch, at most ``MAX_REMOTE_BYTES``) and raises
-    ``ImageRejected`` with a ``fetch_*`` ledger reason.
+    the reader); so do objects, read by one ranged GET from the landing's endpoint. A remote URI
+    is never fetched here: it raises ``ImageRejected`` (``not_downloaded``), since the day's
+    URLs are fetched once by the download step and read from its shards after that.
     """
     root = Path(ref.root) if ref.root else _ANYWHERE
     if ref.kind == "file":
@@ -119,7 +117,13 @@ def read_ref(ref: ImageRef, timeout_s: float = DEFAULT_FETCH_DEADLINE_S) -> byte
     if ref.kind in OBJECT_KINDS:
         return read_object(ref, MAX_IMAGE_BYTES)
     if ref.kind == "remote":
-        return fetch(ref.uri, deadline_s=timeout_s, max_bytes=MAX_REMOTE_BYTES)
+        # URLs are fetched once, by the download step (url_download); a table that still names
+        # one predates it, and reading it again here would be a second, unchecked-lineage fetch.
+        raise ImageRejected(
+            NOT_DOWNLOADED,
+            f"{ref.uri[:200]} is a URL, which no stage after the download step fetches: "
+            "materialize url_downloads and raw_pairs for its day again",
+        )
     raise ValueError(f"cannot read an image reference of kind {ref.kind!r}")
 
 

@@ -34,8 +34,9 @@ from dataplatform.core.ingest.image_decode import (
 from dataplatform.core.ingest.image_store import location_of, read_ref
 from dataplatform.core.ingest.landing import ImageRef, LandingRecord, derived_pair_id, discover
 from dataplatform.core.ingest.object_landing import discover_objects
-from dataplatform.core.ingest.remote_fetch import DEFAULT_FETCH_DEADLINE_S, allowed_networks
+from dataplatform.core.ingest.remote_fetch import allowed_networks
 from dataplatform.core.ingest.text_normalize import DEFAULT_MAX_TEXT_CHARS, normalize_text
+from dataplatform.core.ingest.url_download import resolve_downloads
 from dataplatform.core.store.home import is_object_url
 from dataplatform.core.store.schema import RAW_PAIR_SCHEMA, ledger_table
 
@@ -53,7 +54,6 @@ class IngestOptions:
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
     draft_size: int | None = DEFAULT_DRAFT_SIZE
     workers: int = 0  # 0: one per available core
-    remote_timeout_s: float = DEFAULT_FETCH_DEADLINE_S
 
 
 @dataclass
@@ -64,10 +64,10 @@ class IngestResult:
     engine_run: ChunkRun = field(default_factory=lambda: ChunkRun("local", 1, 0, 0.0))
 
 
-def read_image_bytes(ref: ImageRef, timeout_s: float = DEFAULT_FETCH_DEADLINE_S) -> bytes:
+def read_image_bytes(ref: ImageRef) -> bytes:
     """The bytes ``ref`` points at; raises ``ImageRejected`` when they cannot be had."""
     try:
-        return read_ref(ref, timeout_s)
+        return read_ref(ref)
     except ImageRejected:
         raise
     except FileRefused as exc:
@@ -83,7 +83,7 @@ def read_image_bytes(ref: ImageRef, timeout_s: float = DEFAULT_FETCH_DEADLINE_S)
 
 def inspect_ref(ref: ImageRef, options: IngestOptions) -> ImageFacts | tuple[str, str]:
     try:
-        data = read_image_bytes(ref, options.remote_timeout_s)
+        data = read_image_bytes(ref)
         return inspect_image_bytes(
             data, max_pixels=options.max_pixels, draft_size=options.draft_size
         )
@@ -217,6 +217,9 @@ def ingest_folder(
     # fails here, naming the variable, before anything is read.
     allowed_networks()
     records, landing_root = _discover_landing(date_dir, options.max_text_chars)
+    # URL rows read the shard member the download step stored (or take its failure): ingest
+    # itself never fetches.
+    resolve_downloads(records, date_dir)
     seen_ids: dict[str, LandingRecord] = {}
     to_decode: list[tuple[LandingRecord, str, str, bool]] = []
     rejected: list[dict] = []

@@ -38,7 +38,8 @@ import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from dataplatform.core.ingest.image_decode import ImageRejected
@@ -55,7 +56,8 @@ MAX_REMOTE_BYTES = 64 * 1024 * 1024
 MAX_REDIRECTS = 5
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 DEFAULT_PORTS = {"http": 80, "https": 443}
-USER_AGENT = "dataplatform-ingest (image fetch)"
+# Names the platform and the opt-out it honours, so a site operator can find what fetched.
+USER_AGENT = "dataplatform-ingest/1 (image-text curation; honours X-Robots-Tag noai, noimageai)"
 
 # Ledger reasons.
 BLOCKED_ADDRESS = "fetch_blocked_address"
@@ -80,6 +82,22 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _NUMERIC_LABEL = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)\Z", re.IGNORECASE)
 
 
+@dataclass(frozen=True)
+class Fetched:
+    """What a fetch got: the body, and what a download's status table records about it."""
+
+    body: bytes
+    final_url: str
+    status: int
+    content_type: str
+    redirects: int
+
+
+# Called with the final response's headers before its body is read; returning a reason and a
+# detail refuses the image (the body is never read), as an opt-out header asks.
+HeaderCheck = Callable[[http.client.HTTPMessage], tuple[str, str] | None]
+
+
 def fetch(
     url: str,
     *,
@@ -94,13 +112,34 @@ def fetch(
     only a malformed ``DATAPLATFORM_ALLOW_NETWORKS`` raises ``ValueError``, since that is a
     configuration error, not a property of this image.
     """
+    return fetch_response(url, deadline_s=deadline_s, max_bytes=max_bytes, allow=allow).body
+
+
+def fetch_response(
+    url: str,
+    *,
+    deadline_s: float = DEFAULT_FETCH_DEADLINE_S,
+    max_bytes: int = MAX_REMOTE_BYTES,
+    allow: Sequence[IPNetwork] | None = None,
+    user_agent: str = USER_AGENT,
+    check_headers: HeaderCheck | None = None,
+) -> Fetched:
+    """``fetch`` with what the downloader records: the final URL, status and content type.
+
+    ``check_headers`` sees the final response's headers before the body is read (an opt-out
+    header refuses the image without downloading it). A refusal, a non-2xx status
+    (``fetch_http_error``, with the status in ``ImageRejected.status``) and every other failure
+    raise ``ImageRejected``.
+    """
     networks = allowed_networks() if allow is None else tuple(allow)
     first_url = url
     with _Deadline(deadline_s) as deadline:
         for hop in range(MAX_REDIRECTS + 1):
             where = _shown(url) if hop == 0 else f"redirect {hop} to {_shown(url)}"
             try:
-                outcome = _fetch_hop(url, where, deadline, max_bytes, networks)
+                outcome = _fetch_hop(
+                    url, where, deadline, max_bytes, networks, user_agent, check_headers
+                )
             except ImageRejected:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure to get the bytes is this image's
@@ -109,13 +148,23 @@ def fetch(
                         TIMEOUT, f"{where}: no complete response within {deadline_s:g} s"
                     ) from exc
                 raise ImageRejected(FAILED, f"{where}: {_describe(exc)}") from exc
-            if isinstance(outcome, bytes):
-                return outcome
+            if isinstance(outcome, tuple):
+                body, status, content_type = outcome
+                return Fetched(body, url, status, content_type, hop)
             url = outcome
     raise ImageRejected(
         TOO_MANY_REDIRECTS,
         f"{_shown(first_url)}: more than {MAX_REDIRECTS} redirects (the last to {_shown(url)})",
     )
+
+
+class HTTPStatusRejected(ImageRejected):
+    """A ``fetch_http_error``: the server answered ``status``; ``retry_after_s`` if it said."""
+
+    def __init__(self, detail: str, status: int, retry_after_s: float | None) -> None:
+        super().__init__(HTTP_ERROR, detail)
+        self.status = status
+        self.retry_after_s = retry_after_s
 
 
 def allowed_networks() -> tuple[IPNetwork, ...]:
@@ -229,9 +278,15 @@ def _category(ip: IPAddress) -> str | None:
 
 
 def _fetch_hop(
-    url: str, where: str, deadline: _Deadline, max_bytes: int, allow: tuple[IPNetwork, ...]
-) -> bytes | str:
-    """One request: the body on a 2xx, the next URL on a redirect."""
+    url: str,
+    where: str,
+    deadline: _Deadline,
+    max_bytes: int,
+    allow: tuple[IPNetwork, ...],
+    user_agent: str,
+    check_headers: HeaderCheck | None,
+) -> tuple[bytes, int, str] | str:
+    """One request: (body, status, content type) on a 2xx, the next URL on a redirect."""
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS:
@@ -255,7 +310,7 @@ def _fetch_hop(
         connection.request(
             "GET",
             target,
-            headers={"User-Agent": USER_AGENT, "Accept": "image/*", "Connection": "close"},
+            headers={"User-Agent": user_agent, "Accept": "image/*", "Connection": "close"},
         )
         deadline.tighten()
         response = connection.getresponse()
@@ -267,11 +322,27 @@ def _fetch_hop(
                 )
             return urllib.parse.urljoin(url, location.strip())
         if not 200 <= response.status < 300:
-            raise ImageRejected(FAILED, f"{where}: HTTP {response.status} {response.reason}")
-        return _read_body(response, where, deadline, max_bytes)
+            raise HTTPStatusRejected(
+                f"{where}: HTTP {response.status} {_shown(response.reason or '')}".rstrip(),
+                response.status,
+                _retry_after(response.getheader("Retry-After")),
+            )
+        if check_headers is not None:
+            refused = check_headers(response.msg)
+            if refused is not None:
+                raise ImageRejected(refused[0], f"{where}: {refused[1]}")
+        body = _read_body(response, where, deadline, max_bytes)
+        return body, response.status, response.getheader("Content-Type") or ""
     finally:
         deadline.release()
         connection.close()
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header in its delay form; the date form is not trusted."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return float(value.strip())
 
 
 def _refuse_blocked(
@@ -298,11 +369,14 @@ def _resolve(host: str, port: int, numeric: bool, deadline: _Deadline) -> list[t
         except Exception as exc:  # noqa: BLE001 - handed to the fetching thread
             failure.append(exc)
 
-    thread = threading.Thread(target=lookup, name=f"resolve {host}", daemon=True)
-    thread.start()
-    thread.join(deadline.left())
-    if thread.is_alive():
-        raise _DeadlinePassed
+    if numeric:
+        lookup()  # an address literal is parsed, never looked up: it cannot block
+    else:
+        thread = threading.Thread(target=lookup, name=f"resolve {host}", daemon=True)
+        thread.start()
+        thread.join(deadline.left())
+        if thread.is_alive():
+            raise _DeadlinePassed
     if failure:
         raise failure[0]
     unique = list(

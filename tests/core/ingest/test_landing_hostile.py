@@ -488,6 +488,14 @@ def image_server():
             server.server_close()
 
 
+def _download_and_ingest(day: Path):
+    """The download step, then ingest, as ``url_downloads`` and ``raw_pairs`` run a day."""
+    from dataplatform.core.ingest.url_download import download_day
+
+    download_day(day, discover(day))
+    return _ingest(day)
+
+
 def _remote_manifest(day: Path, port: int) -> None:
     rows = [
         ("direct", f"http://127.0.0.1:{port}/p.jpg"),
@@ -505,7 +513,7 @@ def test_internal_urls_are_ledger_rows_and_never_connected(
 ):
     monkeypatch.delenv("DATAPLATFORM_ALLOW_NETWORKS", raising=False)
     _remote_manifest(day, image_server)
-    result = _ingest(day)
+    result = _download_and_ingest(day)
     assert result.kept.num_rows == 0
     assert dict(
         zip(
@@ -527,7 +535,7 @@ def test_allowed_network_is_fetched_and_each_redirect_hop_checked(
 ):
     monkeypatch.setenv("DATAPLATFORM_ALLOW_NETWORKS", "127.0.0.1/32")
     _remote_manifest(day, image_server)
-    result = _ingest(day)
+    result = _download_and_ingest(day)
     assert sorted(result.kept.column("pair_id").to_pylist()) == ["decimal", "direct"]
     reasons = dict(
         zip(

@@ -368,9 +368,10 @@ def test_http_errors_short_bodies_and_refused_connections_fail(server_a, monkeyp
     monkeypatch.setenv(ALLOW_NETWORKS_ENV, "127.0.0.1/32")
     missing = server_a.url("/missing.jpg")
     assert (_rejected(missing).reason, _rejected(missing).detail) == (
-        "fetch_failed",
+        "fetch_http_error",
         f"{missing}: HTTP 404 Not Found",
     )
+    assert _rejected(missing).status == 404
     short = server_a.url("/truncated")
     assert (_rejected(short).reason, _rejected(short).detail) == (
         "fetch_failed",
@@ -399,15 +400,15 @@ def test_a_malformed_allowance_is_a_configuration_error(audit, monkeypatch):
     assert audit.connects == []
 
 
-def test_read_ref_fetches_remote_refs_through_the_same_checks(server_a, audit, monkeypatch):
+def test_read_ref_never_fetches_a_url_even_when_allowed(server_a, audit, monkeypatch):
+    """Later stages read what the download step stored; a URL in a table is not fetched."""
+    monkeypatch.setenv(ALLOW_NETWORKS_ENV, "127.0.0.1/32")
     ref = ImageRef(kind="remote", uri=server_a.url("/x.jpg"))
     with pytest.raises(ImageRejected) as info:
         read_ref(ref)
-    assert info.value.reason == "fetch_blocked_address"
+    assert info.value.reason == "not_downloaded"
+    assert "url_downloads" in info.value.detail
     assert audit.connects == []
-    monkeypatch.setenv(ALLOW_NETWORKS_ENV, "127.0.0.1/32")
-    assert read_ref(ref) == PAYLOAD_A
-    assert audit.connects == [("127.0.0.1", server_a.port)]
 
 
 def _resolve_everything_to_loopback(monkeypatch) -> list[tuple[object, object]]:
