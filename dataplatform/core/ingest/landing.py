@@ -3,6 +3,12 @@
 The output is a flat list of ``LandingRecord``s, one per input row, in a stable order (source
 path, then row). A row that cannot be read carries its ledger reason instead of failing the
 folder, so rows in always equals rows kept plus rows rejected.
+
+An img2dataset output folder is read as img2dataset writes it, per shard ``N``: ``N.tar`` holds
+the samples it fetched, ``N.parquet`` is the shard's status table (one row per URL, fetched or
+not) and ``N_stats.json`` its counts. The status table is not a manifest: its ``success`` rows
+are the tar's samples, and every other row is the ledger row of a URL that img2dataset could
+not fetch or resize, so each URL of the shard is accounted for exactly once.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -35,7 +42,13 @@ from dataplatform.core.ingest.confined_files import (
     read_confined,
     regular_file,
 )
-from dataplatform.core.ingest.remote_fetch import MAX_REMOTE_BYTES
+from dataplatform.core.ingest.remote_fetch import (
+    FAILED,
+    HTTP_ERROR,
+    MAX_REMOTE_BYTES,
+    OPTED_OUT,
+    TIMEOUT,
+)
 from dataplatform.core.ingest.tar_headers import TarMember, list_members
 from dataplatform.core.ingest.text_normalize import DEFAULT_MAX_TEXT_CHARS, raw_text_cap
 
@@ -59,6 +72,18 @@ MAX_FOLDER_DEPTH = 64
 MAX_IMAGE_BYTES = MAX_REMOTE_BYTES
 # Small batches: a few kilobytes of dictionary-encoded Parquet can expand to gigabytes.
 PARQUET_BATCH_ROWS = 256
+# img2dataset's per-shard files beside ``N.tar``: its status table, and its counts (no rows).
+STATUS_TABLE_SUFFIX = ".parquet"
+STATUS_TABLE_COLUMNS = ("key", "status")  # a Parquet beside a shard without them is a manifest
+SHARD_COMPANION_SUFFIXES = ("_stats.json",)
+# The columns of a status table that discovery reads; the rest (exif, sizes, hashes) never
+# become Python objects. Strings, except that an ``id`` may be a number, as in a manifest.
+STATUS_READ_COLUMNS = ("key", "status", "error_message", "url", "caption", "id")
+# img2dataset's own error text is attacker-influenced (a server's reason phrase): the ledger
+# detail keeps a readable prefix of it.
+MAX_STATUS_DETAIL_CHARS = 500
+# A sample row of a shard, kept or not, is located as ``key <key>``.
+_KEY_LOCATOR = "key "
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 
 
@@ -171,7 +196,13 @@ def discover(date_dir: Path, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS) -> li
 
     Images that no manifest row or sidecar caption refers to become rows with reason
     ``orphan_image``, and unknown files ``unsupported_input``: nothing in the folder is
-    silently ignored except hidden files and ``_``-prefixed markers such as ``_SUCCESS``.
+    silently ignored except hidden files, ``_``-prefixed markers such as ``_SUCCESS``, and
+    img2dataset's ``N_stats.json`` beside its shard ``N.tar`` (counts of what ``N.parquet``
+    lists row by row). That ``N.parquet``, when it has img2dataset's ``key`` and ``status``
+    columns, is the shard's status table, not a manifest: its ``success`` rows are the shard's
+    samples and give no row of their own, unless the shard lacks the sample (``missing_image``);
+    each failed row is the ledger row of its URL (``fetch_http_error``, ``fetch_opted_out``,
+    ``fetch_timeout``, ``fetch_failed``; ``decode_error`` where img2dataset could not resize).
     Every file is opened through ``confined_files``, so a symlink that leads outside the day
     folder, a FIFO, a socket or a device is a ledger row, never a read. Captions are cut to
     ``raw_text_cap(max_text_chars)`` characters here already, so a row costs bounded memory
@@ -184,19 +215,31 @@ def discover_day(day: LandingDay) -> list[LandingRecord]:
     """Every input row of ``day``, in stable order (source path, then row); see ``discover``."""
     entries = day.entries()
     names = {e.rel for e in entries}
+    shards = {_stem(e.rel): e.rel for e in entries if Path(e.rel).suffix.lower() in SHARD_SUFFIXES}
     records: list[LandingRecord] = []
+    shard_rows: dict[str, list[LandingRecord]] = {}
+    beside_shards: list[str] = []
     sidecar_texts: set[str] = set()
     sidecar_images: set[str] = set()
     for entry in entries:
         suffix = Path(entry.rel).suffix.lower()
         reader = _READERS.get(suffix)
-        if entry.refusal is None and reader is not None:
-            records.extend(_read_source(reader, day, entry.rel))
+        if entry.refusal is None and suffix == STATUS_TABLE_SUFFIX and _stem(entry.rel) in shards:
+            beside_shards.append(entry.rel)  # read once the shard's samples are known
+        elif entry.refusal is None and reader is not None:
+            rows = _read_source(reader, day, entry.rel)
+            if suffix in SHARD_SUFFIXES:
+                shard_rows[entry.rel] = rows
+            records.extend(rows)
         elif suffix in IMAGE_SUFFIXES and _sidecar_of(entry.rel) in names:
             sidecar_texts.add(_sidecar_of(entry.rel))
             sidecar_texts.add(day.real_rel(_sidecar_of(entry.rel)))
             sidecar_images.add(entry.rel)
             records.append(_sidecar_record(day, entry))
+    for rel in beside_shards:
+        shard = shards[_stem(rel)]
+        keys = _sample_keys(shard_rows.get(shard, []))
+        records.extend(_read_source(partial(_read_parquet_beside, shard, keys), day, rel))
     # A refused file that a manifest row names is that row's ledger entry already.
     named = {os.path.normpath(r.image_uri) for r in records if r.image_uri}
     referenced = {day.target_of(r.image) for r in records if r.image} - {None}
@@ -210,6 +253,8 @@ def discover_day(day: LandingDay) -> list[LandingRecord]:
             if entry.rel in named:
                 continue
             error = entry.refusal
+        elif _is_shard_companion(entry.rel, shards):
+            continue
         elif suffix in IMAGE_SUFFIXES:
             if day.target(entry.rel) in referenced:
                 continue
@@ -351,6 +396,24 @@ def _relative_real(root: Path, rel: str) -> str:
     """Where ``rel`` leads inside ``root`` (a caption reached through a link is used, too)."""
     real = os.path.realpath(root / rel)
     return os.path.relpath(real, root) if real.startswith(f"{root}/") else rel
+
+
+def _stem(rel: str) -> str:
+    """``rel`` without its last suffix: ``a/00000.tar`` and ``a/00000.parquet`` are ``a/00000``."""
+    return rel[: len(rel) - len(Path(rel).suffix)]
+
+
+def _is_shard_companion(rel: str, shards: dict[str, str]) -> bool:
+    """Whether ``rel`` is a file img2dataset writes beside a shard that carries no rows."""
+    return any(
+        rel.endswith(suffix) and rel[: -len(suffix)] in shards
+        for suffix in SHARD_COMPANION_SUFFIXES
+    )
+
+
+def _sample_keys(records: list[LandingRecord]) -> set[str]:
+    """The keys of a shard's samples, kept or ledger rows (a refused member is not a sample)."""
+    return {r.locator[len(_KEY_LOCATOR) :] for r in records if r.locator.startswith(_KEY_LOCATOR)}
 
 
 def _sidecar_of(rel: str) -> str:
@@ -755,11 +818,134 @@ def _read_parquet(day: LandingDay, rel: str, fh: BinaryIO) -> Iterator[LandingRe
     except Exception as exc:  # noqa: BLE001 - an unreadable manifest is one ledger row
         yield _malformed(rel, 0, f"unreadable Parquet manifest: {type(exc).__name__}: {exc}")
         return
+    yield from _manifest_rows(day, rel, parquet)
+
+
+def _manifest_rows(day: LandingDay, rel: str, parquet: pq.ParquetFile) -> Iterator[LandingRecord]:
     row = 0
     for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
         for obj in _capped(batch, day.text_cap).to_pylist():
             yield _record_from_mapping(day, rel, row, obj, f"row {row}")
             row += 1
+
+
+def _read_parquet_beside(
+    shard: str, shard_keys: set[str], day: LandingDay, rel: str, fh: BinaryIO
+) -> Iterator[LandingRecord]:
+    """A Parquet file beside the shard ``shard``: its img2dataset status table, or a manifest.
+
+    It is the status table when it has img2dataset's ``key`` and ``status`` columns; a row whose
+    key ``shard_keys`` holds is that sample's (the shard's row accounts for it), any other is
+    the ledger row of its URL (see ``_status_record``).
+    """
+    try:
+        parquet = pq.ParquetFile(fh)
+    except Exception as exc:  # noqa: BLE001 - an unreadable table is one ledger row
+        yield _malformed(rel, 0, f"unreadable Parquet file: {type(exc).__name__}: {exc}")
+        return
+    schema = parquet.schema_arrow
+    if not all(name in schema.names for name in STATUS_TABLE_COLUMNS):
+        yield from _manifest_rows(day, rel, parquet)
+        return
+    columns = [name for name in STATUS_READ_COLUMNS if name in schema.names]
+    for name in columns:
+        problem = _status_column_problem(name, schema.field(name).type)
+        if problem is not None:
+            detail = (
+                f"{rel} is the img2dataset status table of {shard}, but {problem}; "
+                "write it again with img2dataset, or remove it to ingest the shard alone"
+            )
+            yield _malformed(rel, 0, detail)
+            return
+    first_row: dict[str, int] = {}
+    row = 0
+    for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+        for values in _capped(batch, day.text_cap).to_pylist():
+            record = _status_record(day, rel, shard, row, values, shard_keys, first_row)
+            if record is not None:
+                yield record
+            row += 1
+
+
+def _status_column_problem(name: str, kind: pa.DataType) -> str | None:
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind):
+        return None
+    if name == "id" and (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        return None
+    return f"its column `{name}` is {kind}, not a string"
+
+
+def _status_record(
+    day: LandingDay,
+    rel: str,
+    shard: str,
+    row: int,
+    values: dict[str, Any],
+    shard_keys: set[str],
+    first_row: dict[str, int],
+) -> LandingRecord | None:
+    """One status-table row: ``None`` where the shard has its sample, else its ledger row."""
+    key, status = values.get("key") or "", values.get("status")
+    if key in shard_keys:
+        return None  # whatever the status says, the sample is there and is the shard's row
+    locator = f"{_KEY_LOCATOR}{key}" if key else f"row {row}"
+    url = _opt_str(values.get("url"))
+    record = LandingRecord(
+        source=rel,
+        row=row,
+        manifest_id=None,
+        image_uri=url,
+        image=None,
+        text=None,
+        url=url,
+        locator=locator,
+    )
+    caption, _ = _field_text("caption", values.get("caption"))
+    _set_text(record, caption, day.text_cap)
+    record.manifest_id, id_problem = _pair_id(values.get("id"))
+    message = _bounded(_printable(str(values.get("error_message") or "")))
+    if id_problem is not None:
+        record.error = ("invalid_pair_id", id_problem)
+    elif not key:
+        record.error = ("malformed_manifest_line", f"row {row}: the status row has no key")
+    elif key in first_row:
+        detail = f"{locator}: listed again (first at row {first_row[key]})"
+        record.error = ("malformed_manifest_line", detail)
+    elif status == "success":
+        detail = (
+            f"the img2dataset status table lists key {key} as fetched, but {shard} has no "
+            "sample of that key"
+        )
+        record.error = ("missing_image", detail)
+    elif status == "failed_to_download":
+        record.error = (_download_reason(message), f"img2dataset: {message or status}")
+    elif status == "failed_to_resize":
+        record.error = ("decode_error", f"img2dataset could not resize it: {message or status}")
+    else:
+        shown = repr(_bounded(_printable(status))) if status is not None else "missing"
+        detail = (
+            f"{locator}: status {shown} is not one img2dataset writes "
+            "(success, failed_to_download, failed_to_resize)"
+        )
+        record.error = ("malformed_manifest_line", detail)
+    if key:
+        first_row.setdefault(key, row)
+    return record
+
+
+def _download_reason(message: str) -> str:
+    """The ledger reason for img2dataset's download error text (urllib's, or its own)."""
+    if "X-Robots-Tag" in message:
+        return OPTED_OUT
+    if re.search(r"\bHTTP Error \d{3}\b", message):
+        return HTTP_ERROR
+    if "timed out" in message.lower():
+        return TIMEOUT
+    return FAILED
+
+
+def _bounded(text: str, limit: int = MAX_STATUS_DETAIL_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _capped(batch: pa.RecordBatch, cap: int) -> pa.RecordBatch:
@@ -876,7 +1062,7 @@ def _sample_record(
     key: str,
     parts: dict[str, TarMember],
 ) -> tuple[LandingRecord, list[tuple[TarMember, str, str]]]:
-    locator = f"key {key}"
+    locator = f"{_KEY_LOCATOR}{key}"
     images = sorted((e for e in parts if _is_image_ext(e)), key=lambda e: ("." in e, e))
     image = parts[images[0]] if images else None
     extra_images = [
