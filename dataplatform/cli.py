@@ -39,6 +39,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("materialize", help="run every stage for dates, oldest first")
     p.add_argument("dates", nargs="+", help="partition dates, YYYY-MM-DD")
 
+    p = sub.add_parser(
+        "refetch", help="download a day's failed URLs again, then re-materialize the day"
+    )
+    p.add_argument("--date", required=True, type=_day, help="the landing day, YYYY-MM-DD")
+    p.add_argument(
+        "--reason",
+        action="append",
+        default=[],
+        help="retry only failures with this ledger reason (repeatable; default every failure)",
+    )
+
     p = sub.add_parser("funnel", help="rows in, kept and removed per stage, from the warehouse")
     p.add_argument("--date", help="one partition date (default: all)")
 
@@ -100,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sample-data": _sample_data,
         "demo": _demo,
         "materialize": _materialize_cmd,
+        "refetch": _refetch,
         "funnel": _funnel,
         "rebuild-state": _rebuild_state,
         "sql": _sql,
@@ -114,6 +126,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         # One line that names the file and what rewrites it, not a traceback.
         print(terminal_safe(str(error)), file=sys.stderr)
         return 2
+
+
+def _day(text: str) -> str:
+    """A partition date as argparse checks it: ``YYYY-MM-DD`` and a real day."""
+    import datetime
+
+    try:
+        if len(text) == 10:
+            return datetime.date.fromisoformat(text).isoformat()
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r} is not a date in the form YYYY-MM-DD")
 
 
 def _sample_data(home: Home, args: argparse.Namespace) -> int:
@@ -189,7 +213,7 @@ def _workspace_file(dagster_home: Path) -> Path:
     return path
 
 
-def _materialize(home: Home, dates: Sequence[str]) -> None:
+def _materialize(home: Home, dates: Sequence[str], curation_ops: dict | None = None) -> None:
     """Every stage for each date as runs of the daily job, submitted to the Dagster instance.
 
     Curation first for every date, oldest first; then the tokenizer (not a daily asset: one
@@ -199,10 +223,11 @@ def _materialize(home: Home, dates: Sequence[str]) -> None:
     UI's run history like a run launched there; each is waited for before the next is
     submitted, which keeps the global dedup stages in date order whatever the queue's limits.
     A queued coordinator with no daemon alive gets one for the length of the command.
+    ``curation_ops`` is op config for the curation runs (``refetch`` sets url_downloads').
     """
     import dagster as dg
 
-    from dataplatform.assets import CARD_ASSETS, STAGE_ASSETS, TOKEN_ASSETS
+    from dataplatform.assets import CARD_ASSETS, INGEST_ASSETS, STAGE_ASSETS, TOKEN_ASSETS
 
     dagster_home = _local_instance(home)
 
@@ -212,7 +237,7 @@ def _materialize(home: Home, dates: Sequence[str]) -> None:
 
     daily_tokens = [a for a in TOKEN_ASSETS if a.partitions_def]
     phases = [
-        ("curation", keys(STAGE_ASSETS), sorted(dates)),
+        ("curation", keys(INGEST_ASSETS + STAGE_ASSETS), sorted(dates)),
         ("tokenizer", keys([a for a in TOKEN_ASSETS if not a.partitions_def]), [None]),
         ("tokens", keys(daily_tokens + CARD_ASSETS), sorted(dates)),
     ]
@@ -223,7 +248,8 @@ def _materialize(home: Home, dates: Sequence[str]) -> None:
         for phase, selection, partitions in phases:
             for date in partitions:
                 started = time.perf_counter()
-                run = submitter.run(selection, date)
+                ops = curation_ops if phase == "curation" else None
+                run = submitter.run(selection, date, ops)
                 failed_checks = _failed_checks(instance, run.run_id)
                 success = run.status == dg.DagsterRunStatus.SUCCESS
                 status = "ok" if success and not failed_checks else "FAILED"
@@ -281,15 +307,15 @@ class _RunSubmitter:
             if self._previous_sigterm is not None:
                 signal.signal(signal.SIGTERM, self._previous_sigterm)
 
-    def run(self, keys, date: str | None):
+    def run(self, keys, date: str | None, ops: dict | None = None):
         """Create, submit and wait for one run of ``keys`` for partition ``date`` (None: keys
-        that are not partitioned)."""
-        run = self._create(keys, date)
+        that are not partitioned), with ``ops`` as the run's op config."""
+        run = self._create(keys, date, ops)
         workspace = self._context.create_request_context()
         self.instance.submit_run(run.run_id, workspace)
         return self._wait(run.run_id)
 
-    def _create(self, keys, date: str | None):
+    def _create(self, keys, date: str | None, ops: dict | None = None):
         """A run of the daily job (or, for assets outside it, the implicit asset job) that
         materializes ``keys`` for ``date``, with its execution plan, as the UI creates one."""
         from dagster._core.definitions.selector import JobSubsetSelector
@@ -329,7 +355,7 @@ class _RunSubmitter:
             asset_check_selection=checks,
         )
         job = location.get_job(selector)
-        run_config = _run_config()
+        run_config = {**_run_config(), **({"ops": ops} if ops else {})}
         plan = location.get_execution_plan(
             job, run_config, step_keys_to_execute=None, known_state=None, instance=self.instance
         )
@@ -479,6 +505,35 @@ def _failed_checks(instance, run_id: str) -> list[str]:
 def _materialize_cmd(home: Home, args: argparse.Namespace) -> int:
     _choose_profile()
     _materialize(home, args.dates)
+    return 0
+
+
+def _refetch(home: Home, args: argparse.Namespace) -> int:
+    """Retry a day's failed downloads (optionally only some reasons), then run the day again,
+    so pairs whose image now arrives go through every stage and the ledger loses their rows."""
+    from collections import Counter
+
+    from dataplatform.core.ingest.url_download import load_index
+
+    _choose_profile()
+
+    def failures() -> Counter[str]:
+        if not home.has_landing_day(args.date):
+            return Counter()
+        return Counter(
+            d.reason for d in load_index(home.landing_day(args.date)).values() if not d.ok
+        )
+
+    before = failures()
+    wanted = set(args.reason)
+    retried = sum(n for r, n in before.items() if not wanted or r in wanted)
+    shown = ", ".join(f"{r} {n}" for r, n in sorted(before.items())) or "none"
+    print(f"{args.date}: {sum(before.values())} failed downloads ({shown}); retrying {retried}")
+    config = {"refetch": True, "refetch_reasons": sorted(wanted)}
+    _materialize(home, [args.date], {"url_downloads": {"config": config}})
+    after = failures()
+    shown = ", ".join(f"{r} {n}" for r, n in sorted(after.items())) or "none"
+    print(f"{args.date}: {sum(after.values())} failed downloads after the retry ({shown})")
     return 0
 
 

@@ -10,7 +10,8 @@ Paths say what the server does, so a manifest can mix outcomes:
 - ``/to-metadata/<anything>``: a redirect to the cloud metadata address (must be refused);
 - ``/html/<anything>``: an HTML page with status 200;
 - ``/flaky/<anything>``: 503 with ``Retry-After: 0`` the first time, a photograph after;
-- ``/big/<anything>``: a 2 MiB body.
+- ``/big/<anything>``: a 2 MiB body;
+- ``/down/<n>.jpg``: 404 while its path is in ``down``, a photograph once it is removed.
 
 Every request is counted per path (``hits``), and the most requests in flight at once is
 kept (``most_in_flight``), so tests can assert "requested exactly once" and per-host limits.
@@ -25,20 +26,32 @@ import time
 from collections import Counter
 from functools import cache
 
-from PIL import Image
+PHOTOS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "china",
+    "flower",
+    "hubble_deep_field",
+    "retina",
+    "motorcycle_left",
+    "ihc",
+)
 
 
 @cache
 def photo_bytes(n: int) -> bytes:
-    """A JPEG of one of scikit-image's photographs, different for each ``n``."""
+    """A JPEG of a real photograph: ``n`` below ten is one of ``PHOTOS`` at its own size, and
+    each later ten repeats them smaller (a bench's thousands of images stay small)."""
     from tests.conftest import photo
 
-    names = ("astronaut", "coffee", "chelsea", "rocket", "china", "flower")
-    image = photo(names[n % len(names)]).convert("RGB")
-    side = 48 + 8 * (n % 7)
-    image = image.resize((side + 16 * (n // len(names) % 5), side))
+    image = photo(PHOTOS[n % len(PHOTOS)]).convert("RGB")
+    if n >= len(PHOTOS):
+        side = 64 + 4 * (n // len(PHOTOS) % 16)
+        image = image.resize((side + side // 3, side))
     out = io.BytesIO()
-    image.save(out, "JPEG", quality=85)
+    image.save(out, "JPEG", quality=90)
     return out.getvalue()
 
 
@@ -55,6 +68,7 @@ class ImageServer:
         self.latency_s = latency_s
         self.slow_s = slow_s
         self.most_in_flight = 0
+        self.down: set[str] = set()
         self._in_flight = 0
         self._lock = threading.Lock()
         server = self
@@ -97,6 +111,8 @@ class ImageServer:
                     return self._send(200, b"<html><body>gone</body></html>", "text/html")
                 if kind == "flaky" and first:
                     return self._send(503, b"busy", "text/plain", {"Retry-After": "0"})
+                if kind == "down" and self.path in server.down:
+                    return self._send(404, b"not yet", "text/plain")
                 if kind == "big":
                     return self._send(200, b"\xff" * (2 * 1024 * 1024), "image/jpeg")
                 try:

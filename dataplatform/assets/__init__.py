@@ -8,9 +8,12 @@ from dataplatform.assets.quality_filtered import quality_filtered
 from dataplatform.assets.raw_pairs import raw_pairs
 from dataplatform.assets.semantic_deduped import semantic_deduped
 from dataplatform.assets.tokens import tokens
+from dataplatform.assets.url_downloads import url_downloads
 from dataplatform.assets.vq_tokenizer import vq_tokenizer
 from dataplatform.core.store.stages import STAGE_ORDER
 
+# Before the stages: a URL manifest's images are fetched once, into shards raw_pairs reads.
+INGEST_ASSETS = [url_downloads]
 STAGE_ASSETS = [
     raw_pairs,
     exact_deduped,
@@ -23,7 +26,7 @@ STAGE_ASSETS = [
 TOKEN_ASSETS = [vq_tokenizer, tokens]
 # The last gate: cards are written for what was tokenized, minus takedowns filed since.
 CARD_ASSETS = [data_cards]
-ALL_ASSETS = STAGE_ASSETS + TOKEN_ASSETS + CARD_ASSETS
+ALL_ASSETS = INGEST_ASSETS + STAGE_ASSETS + TOKEN_ASSETS + CARD_ASSETS
 if [a.node_def.name for a in STAGE_ASSETS] + ["tokens", "data_cards"] != STAGE_ORDER:
     raise RuntimeError(
         "dataplatform.core.store.stages.STAGE_ORDER does not match the asset modules"
@@ -32,6 +35,7 @@ if [a.node_def.name for a in STAGE_ASSETS] + ["tokens", "data_cards"] != STAGE_O
 __all__ = [
     "ALL_ASSETS",
     "CARD_ASSETS",
+    "INGEST_ASSETS",
     "STAGE_ASSETS",
     "TOKEN_ASSETS",
     "STAGE_ORDER",
@@ -43,5 +47,6 @@ __all__ = [
     "raw_pairs",
     "semantic_deduped",
     "tokens",
+    "url_downloads",
     "vq_tokenizer",
 ]

@@ -15,6 +15,7 @@ from dataplatform.assets.reporting import (
     stage_specs,
     table_column,
 )
+from dataplatform.assets.url_downloads import KEY as URL_DOWNLOADS
 from dataplatform.core.ingest.image_decode import DEFAULT_DRAFT_SIZE, DEFAULT_MAX_PIXELS
 from dataplatform.core.ingest.ingest_folder import STAGE, IngestOptions, ingest_folder
 from dataplatform.core.ingest.license_policy import apply_license_policy
@@ -47,7 +48,7 @@ class RawPairsConfig(dg.Config):
     name=STAGE,
     specs=stage_specs(
         KEY,
-        deps=[],
+        deps=[URL_DOWNLOADS],
         description="Every image-text pair that landed on the day, decoded once and described.",
         kinds={"python", "parquet", "pillow"},
         code_version=code_version(__name__),

@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 from PIL import ImageEnhance
 
-from dataplatform.assets import ALL_ASSETS, CARD_ASSETS, STAGE_ASSETS, TOKEN_ASSETS
+from dataplatform.assets import ALL_ASSETS, CARD_ASSETS, INGEST_ASSETS, STAGE_ASSETS, TOKEN_ASSETS
 from dataplatform.core.store.home import Home
 from dataplatform.resources import (
     ClipResource,
@@ -149,7 +149,7 @@ def materialize_day(
     engine: EngineResource | None = None,
 ):
     return dg.materialize(
-        STAGE_ASSETS,
+        INGEST_ASSETS + STAGE_ASSETS,
         partition_key=date,
         resources=stage_resources(
             home, licenses=licenses, clip=clip, quality=quality, engine=engine

@@ -270,3 +270,20 @@ def test_opt_out_can_be_switched_off_and_other_agents_directives_do_not_apply(
     _manifest(day, server, {"optout": ROWS["optout"], "otherbot": ROWS["otherbot"]})
     report = _download(day, DownloadOptions(honour_opt_out=False))
     assert report.succeeded == 2
+
+
+def test_on_the_ray_engine_each_shard_is_a_task_and_the_rows_are_the_same(
+    day: Path, server: ImageServer, ray_cluster
+):
+    from dataplatform.core.engine.engine_spec import EngineSpec
+
+    rows = {k: ROWS[k] for k in ("good0", "good1", "good2", "missing", "optout", "html")}
+    _manifest(day, server, rows)
+    spec = EngineSpec(kind="ray", address=ray_cluster.address)
+    report = _download(day, DownloadOptions(shard_urls=2, deadline_s=5), engine=spec)
+    assert report.engine_run.engine == "ray" and report.engine_run.chunks == 3
+    assert report.shards == ["00000.tar", "00001.tar", "00002.tar"]
+    assert all(server.hits[path] == 1 for path in rows.values())
+    result = ingest_folder(day, DATE, IngestOptions(workers=1))
+    assert _reasons(result) == {k: EXPECTED_FAILURES[k] for k in ("missing", "optout", "html")}
+    assert sorted(result.kept.column("pair_id").to_pylist()) == ["good0", "good1", "good2"]
