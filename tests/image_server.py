@@ -11,7 +11,8 @@ Paths say what the server does, so a manifest can mix outcomes:
 - ``/html/<anything>``: an HTML page with status 200;
 - ``/flaky/<anything>``: 503 with ``Retry-After: 0`` the first time, a photograph after;
 - ``/big/<anything>``: a 2 MiB body;
-- ``/down/<n>.jpg``: 404 while its path is in ``down``, a photograph once it is removed.
+- ``/down/<n>.jpg``: 404 while its path is in ``down``, a photograph once it is removed;
+- ``/_hits``: the counts so far as JSON, itself not counted (for a server in another process).
 
 Every request is counted per path (``hits``), and the most requests in flight at once is
 kept (``most_in_flight``), so tests can assert "requested exactly once" and per-host limits.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import http.server
 import io
+import json
 import threading
 import time
 from collections import Counter
@@ -77,6 +79,10 @@ class ImageServer:
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                if self.path == "/_hits":
+                    with server._lock:
+                        counts = json.dumps(dict(server.hits)).encode()
+                    return self._send(200, counts, "application/json")
                 with server._lock:
                     server.hits[self.path] += 1
                     first = server.hits[self.path] == 1

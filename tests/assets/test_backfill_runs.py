@@ -552,9 +552,10 @@ def _kept(home: Home, table: str) -> dict[str, list[str]]:
 
 
 # Which assets the daemon puts in one run: a dedup stage (it depends on its own previous day)
-# never shares a run with its parents, while the stages after it join it.
+# never shares a run with its parents, while the stages after it join it; the download step
+# runs with raw_pairs.
 PIPELINE_GROUPS = [
-    ("raw_pairs",),
+    ("raw_pairs", "url_downloads"),
     ("exact_deduped",),
     ("phash_deduped", "clip_scored", "quality_filtered"),
     ("semantic_deduped", "tokens", "data_cards"),

@@ -25,6 +25,8 @@ from dataplatform.core.ingest.url_download import (
     download_day,
     load_index,
 )
+from tests.core.ingest.test_object_landing import landing_url  # noqa: F401 - a fixture
+from tests.core.store.test_object_store import s3_endpoint  # noqa: F401 - landing_url's fixture
 from tests.image_server import ImageServer, photo_bytes
 
 DATE = "2026-11-30"
@@ -287,3 +289,34 @@ def test_on_the_ray_engine_each_shard_is_a_task_and_the_rows_are_the_same(
     result = ingest_folder(day, DATE, IngestOptions(workers=1))
     assert _reasons(result) == {k: EXPECTED_FAILURES[k] for k in ("missing", "optout", "html")}
     assert sorted(result.kept.column("pair_id").to_pylist()) == ["good0", "good1", "good2"]
+
+
+def test_on_an_object_store_landing_the_shards_go_to_the_day_prefix(
+    server: ImageServer,
+    landing_url: str,  # noqa: F811 - the moto fixture
+    monkeypatch,
+):
+    from dataplatform.core.ingest.object_landing import discover_objects
+    from dataplatform.core.store.home import LANDING_URL_ENV
+    from dataplatform.core.store.object_store import open_store
+    from tests.core.ingest.test_object_landing import put
+
+    monkeypatch.setenv(LANDING_URL_ENV, landing_url)
+    day_url = f"{landing_url}/{DATE}"
+    rows = {k: ROWS[k] for k in ("good0", "good1", "missing")}
+    lines = [
+        json.dumps({"id": key, "image": server.url(path), "text": f"a photo {key}"})
+        for key, path in rows.items()
+    ]
+    put(f"{day_url}/urls.jsonl", ("\n".join(lines) + "\n").encode())
+    report = download_day(day_url, discover_objects(day_url, 2000), FAST)
+    assert (report.succeeded, dict(report.failures)) == (2, {"fetch_http_error": 1})
+    names = [u.rsplit("/", 1)[-1] for u in open_store(day_url).files(f"{day_url}/_downloads")]
+    assert names == ["00000.parquet", "00000.tar", "00000_stats.json"]
+    before = dict(server.hits)
+    result = ingest_folder(day_url, DATE, IngestOptions(workers=1))
+    assert dict(server.hits) == before
+    assert _reasons(result) == {"missing": "fetch_http_error"}
+    kept = {r["pair_id"]: r for r in result.kept.to_pylist()}
+    assert kept["good1"]["image_sha256"] == hashlib.sha256(photo_bytes(1)).hexdigest()
+    assert kept["good1"]["image_location"].startswith(f"{day_url}/_downloads/00000.tar#bytes=")
