@@ -742,15 +742,18 @@ class _ShardWriter:
                 "attempts": outcome.attempts,
                 "fetched_at": outcome.fetched_at,
             }
+            members: list[tuple[str, bytes]] = []
             if not outcome.reason:
                 member = f"{item.key}.{_EXTENSIONS.get(outcome.format, 'img')}"
                 row["sha256"] = hashlib.sha256(outcome.body).hexdigest()
                 row["member"] = member
-                row["offset"] = self._append(member, outcome.body)
                 row["size"] = len(outcome.body)
-                self._append(f"{item.key}.txt", item.caption.encode("utf-8"))
+                members += [(member, outcome.body), (f"{item.key}.txt", item.caption.encode())]
             meta = {k: v for k, v in row.items() if k not in ("offset", "size") and v is not None}
-            self._append(f"{item.key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+            members.append((f"{item.key}.json", json.dumps(meta, ensure_ascii=False).encode()))
+            offsets = self._append(members)
+            if not outcome.reason:
+                row["offset"] = offsets[0]
             self._rows.append(row)
 
     def commit(self) -> dict[str, Any]:
@@ -789,19 +792,30 @@ class _ShardWriter:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._part)
 
-    def _append(self, name: str, data: bytes) -> int:
-        """Add a member (a PAX-format header, the body, padding); the offset of its body."""
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mtime = 0
-        info.mode = 0o644
-        header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-        padding = b"\0" * (-len(data) % tarfile.BLOCKSIZE)
+    def _append(self, members: list[tuple[str, bytes]]) -> list[int]:
+        """Add members (header, body, padding each) in one write; the offsets of their bodies.
+
+        Our member names are short ASCII, so plain ustar headers do; tarfile would add a PAX
+        header only for a longer name.
+        """
+        chunks: list[bytes] = []
+        offsets: list[int] = []
+        at = self._size
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 0
+            info.mode = 0o644
+            fmt = tarfile.USTAR_FORMAT if len(name) < 100 and name.isascii() else tarfile.PAX_FORMAT
+            header = info.tobuf(fmt, "utf-8", "surrogateescape")
+            padding = b"\0" * (-len(data) % tarfile.BLOCKSIZE)
+            offsets.append(at + len(header))
+            chunks += [header, data, padding]
+            at += len(header) + len(data) + len(padding)
         with open(self._part, "ab") as fh:
-            fh.write(header + data + padding)
-        start = self._size + len(header)
-        self._size = start + len(data) + len(padding)
-        return start
+            fh.write(b"".join(chunks))
+        self._size = at
+        return offsets
 
     def _publish_tar(self) -> None:
         final = f"{self._folder}/{self._name}.tar"
