@@ -13,6 +13,7 @@ import dagster as dg
 import pytest
 
 from dataplatform.core.store.home import Home
+from dataplatform.core.store.stages import STAGE_ORDER
 from dataplatform.core.store.warehouse import read_ledger, read_partition
 from tests.assets.conftest import materialize_cards, materialize_day
 from tests.image_server import ImageServer
@@ -92,17 +93,7 @@ def test_a_url_day_reaches_data_cards_with_every_image_requested_once(
     assert all(loc.startswith(f"{DATE}/_downloads/") for loc in raw["image_location"].to_pylist())
     # conservation from the manifest to the cards: every row is a card or a ledger row
     carded = read_partition(home, "data_cards", DATE).num_rows
-    stages = [
-        "raw_pairs",
-        "exact_deduped",
-        "phash_deduped",
-        "clip_scored",
-        "quality_filtered",
-        "semantic_deduped",
-        "tokens",
-        "data_cards",
-    ]
-    dropped = sum(read_ledger(home, stage, DATE).num_rows for stage in stages)
+    dropped = sum(read_ledger(home, stage, DATE).num_rows for stage in STAGE_ORDER)
     assert carded > 0 and carded + dropped == rows
     # the step says what it did
     (materialization,) = [
