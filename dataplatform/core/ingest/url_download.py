@@ -302,6 +302,7 @@ def resolve_downloads(
         elif not done.ok:
             record.error = (done.reason, done.detail)
         else:
+            asked = record.image.uri
             shard = f"{folder}/{done.shard}"
             kind = "object_range" if on_object_store else "tar"
             where = {"uri": shard} if on_object_store else {"path": shard}
@@ -312,7 +313,8 @@ def resolve_downloads(
                 "shard": f"{DOWNLOADS_FOLDER}/{done.shard}",
                 "key": done.key,
                 "fetched_at": done.fetched_at,
-                **({"final_url": done.final_url} if done.final_url != record.url else {}),
+                # Where the image came from after redirects, when that is not the URL asked.
+                **({"final_url": done.final_url} if done.final_url != asked else {}),
             }
 
 
