@@ -13,8 +13,7 @@ import dagster as dg
 from dataplatform.assets.code_versions import code_version
 from dataplatform.assets.partitions import daily_backfill_policy, daily_partitions
 from dataplatform.assets.reporting import for_each_day
-from dataplatform.core.ingest.landing import discover
-from dataplatform.core.ingest.object_landing import discover_objects
+from dataplatform.core.ingest.ingest_folder import discover_landing
 from dataplatform.core.ingest.remote_fetch import DEFAULT_FETCH_DEADLINE_S
 from dataplatform.core.ingest.text_normalize import DEFAULT_MAX_TEXT_CHARS
 from dataplatform.core.ingest.url_download import (
@@ -25,7 +24,6 @@ from dataplatform.core.ingest.url_download import (
     downloads_folder,
     load_index,
 )
-from dataplatform.core.store.home import is_object_url
 from dataplatform.resources.engine import EngineResource
 from dataplatform.resources.warehouse import WarehouseResource
 
@@ -93,10 +91,7 @@ def _download(
     landing = home.landing_day(date)
     records = []
     if home.has_landing_day(date):
-        if is_object_url(str(landing)):
-            records = discover_objects(str(landing), DEFAULT_MAX_TEXT_CHARS)
-        else:
-            records = discover(landing, DEFAULT_MAX_TEXT_CHARS)
+        records, _ = discover_landing(landing, DEFAULT_MAX_TEXT_CHARS)
     options = DownloadOptions(
         threads=config.threads,
         per_host=config.per_host,

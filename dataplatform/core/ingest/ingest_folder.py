@@ -216,7 +216,7 @@ def ingest_folder(
     # A malformed DATAPLATFORM_ALLOW_NETWORKS is the deployment's error, not one row's: it
     # fails here, naming the variable, before anything is read.
     allowed_networks()
-    records, landing_root = _discover_landing(date_dir, options.max_text_chars)
+    records, landing_root = discover_landing(date_dir, options.max_text_chars)
     # URL rows read the shard member the download step stored (or take its failure): ingest
     # itself never fetches.
     resolve_downloads(records, date_dir)
@@ -278,10 +278,11 @@ def ingest_folder(
     )
 
 
-def _discover_landing(
+def discover_landing(
     date_dir: Path | str, max_text_chars: int
 ) -> tuple[list[LandingRecord], Path | str]:
-    """The day's records, and the landing root that its locations are relative to."""
+    """The day's records (a local folder or an object-store prefix), and the landing root
+    that its locations are relative to; the download step discovers a day the same way."""
     if is_object_url(str(date_dir)):
         url = str(date_dir).rstrip("/")
         return discover_objects(url, max_text_chars), url.rpartition("/")[0]
